@@ -1,0 +1,595 @@
+"""The raw-PyTorch adapter: a training step over a model, optimizer, loss and data loader.
+
+:class:`TorchStep` follows the engine's ``TrainingStep`` protocol (gradient accumulation,
+gradient clipping, AMP with ``GradScaler``, an optional validation loader, several param groups).
+:class:`LearningRateFinder` is the seed-compatible front end (``find_lr`` / ``plot``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import math
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from lrfinder_adapters import require
+
+require("torch", "torch")
+
+import torch  # noqa: E402
+
+from lrfinder_adapters import _torch_state  # noqa: E402
+from lrfinder_plugins import _validate  # noqa: E402
+from lrfinder_plugins._driver import run_range_test  # noqa: E402
+from lrfinder_plugins._range_test import RangeTest, group_ratios  # noqa: E402
+from lrfinder_plugins._results import RangeTestResult  # noqa: E402
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+    from lrfinder_plugins.suggest import Suggestion
+
+log = logging.getLogger("lrfinder_plugins")
+
+TARGET_KEYS = ("targets", "target", "labels", "label", "y")
+"""Keys read as the targets of a dict batch, in this order."""
+INPUT_KEYS = ("inputs", "input", "x")
+"""Keys read as the model input of a dict batch; without one, the other keys go to ``model(**rest)``."""
+LOSS_KEYS = ("total_loss", "loss")
+"""Keys read as the loss of a dict returned by ``loss_fn`` (or the model), in this order."""
+
+LossFn = Callable[[Any, Any], Any]
+ComputeLoss = Callable[[torch.nn.Module, Any], Any]
+
+
+def loss_tensor(output: Any, source: str = "loss_fn") -> torch.Tensor:
+    """The scalar loss in ``output``: a tensor, a tuple's first item, or a dict's loss key.
+
+    Raises:
+        TypeError: ``output`` holds no loss tensor.
+        ValueError: the loss is not a single number.
+    """
+    loss = output
+    if isinstance(output, Mapping):
+        key = next((k for k in LOSS_KEYS if k in output), None)
+        if key is None:
+            raise TypeError(
+                f"{source} returned a dict with keys {sorted(output)}; it needs one of "
+                f"{list(LOSS_KEYS)}, or pass compute_loss=lambda model, batch: <scalar tensor>"
+            )
+        loss = output[key]
+    elif isinstance(output, (tuple, list)) and output:
+        loss = output[0]
+    elif not isinstance(output, torch.Tensor) and hasattr(output, "loss"):
+        loss = output.loss
+    if not isinstance(loss, torch.Tensor):
+        raise TypeError(
+            f"{source} must return a loss tensor, a tuple whose first item is one, or a dict with "
+            f"{' or '.join(repr(k) for k in LOSS_KEYS)}; got {type(output).__name__}"
+        )
+    if loss.numel() != 1:
+        raise ValueError(
+            f"{source} returned a loss of shape {tuple(loss.shape)}; it must be a single number: "
+            "reduce it (e.g. loss.mean()) or use reduction='mean'"
+        )
+    return loss
+
+
+def _to_device(obj: Any, device: torch.device | None) -> Any:
+    if device is None:
+        return obj
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device, non_blocking=True)
+    if isinstance(obj, Mapping):
+        return {k: _to_device(v, device) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_device(v, device) for v in obj)
+    return obj
+
+
+def _check_loader(name: str, loader: Any) -> None:
+    if not isinstance(loader, Iterable):
+        raise TypeError(
+            f"{name} must be an iterable of batches (e.g. a DataLoader), got {type(loader).__name__}"
+        )
+    try:
+        size = len(loader)  # type: ignore[arg-type]
+    except TypeError:
+        return
+    if size == 0:
+        raise ValueError(f"{name} is empty (len {name} == 0); give it at least one batch")
+
+
+def check_model_and_optimizer(model: Any, optimizer: Any) -> None:
+    """Raise a clear error unless ``optimizer`` trains some of ``model``'s trainable parameters."""
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise TypeError(
+            f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}"
+        )
+    trainable = {id(p) for p in model.parameters() if p.requires_grad}
+    if not trainable:
+        raise ValueError(
+            "model has no trainable parameters (every requires_grad is False); unfreeze some "
+            "before running a range test"
+        )
+    held = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    if not trainable & held:
+        raise ValueError(
+            "optimizer does not hold any of model's trainable parameters; build it from "
+            "model.parameters() (e.g. torch.optim.AdamW(model.parameters()))"
+        )
+
+
+class TorchStep:
+    """One optimizer step over a plain PyTorch model: the engine's ``TrainingStep``.
+
+    Args:
+        model: the model (already on its device).
+        optimizer: an optimizer over the model's parameters; every param group is swept with one
+            shared multiplier that keeps their LR ratios.
+        loss_fn: ``loss_fn(outputs, targets)``, returning a tensor, a tuple whose first item is
+            the loss, or a dict with ``"total_loss"`` or ``"loss"``. ``None``: the model returns
+            the loss itself (``model(**batch)`` for dict batches, as HuggingFace models do).
+        train_loader: batches as ``(inputs, targets)`` tuples/lists or dicts (targets under
+            ``"targets"``, ``"target"``, ``"labels"``, ``"label"`` or ``"y"``; the input under
+            ``"inputs"``, ``"input"`` or ``"x"``, else the other keys go to ``model(**rest)``).
+            Cycled when shorter than the test.
+        device: where batches are moved (``None``: left where they are).
+        accumulation_steps: micro-batches per optimizer step; their mean loss is the point.
+        max_grad_norm: clip the gradients' total norm to this (``None``: no clipping).
+        amp: run the forward pass under ``torch.autocast`` (``float16`` on CUDA, ``bfloat16``
+            elsewhere, or ``amp_dtype``).
+        amp_dtype: the autocast dtype when ``amp`` is true.
+        scaler: a ``torch.amp.GradScaler``; a step it skips for overflow is not a point.
+        val_loader: if given, each point's loss is the mean loss over ``val_batches`` of its
+            batches (evaluated after the step, in eval mode), as torch-lr-finder's ``val_loader``.
+        val_batches: how many validation batches per point (``None``: all).
+        schedulers: LR schedulers attached to ``optimizer``; they are not stepped during the
+            test and are restored after it.
+        keep_weights: keep the weights (and optimizer state) the test trained; LRs, schedulers,
+            scaler and RNG are still restored.
+        snapshot: where the saved state lives: ``"cpu"`` memory or ``"disk"`` (a temp dir).
+        compute_loss: ``compute_loss(model, batch) -> loss`` for any other batch layout (replaces
+            the batch/loss conventions above; ``loss_fn`` is then ignored).
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        loss_fn: LossFn | None,
+        train_loader: Iterable[Any],
+        *,
+        device: str | torch.device | None = None,
+        accumulation_steps: int = 1,
+        max_grad_norm: float | None = None,
+        amp: bool = False,
+        amp_dtype: torch.dtype | None = None,
+        scaler: Any = None,
+        val_loader: Iterable[Any] | None = None,
+        val_batches: int | None = None,
+        schedulers: Sequence[Any] = (),
+        keep_weights: bool = False,
+        snapshot: str = "cpu",
+        compute_loss: ComputeLoss | None = None,
+    ) -> None:
+        check_model_and_optimizer(model, optimizer)
+        if loss_fn is not None and not callable(loss_fn):
+            raise TypeError(f"loss_fn must be callable or None, got {type(loss_fn).__name__}")
+        if compute_loss is not None and not callable(compute_loss):
+            raise TypeError(
+                f"compute_loss must be callable or None, got {type(compute_loss).__name__}"
+            )
+        _check_loader("train_loader", train_loader)
+        if val_loader is not None:
+            _check_loader("val_loader", val_loader)
+        if val_batches is not None:
+            _validate.int_at_least("val_batches", val_batches, 1)
+        self.accumulation_steps = _validate.int_at_least(
+            "accumulation_steps", accumulation_steps, 1
+        )
+        if max_grad_norm is not None:
+            _validate.positive_finite("max_grad_norm", max_grad_norm)
+        _validate.one_of("snapshot", snapshot, ("cpu", "disk"))
+        if scaler is not None and not isinstance(
+            scaler, (torch.amp.GradScaler, torch.cuda.amp.GradScaler)
+        ):
+            raise TypeError(
+                f"scaler must be a torch.amp.GradScaler or None, got {type(scaler).__name__}"
+            )
+        try:
+            self.device = None if device is None else torch.device(device)
+        except (RuntimeError, TypeError) as error:
+            raise ValueError(
+                f"device must name a torch device (e.g. 'cpu', 'cuda:0'), got {device!r}"
+            ) from error
+        self.model, self.optimizer, self.loss_fn = model, optimizer, loss_fn
+        self.train_loader, self.val_loader, self.val_batches = train_loader, val_loader, val_batches
+        self.max_grad_norm, self.scaler, self.compute_loss = max_grad_norm, scaler, compute_loss
+        self.schedulers, self.keep_weights, self.snapshot_to = (
+            tuple(schedulers),
+            keep_weights,
+            snapshot,
+        )
+        self.ratios = group_ratios([float(g["lr"]) for g in optimizer.param_groups])
+        self._tensor_lr = [isinstance(g["lr"], torch.Tensor) for g in optimizer.param_groups]
+        self._autocast = self._autocast_factory(amp, amp_dtype)
+        self._batches: Iterator[Any] | None = None
+        self._last_scale = 0.0
+        self._checked = False
+
+    # -- protocol ------------------------------------------------------------------------------
+    def snapshot(self) -> _torch_state.TrainingState:
+        """Save the model, optimizer, schedulers, scaler and RNG (CPU memory or disk)."""
+        return _torch_state.capture(
+            self.model,
+            self.optimizer,
+            schedulers=self.schedulers,
+            scaler=self.scaler,
+            keep_weights=self.keep_weights,
+            where=self.snapshot_to,
+        )
+
+    def restore(self, snapshot: _torch_state.TrainingState) -> None:
+        """Put back everything :meth:`snapshot` saved, bitwise."""
+        self._batches = None  # drop the loader iterator (and its workers)
+        _torch_state.restore(
+            snapshot, self.model, self.optimizer, schedulers=self.schedulers, scaler=self.scaler
+        )
+
+    def set_lr(self, lr: float) -> None:
+        """Set every param group's LR to ``lr`` times its ratio."""
+        for group, ratio, is_tensor in zip(
+            self.optimizer.param_groups, self.ratios, self._tensor_lr
+        ):
+            if is_tensor:
+                group["lr"].fill_(lr * ratio)
+            else:
+                group["lr"] = lr * ratio
+
+    def run(self) -> float | None:
+        """One optimizer step; its mean loss, or ``None`` if the scaler skipped it."""
+        if self._batches is None:
+            self._batches = self._cycle(self.train_loader, "train_loader")
+            self._last_scale = self.scaler.get_scale() if self.scaler is not None else 0.0
+        model, optimizer, scaler, steps = (
+            self.model,
+            self.optimizer,
+            self.scaler,
+            self.accumulation_steps,
+        )
+        optimizer.zero_grad(set_to_none=True)
+        total: torch.Tensor | None = None
+        for _ in range(steps):
+            batch = _to_device(next(self._batches), self.device)
+            with self._autocast():
+                loss = self._loss(batch)
+            scaled = loss if steps == 1 else loss / steps
+            (scaled if scaler is None else scaler.scale(scaled)).backward()
+            total = loss.detach() if total is None else total + loss.detach()
+        if self.max_grad_norm is not None:
+            if scaler is not None:
+                scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), self.max_grad_norm)
+        if scaler is None:
+            optimizer.step()
+        else:
+            scaler.step(optimizer)
+            scaler.update()
+        assert total is not None
+        value = total.item() if steps == 1 else total.item() / steps
+        if scaler is not None:
+            # GradScaler lowers its scale exactly when it skipped the step for inf/NaN grads.
+            scale = scaler.get_scale()
+            skipped, self._last_scale = scale < self._last_scale, scale
+            if skipped and math.isfinite(value):
+                return None
+        if self.val_loader is not None and math.isfinite(value):
+            return self._validate()
+        return value
+
+    # -- helpers -------------------------------------------------------------------------------
+    def _autocast_factory(
+        self, amp: bool, dtype: torch.dtype | None
+    ) -> Callable[[], contextlib.AbstractContextManager[Any]]:
+        if not isinstance(amp, bool):
+            raise TypeError(f"amp must be True or False, got {amp!r}")
+        if not amp:
+            return contextlib.nullcontext
+        device_type = (self.device or next(self.model.parameters()).device).type
+        dtype = dtype or (torch.float16 if device_type == "cuda" else torch.bfloat16)
+        return functools.partial(torch.autocast, device_type=device_type, dtype=dtype)
+
+    def _cycle(self, loader: Iterable[Any], name: str) -> Iterator[Any]:
+        first_pass = True
+        while True:
+            empty = True
+            for batch in loader:
+                empty = False
+                yield batch
+            if empty:
+                if first_pass:
+                    raise ValueError(f"{name} yielded no batches; give it at least one batch")
+                return  # a one-shot iterator ran out: the driver stops as data_exhausted
+            first_pass = False
+
+    def _loss(self, batch: Any) -> torch.Tensor:
+        if self.compute_loss is not None:
+            return loss_tensor(self.compute_loss(self.model, batch), "compute_loss")
+        model, loss_fn = self.model, self.loss_fn
+        if isinstance(batch, (tuple, list)):
+            if len(batch) != 2:
+                raise TypeError(
+                    f"a tuple/list batch must be (inputs, targets), got {len(batch)} items; pass "
+                    "compute_loss=lambda model, batch: ... for other layouts"
+                )
+            inputs, targets = batch
+        elif isinstance(batch, Mapping):
+            if loss_fn is None:
+                return loss_tensor(model(**batch), "model")
+            key = next((k for k in TARGET_KEYS if k in batch), None)
+            if key is None:
+                raise TypeError(
+                    f"a dict batch needs its targets under one of {list(TARGET_KEYS)}, got keys "
+                    f"{sorted(batch)}; pass compute_loss=lambda model, batch: ... for other layouts"
+                )
+            targets = batch[key]
+            input_key = next((k for k in INPUT_KEYS if k in batch), None)
+            inputs = batch[input_key] if input_key else {k: v for k, v in batch.items() if k != key}
+        else:
+            raise TypeError(
+                f"batches must be (inputs, targets) tuples/lists or dicts, got "
+                f"{type(batch).__name__}; pass compute_loss=lambda model, batch: ... for others"
+            )
+        outputs = model(**inputs) if isinstance(inputs, Mapping) else model(inputs)
+        if loss_fn is None:
+            raise TypeError("loss_fn is None but batches are (inputs, targets): pass a loss_fn")
+        return loss_tensor(loss_fn(outputs, targets))
+
+    @torch.no_grad()
+    def _validate(self) -> float:
+        assert self.val_loader is not None
+        modules = list(self.model.modules())
+        modes = [m.training for m in modules]
+        self.model.eval()
+        total: torch.Tensor | float = 0.0
+        count = 0
+        try:
+            for batch in self.val_loader:
+                if self.val_batches is not None and count >= self.val_batches:
+                    break
+                with self._autocast():
+                    total = total + self._loss(_to_device(batch, self.device)).detach().float()
+                count += 1
+        finally:
+            for module, mode in zip(modules, modes):
+                module.training = mode
+        if count == 0:
+            raise ValueError("val_loader yielded no batches; give it at least one batch")
+        return float(total) / count
+
+
+class LearningRateFinder:
+    """The LR range test for a plain PyTorch model, with the seed guide's API.
+
+    Args:
+        model: the model, already on ``device``.
+        optimizer: its optimizer; several param groups keep their LR ratios.
+        loss_fn: ``loss_fn(outputs, targets)`` (see :class:`TorchStep`), or ``None`` when the
+            model returns its loss.
+        device: where batches are moved (``None``: left where they are).
+        progress: show a tqdm progress bar.
+        **step_options: any other :class:`TorchStep` option (``accumulation_steps``,
+            ``max_grad_norm``, ``amp``, ``scaler``, ``schedulers``, ``keep_weights``,
+            ``snapshot``, ``compute_loss``).
+
+    Example:
+        >>> finder = LearningRateFinder(model, optimizer, loss_fn, device)  # doctest: +SKIP
+        >>> lrs, losses, suggested_lr = finder.find_lr(train_loader, num_iter=100)  # doctest: +SKIP
+        >>> finder.plot(output_path=Path("lr_finder_plot.png"))  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        loss_fn: LossFn | None = None,
+        device: str | torch.device | None = None,
+        *,
+        progress: bool = True,
+        **step_options: Any,
+    ) -> None:
+        check_model_and_optimizer(model, optimizer)
+        unknown = set(step_options) - _STEP_OPTIONS
+        if unknown:
+            raise TypeError(
+                f"unknown option(s) {sorted(unknown)}; LearningRateFinder accepts "
+                f"{sorted(_STEP_OPTIONS)}"
+            )
+        self.model, self.optimizer, self.loss_fn, self.device = model, optimizer, loss_fn, device
+        self.progress = progress
+        self.step_options = step_options
+        self.result: RangeTestResult | None = None
+        """The last test's result (also after an interrupted test: its points so far)."""
+
+    def find_lr(
+        self,
+        train_loader: Iterable[Any],
+        start_lr: float = 1e-7,
+        end_lr: float = 10.0,
+        num_iter: int = 100,
+        smooth_factor: float = 0.05,
+        diverge_threshold: float = 5.0,
+        *,
+        mode: str = "exponential",
+        val_loader: Iterable[Any] | None = None,
+        val_batches: int | None = None,
+        method: str | None = None,
+    ) -> tuple[list[float], list[float], float]:
+        """Run the LR range test; the model, optimizer and RNG are restored afterwards.
+
+        Args:
+            train_loader: the training batches (cycled if shorter than ``num_iter``).
+            start_lr: the first LR.
+            end_lr: the last LR.
+            num_iter: the most optimizer steps (points).
+            smooth_factor: the moving average's weight on the past, in ``[0, 1)``: each smoothed
+                loss is ``smooth_factor * previous + (1 - smooth_factor) * loss`` (bias
+                corrected from the first point). 0 = no smoothing; higher = more smoothing.
+            diverge_threshold: stop when the smoothed loss exceeds this times the best one.
+            mode: ``"exponential"`` or ``"linear"`` LR spacing (or a plugin's schedule).
+            val_loader: evaluate each point on these batches instead of the training loss.
+            val_batches: how many validation batches per point (``None``: all).
+            method: the suggestion method (``None``: the default, see ``lrfinder_plugins.suggest``).
+
+        Returns:
+            ``(lrs, losses, suggested_lr)``: the LR of each point, its smoothed loss, and the
+            suggested LR (NaN, with a ``NoSuggestionWarning``, when the curve allows none).
+            ``self.result`` holds everything (raw losses, param groups, stop reason).
+        """
+        test = RangeTest(
+            start_lr=start_lr,
+            end_lr=end_lr,
+            num_iter=num_iter,
+            mode=mode,
+            smoothing=smooth_factor,
+            diverge_threshold=diverge_threshold,
+            group_ratios=group_ratios([float(g["lr"]) for g in self.optimizer.param_groups]),
+        )
+        step = TorchStep(
+            self.model,
+            self.optimizer,
+            self.loss_fn,
+            train_loader,
+            device=self.device,
+            val_loader=val_loader,
+            val_batches=val_batches,
+            **self.step_options,
+        )
+        try:
+            self.result = run_range_test(step, test, progress=self.progress)
+        except BaseException:
+            self.result = test.result()
+            raise
+        suggestion = self.result.suggestion(method)
+        log.info(
+            "LR range test: %d points from %.2e to %.2e, stopped: %s, suggested LR %.2e",
+            len(self.result),
+            self.result.lrs[0],
+            self.result.lrs[-1],
+            self.result.stop_reason,
+            suggestion.lr,
+        )
+        return list(self.result.lrs), list(self.result.smoothed_losses), suggestion.lr
+
+    def _require_result(self) -> RangeTestResult:
+        if self.result is None:
+            raise RuntimeError("no range test has run yet; call find_lr(train_loader) first")
+        return self.result
+
+    def suggestion(self, method: str | None = None, **options: Any) -> Suggestion:
+        """The last test's suggestion by ``method`` (``None``: the default method)."""
+        return self._require_result().suggestion(method, **options)
+
+    def plot(
+        self,
+        output_path: str | Path | None = None,
+        skip_start: int = 10,
+        skip_end: int = 5,
+        **options: Any,
+    ) -> Figure:
+        """Plot the last test: loss against LR (log x-axis), the suggestion in red.
+
+        Args:
+            output_path: save the figure as PNG there (parent directories are created).
+            skip_start: points left out at the start (noisy).
+            skip_end: points left out at the end (divergence).
+            **options: see :func:`lrfinder_plugins.plot.plot_range_test`.
+        """
+        return self._require_result().plot(
+            output_path, skip_start=skip_start, skip_end=skip_end, **options
+        )
+
+    def apply_suggestion(self, suggestion: Suggestion | None = None) -> tuple[float, float]:
+        """Set the optimizer's LRs (and attached schedulers' base LRs) to a suggestion.
+
+        Every param group gets its share (ratios kept). Returns ``(old, new)`` LR of the largest
+        group, as in the guide's ``Updated optimizer LR: 1.00e-03 → 3.16e-03``.
+        """
+        suggestion = suggestion or self.suggestion()
+        if not suggestion.ok:
+            raise ValueError(
+                f"the suggestion has no LR ({suggestion.reason}); pick one from the plot"
+            )
+        groups = self.optimizer.param_groups
+        old = max(float(g["lr"]) for g in groups)
+        for group, lr in zip(groups, suggestion.group_lrs):
+            group["lr"] = lr
+            if "initial_lr" in group:
+                group["initial_lr"] = lr
+        for scheduler in self.step_options.get("schedulers", ()):
+            if hasattr(scheduler, "base_lrs"):
+                scheduler.base_lrs = list(suggestion.group_lrs)
+        log.info("Updated optimizer LR: %.2e → %.2e", old, suggestion.lr)
+        return old, suggestion.lr
+
+
+_STEP_OPTIONS = frozenset(
+    {
+        "accumulation_steps",
+        "max_grad_norm",
+        "amp",
+        "amp_dtype",
+        "scaler",
+        "schedulers",
+        "keep_weights",
+        "snapshot",
+        "compute_loss",
+    }
+)
+
+
+def find_lr(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loss_fn: LossFn | None,
+    train_loader: Iterable[Any],
+    *,
+    start_lr: float = 1e-7,
+    end_lr: float = 10.0,
+    num_iter: int = 100,
+    smooth_factor: float = 0.05,
+    diverge_threshold: float = 5.0,
+    mode: str = "exponential",
+    device: str | torch.device | None = None,
+    val_loader: Iterable[Any] | None = None,
+    val_batches: int | None = None,
+    progress: bool = True,
+    **step_options: Any,
+) -> RangeTestResult:
+    """Run the LR range test and return the whole result (see :class:`LearningRateFinder`).
+
+    Example:
+        >>> result = find_lr(model, optimizer, loss_fn, train_loader)  # doctest: +SKIP
+        >>> result.suggestion().lr  # doctest: +SKIP
+    """
+    finder = LearningRateFinder(
+        model, optimizer, loss_fn, device, progress=progress, **step_options
+    )
+    finder.find_lr(
+        train_loader,
+        start_lr,
+        end_lr,
+        num_iter,
+        smooth_factor,
+        diverge_threshold,
+        mode=mode,
+        val_loader=val_loader,
+        val_batches=val_batches,
+    )
+    return finder._require_result()

@@ -1,0 +1,191 @@
+"""The LR range test as a state machine: it proposes learning rates and is told losses.
+
+It never touches a model, so any loop can drive it: a loop we own (pull: ``next_lr`` → step →
+``record``) or a loop a framework owns (push: set the LR in a batch-start callback, record in the
+batch-end callback). Under DDP every rank must pass the same (reduced) loss, so every rank takes
+the same decisions.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from lrfinder_plugins import _validate
+from lrfinder_plugins._manager import collect_registry
+
+if TYPE_CHECKING:
+    from lrfinder_plugins._results import RangeTestResult
+
+
+class StopReason(str, enum.Enum):
+    """Why a search ended."""
+
+    BUDGET = "budget"
+    """Every planned point was recorded."""
+    DIVERGED = "diverged"
+    """The smoothed loss passed ``diverge_threshold`` times the best smoothed loss."""
+    NON_FINITE = "non_finite"
+    """A loss (or, with AMP, every step's gradients for too long) was NaN or infinite."""
+    DATA_EXHAUSTED = "data_exhausted"
+    """The data ran out before the budget (a one-shot iterator, or a loader that became empty)."""
+    INTERRUPTED = "interrupted"
+    """An exception or Ctrl-C ended the search; the state was restored and the error re-raised."""
+
+    def __str__(self) -> str:
+        return self.value
+
+
+def group_ratios(initial_lrs: Sequence[float]) -> tuple[float, ...]:
+    """Each param group's LR as a fraction of the largest one (the sweep's reference group).
+
+    Sweeping one shared multiplier keeps discriminative LRs in proportion, and measuring against
+    the largest group means no group ever goes past ``end_lr``.
+
+    Example:
+        >>> group_ratios([1e-4, 1e-3])
+        (0.1, 1.0)
+    """
+    largest = max(initial_lrs, default=0.0)
+    if largest <= 0:
+        return tuple(1.0 for _ in initial_lrs)
+    return tuple(lr / largest for lr in initial_lrs)
+
+
+class RangeTest:
+    """The LR range test (Smith, 2015) as a sans-I/O state machine.
+
+    Args:
+        start_lr: the first LR (> 0).
+        end_lr: the last LR (> ``start_lr``).
+        num_iter: the most points to record (>= 2); one point is one optimizer step.
+        mode: a registered schedule name (``"exponential"`` or ``"linear"`` built in).
+        smoothing: the exponential moving average's weight on the past, in ``[0, 1)``:
+            ``avg = smoothing * avg + (1 - smoothing) * loss``, bias corrected from the first
+            point on (``smoothed_t = avg_t / (1 - smoothing ** t)``, ``t = 1`` at the first
+            point). 0 means no smoothing; higher means more.
+        diverge_threshold: stop when the smoothed loss exceeds ``diverge_threshold`` times the
+            best smoothed loss so far (> 1; for losses that can be <= 0, when it rises more than
+            ``diverge_threshold - 1`` times ``|best|`` above the best). ``None`` never stops early.
+        group_ratios: each param group's LR as a fraction of the swept LR (see
+            :func:`group_ratios`); recorded so every group's LR can be read from the result.
+
+    Example:
+        >>> test = RangeTest(start_lr=1e-3, end_lr=1.0, num_iter=3)
+        >>> while not test.finished:
+        ...     lr = test.next_lr()
+        ...     test.record(1.0 / (1.0 + lr))  # the user's step would go here
+        >>> test.result().stop_reason
+        <StopReason.BUDGET: 'budget'>
+    """
+
+    def __init__(
+        self,
+        *,
+        start_lr: float = 1e-7,
+        end_lr: float = 10.0,
+        num_iter: int = 100,
+        mode: str = "exponential",
+        smoothing: float = 0.05,
+        diverge_threshold: float | None = 5.0,
+        group_ratios: Sequence[float] = (1.0,),
+    ) -> None:
+        start_lr = _validate.positive_finite("start_lr", start_lr)
+        end_lr = _validate.positive_finite("end_lr", end_lr)
+        if start_lr >= end_lr:
+            raise ValueError(
+                f"start_lr must be smaller than end_lr, got start_lr={start_lr!r} >= "
+                f"end_lr={end_lr!r}; swap them or widen the range"
+            )
+        self.num_iter = _validate.int_at_least("num_iter", num_iter, 2)
+        schedules = collect_registry("lrfinder_register_schedules")
+        self.mode = _validate.one_of("mode", mode, tuple(schedules))
+        self.smoothing = _validate.in_unit_interval("smoothing", smoothing)
+        self.diverge_threshold = (
+            None
+            if diverge_threshold is None
+            else _validate.greater_than_one("diverge_threshold", diverge_threshold)
+        )
+        self.group_ratios = tuple(float(r) for r in group_ratios)
+        if not self.group_ratios:
+            raise ValueError("group_ratios must name at least one param group, got ()")
+        self.start_lr, self.end_lr = start_lr, end_lr
+        schedule = schedules[mode](start_lr=start_lr, end_lr=end_lr, num_iter=self.num_iter)
+        self._planned = [schedule(i) for i in range(self.num_iter)]
+        self.lrs: list[float] = []
+        self.losses: list[float] = []
+        self.smoothed_losses: list[float] = []
+        self._avg = 0.0
+        self._best = math.inf
+        self.stop_reason: StopReason | None = None
+
+    @property
+    def finished(self) -> bool:
+        """True once the test stopped (budget, divergence, non-finite loss or an outside stop)."""
+        return self.stop_reason is not None
+
+    def next_lr(self) -> float:
+        """The LR of the next point (the same value until :meth:`record` is called)."""
+        if self.stop_reason is not None:
+            raise RuntimeError(
+                f"the range test already stopped ({self.stop_reason}); read result()"
+            )
+        return self._planned[len(self.losses)]
+
+    def record(self, loss: float) -> None:
+        """Record the loss of the step that used :meth:`next_lr`; may finish the test."""
+        lr = self.next_lr()
+        loss = float(loss)
+        self.lrs.append(lr)
+        self.losses.append(loss)
+        if not math.isfinite(loss):
+            self.smoothed_losses.append(loss)
+            self.stop_reason = StopReason.NON_FINITE
+            return
+        beta = self.smoothing
+        self._avg = beta * self._avg + (1.0 - beta) * loss
+        smoothed = self._avg / (1.0 - beta ** len(self.losses)) if beta else loss
+        self.smoothed_losses.append(smoothed)
+        if smoothed < self._best:
+            self._best = smoothed
+        if self._diverged(smoothed):
+            self.stop_reason = StopReason.DIVERGED
+        elif len(self.losses) == self.num_iter:
+            self.stop_reason = StopReason.BUDGET
+
+    def _diverged(self, smoothed: float) -> bool:
+        if self.diverge_threshold is None:
+            return False
+        best = self._best
+        return smoothed - best > (self.diverge_threshold - 1.0) * abs(best) > 0.0
+
+    def stop(self, reason: StopReason | str) -> None:
+        """End the test from outside (data ran out, interrupted); a no-op once stopped."""
+        if self.stop_reason is None:
+            self.stop_reason = StopReason(reason)
+
+    def options(self) -> dict[str, Any]:
+        """The validated settings, as stored in results and shown to observers."""
+        return {
+            "start_lr": self.start_lr,
+            "end_lr": self.end_lr,
+            "num_iter": self.num_iter,
+            "mode": self.mode,
+            "smoothing": self.smoothing,
+            "diverge_threshold": self.diverge_threshold,
+            "group_ratios": list(self.group_ratios),
+        }
+
+    def result(self) -> RangeTestResult:
+        """A frozen copy of the points so far (call it after the test stopped, or any time)."""
+        from lrfinder_plugins._results import RangeTestResult
+
+        return RangeTestResult(
+            lrs=tuple(self.lrs),
+            losses=tuple(self.losses),
+            smoothed_losses=tuple(self.smoothed_losses),
+            stop_reason=self.stop_reason,
+            options=self.options(),
+        )

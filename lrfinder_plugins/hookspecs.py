@@ -1,0 +1,81 @@
+"""Every plugin hook of lrfinder-plugins, with its calling contract.
+
+A plugin is any object or module with functions named like these hooks and marked with
+:data:`lrfinder_plugins.hookimpl`. Plugins are found through the ``lrfinder_plugins`` entry-point
+group (see ``docs/plugins.md``). A hook implementation may accept fewer arguments than the
+specification lists (pluggy passes only the ones it names).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+import pluggy
+
+if TYPE_CHECKING:
+    from lrfinder_plugins._observers import Point, SearchInfo
+    from lrfinder_plugins._results import RangeTestResult
+    from lrfinder_plugins.schedules import ScheduleFactory
+    from lrfinder_plugins.suggest import Suggester
+
+PROJECT_NAME = "lrfinder_plugins"
+
+hookspec = pluggy.HookspecMarker(PROJECT_NAME)
+hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
+
+
+@hookspec
+def lrfinder_register_suggesters() -> Mapping[str, Suggester]:
+    """Return suggestion methods to register, by name.
+
+    Called each time the registry is looked up (``suggestion(method=...)``, ``suggestions()``,
+    ``lrfinder plugins``), so a plugin registered at run time counts at once. Each value is a
+    callable ``suggester(result, **options) -> Suggestion``; its name becomes a valid
+    ``RangeTestResult.suggestion(method=name)``. Returning ``None`` or an empty mapping registers
+    nothing. Registering a name twice raises ``ValueError`` naming both plugins.
+    """
+
+
+@hookspec
+def lrfinder_register_schedules() -> Mapping[str, ScheduleFactory]:
+    """Return learning-rate schedules to register, by name.
+
+    Called each time the registry is looked up (when a ``RangeTest`` is created). Each value is a
+    factory
+    ``factory(*, start_lr, end_lr, num_iter) -> Callable[[int], float]`` whose result maps a
+    point index ``0 .. num_iter - 1`` to a learning rate, non-decreasing, equal to ``start_lr`` at
+    0 and ``end_lr`` at ``num_iter - 1``. Its name becomes a valid ``mode=``. Returning ``None``
+    registers nothing.
+    """
+
+
+@hookspec
+def lrfinder_search_started(search: SearchInfo) -> None:
+    """Observe the start of a search, after its arguments were validated and the state saved.
+
+    Called once per search, before the first step. ``search`` identifies the search in the
+    calls that follow (the same object is passed to every observer hook of one search). The return
+    value is ignored. An exception is logged with the plugin's name and the plugin is not called
+    again for this search; the search goes on.
+    """
+
+
+@hookspec
+def lrfinder_step_recorded(search: SearchInfo, point: Point) -> None:
+    """Observe one recorded point (one optimizer step) of a search.
+
+    Called after each point is recorded, on the hot path: keep it cheap. The return value is
+    ignored. Errors are handled as in :func:`lrfinder_search_started`.
+    """
+
+
+@hookspec
+def lrfinder_search_finished(search: SearchInfo, result: RangeTestResult) -> None:
+    """Observe the end of a search, after the training state was restored.
+
+    Called exactly once per started search, whether it finished, diverged, raised or was
+    interrupted (then ``result.stop_reason`` is ``"interrupted"`` and the exception is re-raised
+    after the observers ran). The return value is ignored. Errors are logged with the plugin's
+    name; the result is still returned.
+    """

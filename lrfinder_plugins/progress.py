@@ -1,0 +1,48 @@
+"""The tqdm progress bar, shipped as an ordinary observer plugin (``lrfinder.progress``)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from lrfinder_plugins.hookspecs import hookimpl
+
+if TYPE_CHECKING:
+    from lrfinder_plugins._observers import Point, SearchInfo
+    from lrfinder_plugins._results import RangeTestResult
+
+
+class TqdmProgress:
+    """Shows one tqdm bar per search that asked for progress; postfix shows the LR and loss.
+
+    Block it with ``LRFINDER_DISABLE_PLUGINS=lrfinder.progress``, or pass ``progress=False``.
+    """
+
+    def __init__(self) -> None:
+        self._bars: dict[int, Any] = {}
+
+    @hookimpl
+    def lrfinder_search_started(self, search: SearchInfo) -> None:
+        """Open a bar for the search."""
+        if not search.progress:
+            return
+        from tqdm.auto import tqdm
+
+        self._bars[search.search_id] = tqdm(
+            total=search.total, desc=search.description, unit="step", leave=False
+        )
+
+    @hookimpl
+    def lrfinder_step_recorded(self, search: SearchInfo, point: Point) -> None:
+        """Advance the bar by one point."""
+        bar = self._bars.get(search.search_id)
+        if bar is not None:
+            bar.update(1)
+            if point.index % 10 == 0:
+                bar.set_postfix(lr=f"{point.lr:.2e}", loss=f"{point.smoothed_loss:.4g}")
+
+    @hookimpl
+    def lrfinder_search_finished(self, search: SearchInfo, result: RangeTestResult) -> None:
+        """Close the bar."""
+        bar = self._bars.pop(search.search_id, None)
+        if bar is not None:
+            bar.close()

@@ -1,0 +1,68 @@
+"""LR schedules for the range test: pure functions from a point index to a learning rate.
+
+Each factory is keyword-only and returns a :data:`Schedule`; both are registered by name through
+the ``lrfinder_register_schedules`` hook, so ``mode="exponential"`` looks the factory up there.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from typing import Protocol
+
+from lrfinder_plugins.hookspecs import hookimpl
+
+Schedule = Callable[[int], float]
+"""Maps a point index ``0 .. num_iter - 1`` to the learning rate used at that point."""
+
+
+class ScheduleFactory(Protocol):
+    """Builds a :data:`Schedule` that starts at ``start_lr`` and ends exactly at ``end_lr``."""
+
+    def __call__(self, *, start_lr: float, end_lr: float, num_iter: int) -> Schedule: ...
+
+
+def exponential(*, start_lr: float, end_lr: float, num_iter: int) -> Schedule:
+    """LRs evenly spaced in log space: ``start_lr * (end_lr / start_lr) ** (i / (num_iter - 1))``.
+
+    Example:
+        >>> schedule = exponential(start_lr=1e-3, end_lr=1.0, num_iter=4)
+        >>> [round(schedule(i), 6) for i in range(4)]
+        [0.001, 0.01, 0.1, 1.0]
+    """
+    log_start, log_end, last = math.log(start_lr), math.log(end_lr), num_iter - 1
+
+    def schedule(index: int) -> float:
+        if index >= last:
+            return end_lr
+        if index <= 0:
+            return start_lr
+        return math.exp(log_start + (log_end - log_start) * (index / last))
+
+    return schedule
+
+
+def linear(*, start_lr: float, end_lr: float, num_iter: int) -> Schedule:
+    """LRs evenly spaced: ``start_lr + (end_lr - start_lr) * i / (num_iter - 1)``.
+
+    Example:
+        >>> schedule = linear(start_lr=0.0001, end_lr=0.0004, num_iter=4)
+        >>> [round(schedule(i), 6) for i in range(4)]
+        [0.0001, 0.0002, 0.0003, 0.0004]
+    """
+    last = num_iter - 1
+
+    def schedule(index: int) -> float:
+        if index >= last:
+            return end_lr
+        if index <= 0:
+            return start_lr
+        return start_lr + (end_lr - start_lr) * (index / last)
+
+    return schedule
+
+
+@hookimpl
+def lrfinder_register_schedules() -> Mapping[str, ScheduleFactory]:
+    """Register the built-in schedules."""
+    return {"exponential": exponential, "linear": linear}
