@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import warnings
 from collections.abc import Sequence
@@ -36,7 +37,7 @@ def _interpolate_loss(lrs: Sequence[float], losses: Sequence[float], lr: float) 
     """The loss at ``lr`` on the curve, linear in log-LR between recorded points."""
     pairs = [(math.log(x), y) for x, y in zip(lrs, losses) if math.isfinite(y)]
     target = math.log(lr)
-    for (x0, y0), (x1, y1) in zip(pairs, pairs[1:]):
+    for (x0, y0), (x1, y1) in itertools.pairwise(pairs):
         if x0 <= target <= x1:
             return y0 if x1 == x0 else y0 + (y1 - y0) * (target - x0) / (x1 - x0)
     return min(pairs, key=lambda p: abs(p[0] - target))[1] if pairs else math.nan

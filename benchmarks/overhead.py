@@ -1,0 +1,142 @@
+"""Per-step overhead of the LR range test against a bare training loop (and torch-lr-finder).
+
+Runs a 100-step range test (snapshot and restore included) and a hand-written loop of the same
+100 steps (exponential LR set by hand, forward, backward, step, ``loss.item()``) on the same
+model and data, alternating them, and prints each one's median time and the ratio.
+
+Usage:
+    .venv/bin/python -m benchmarks.overhead [--repeats 15] [--width 512] [--batch 128]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import platform
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+
+from lrfinder_adapters.pytorch import find_lr
+
+
+def make(
+    width: int, batch: int, seed: int = 0
+) -> tuple[torch.nn.Module, torch.optim.Optimizer, torch.utils.data.DataLoader]:
+    torch.manual_seed(seed)
+    inputs, targets = torch.randn(batch * 25, 64), torch.randint(0, 10, (batch * 25,))
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(inputs, targets), batch_size=batch, shuffle=True
+    )
+    model = torch.nn.Sequential(
+        torch.nn.Linear(64, width),
+        torch.nn.ReLU(),
+        torch.nn.Linear(width, width),
+        torch.nn.ReLU(),
+        torch.nn.Linear(width, 10),
+    )
+    return model, torch.optim.AdamW(model.parameters(), lr=1e-3), loader
+
+
+def bare_loop(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loader: torch.utils.data.DataLoader,
+    steps: int = 100,
+) -> list[float]:
+    """What a user would write by hand: exponential LR, one step per batch, record the loss."""
+    loss_fn = torch.nn.CrossEntropyLoss()
+    losses: list[float] = []
+    start, end = 1e-7, 10.0
+    batches = iter(loader)
+    for i in range(steps):
+        try:
+            x, y = next(batches)
+        except StopIteration:
+            batches = iter(loader)
+            x, y = next(batches)
+        lr = start * (end / start) ** (i / (steps - 1))
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        optimizer.zero_grad(set_to_none=True)
+        loss = loss_fn(model(x), y)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    return losses
+
+
+def ours(
+    model: torch.nn.Module, optimizer: torch.optim.Optimizer, loader: torch.utils.data.DataLoader
+) -> None:
+    find_lr(
+        model,
+        optimizer,
+        torch.nn.CrossEntropyLoss(),
+        loader,
+        num_iter=100,
+        diverge_threshold=1e300,
+        progress=False,
+    )
+
+
+def torch_lr_finder(
+    model: torch.nn.Module, optimizer: torch.optim.Optimizer, loader: torch.utils.data.DataLoader
+) -> None:
+    from torch_lr_finder import LRFinder
+
+    finder = LRFinder(model, optimizer, torch.nn.CrossEntropyLoss(), device="cpu")
+    finder.range_test(loader, start_lr=1e-7, end_lr=10.0, num_iter=100, diverge_th=1e300)
+    finder.reset()
+
+
+def timed(fn: Callable[..., object], *args: object) -> float:
+    """Seconds one call takes (peer output, e.g. torch-lr-finder's tqdm bar, is silenced)."""
+    with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
+        start = time.perf_counter()
+        fn(*args)
+        return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--width", type=int, default=512)
+    parser.add_argument("--batch", type=int, default=128)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    contenders: dict[str, Callable[..., object]] = {
+        "bare loop": bare_loop,
+        "lrfinder-plugins": ours,
+    }
+    try:
+        import torch_lr_finder as _
+
+        contenders["torch-lr-finder"] = torch_lr_finder
+    except ImportError:
+        print("torch-lr-finder not installed: skipped (pip install torch-lr-finder)")
+    times: dict[str, list[float]] = {name: [] for name in contenders}
+    for fn in contenders.values():  # warm-up
+        timed(fn, *make(args.width, args.batch))
+    for _ in range(args.repeats):
+        for name, fn in contenders.items():
+            times[name].append(timed(fn, *make(args.width, args.batch)))
+    base = statistics.median(times["bare loop"])
+    print(
+        f"machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, 1 thread"
+    )
+    print(
+        f"model: MLP 64-{args.width}-{args.width}-10, batch {args.batch}, 100 steps, {args.repeats} repeats"
+    )
+    for name, samples in times.items():
+        median = statistics.median(samples)
+        print(
+            f"{name:>18}: median {median * 1000:8.1f} ms   ratio vs bare loop {median / base:.3f}"
+        )
+
+
+if __name__ == "__main__":
+    main()

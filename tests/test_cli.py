@@ -1,0 +1,111 @@
+"""The ``lrfinder`` command line and the README's promises about it."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lrfinder_plugins import RangeTestResult
+from lrfinder_plugins.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def demo_output(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path]:
+    """Run the real console script once: the demo as a new user runs it."""
+    out = tmp_path_factory.mktemp("demo")
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "lrfinder_plugins.cli",
+            "demo",
+            "--output-dir",
+            str(out),
+            "--no-progress",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    return done.stdout, out
+
+
+def test_demo_prints_the_seed_lines(demo_output: tuple[str, Path]) -> None:
+    """The demo prints the range, the stop reason, the suggestion and the seed's update line."""
+    stdout, _ = demo_output
+    assert "tested range: 1.00e-07 → 1.00e+01" in stdout
+    assert re.search(r"stopped: (budget|diverged|non_finite)", stdout)
+    suggested = re.search(r"Suggested learning rate: (\S+)", stdout)
+    assert suggested is not None
+    assert f"Updated optimizer LR: 1.00e-03 → {suggested.group(1)}" in stdout
+    assert "OneCycleLR hint: max_lr" in stdout
+
+
+def test_demo_writes_plot_and_json(demo_output: tuple[str, Path]) -> None:
+    """The demo saves a PNG and a JSON result that loads back."""
+    _, out = demo_output
+    png = out / "lr_finder_plot.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    result = RangeTestResult.load_json(out / "lr_finder.json")
+    assert len(result) >= 10
+
+
+def test_show_prints_every_method(
+    demo_output: tuple[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`lrfinder show` lists each registered method's suggestion and can re-plot."""
+    _, out = demo_output
+    assert main(["show", str(out / "lr_finder.json"), "--plot", str(out / "again.png")]) == 0
+    printed = capsys.readouterr().out
+    for method in ("valley", "steepest", "minimum", "lightning", "torch_lr_finder"):
+        assert method in printed
+    assert (out / "again.png").stat().st_size > 0
+
+
+def test_show_reads_csv(demo_output: tuple[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    """`lrfinder show` reads a CSV written by save_csv too."""
+    _, out = demo_output
+    RangeTestResult.load_json(out / "lr_finder.json").save_csv(out / "r.csv")
+    assert main(["show", str(out / "r.csv")]) == 0
+    assert "points, stopped" in capsys.readouterr().out
+
+
+def test_plugins_lists_builtins(capsys: pytest.CaptureFixture[str]) -> None:
+    """`lrfinder plugins` lists the built-in plugins with their hooks."""
+    assert main(["plugins"]) == 0
+    printed = capsys.readouterr().out
+    assert "lrfinder.progress" in printed
+    assert "lrfinder_step_recorded" in printed
+
+
+def test_demo_paths_are_overridable(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--plot and --json choose where the demo writes."""
+    plot, saved = tmp_path / "p" / "x.png", tmp_path / "j" / "x.json"
+    code = main(
+        ["demo", "--plot", str(plot), "--json", str(saved), "--num-iter", "20", "--no-progress"]
+    )
+    assert code == 0
+    assert plot.exists()
+    assert json.loads(saved.read_text())["options"]["num_iter"] == 20
+
+
+def test_ci_runs_the_readme_test_command() -> None:
+    """.ci/run calls exactly the test command the README shows."""
+    ci_command = (ROOT / ".ci" / "run").read_text().strip().splitlines()[-1]
+    assert ci_command in (ROOT / "README.md").read_text()
+
+
+def test_readme_starts_with_demo_and_test_commands() -> None:
+    """The README's first two code blocks set up and run the demo, then the tests."""
+    blocks = re.findall(r"```bash\n(.*?)\n```", (ROOT / "README.md").read_text(), flags=re.S)
+    assert blocks[0].endswith("lrfinder demo")
+    assert "pytest" in blocks[1]
+    assert all(".venv" in block for block in blocks[:2])
