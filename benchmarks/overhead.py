@@ -24,20 +24,26 @@ from lrfinder_adapters.pytorch import find_lr
 
 
 def make(
-    width: int, batch: int, seed: int = 0
+    width: int, batch: int, device: str = "cpu", seed: int = 0
 ) -> tuple[torch.nn.Module, torch.optim.Optimizer, torch.utils.data.DataLoader]:
+    """The same model and batches for every contender, already on ``device``.
+
+    The loader serves pre-made batches (``batch_size=None``): a DataLoader indexing GPU
+    tensors sample by sample would cost more than the steps and drown what is measured.
+    """
     torch.manual_seed(seed)
-    inputs, targets = torch.randn(batch * 25, 64), torch.randint(0, 10, (batch * 25,))
-    loader = torch.utils.data.DataLoader(
-        torch.utils.data.TensorDataset(inputs, targets), batch_size=batch, shuffle=True
-    )
+    batches = [
+        (torch.randn(batch, 64, device=device), torch.randint(0, 10, (batch,), device=device))
+        for _ in range(25)
+    ]
+    loader = torch.utils.data.DataLoader(batches, batch_size=None)
     model = torch.nn.Sequential(
         torch.nn.Linear(64, width),
         torch.nn.ReLU(),
         torch.nn.Linear(width, width),
         torch.nn.ReLU(),
         torch.nn.Linear(width, 10),
-    )
+    ).to(device)
     return model, torch.optim.AdamW(model.parameters(), lr=1e-3), loader
 
 
@@ -70,7 +76,9 @@ def bare_loop(
 
 
 def ours(
-    model: torch.nn.Module, optimizer: torch.optim.Optimizer, loader: torch.utils.data.DataLoader
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loader: torch.utils.data.DataLoader,
 ) -> None:
     find_lr(
         model,
@@ -84,11 +92,14 @@ def ours(
 
 
 def torch_lr_finder(
-    model: torch.nn.Module, optimizer: torch.optim.Optimizer, loader: torch.utils.data.DataLoader
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loader: torch.utils.data.DataLoader,
 ) -> None:
     from torch_lr_finder import LRFinder
 
-    finder = LRFinder(model, optimizer, torch.nn.CrossEntropyLoss(), device="cpu")
+    device = next(model.parameters()).device
+    finder = LRFinder(model, optimizer, torch.nn.CrossEntropyLoss(), device=device)
     finder.range_test(loader, start_lr=1e-7, end_lr=10.0, num_iter=100, diverge_th=1e300)
     finder.reset()
 
@@ -98,6 +109,8 @@ def timed(fn: Callable[..., object], *args: object) -> float:
     with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
         start = time.perf_counter()
         fn(*args)
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
         return time.perf_counter() - start
 
 
@@ -106,6 +119,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--width", type=int, default=512)
     parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
     args = parser.parse_args()
     torch.set_num_threads(1)
     contenders: dict[str, Callable[..., object]] = {
@@ -120,13 +134,15 @@ def main() -> None:
         print("torch-lr-finder not installed: skipped (pip install torch-lr-finder)")
     times: dict[str, list[float]] = {name: [] for name in contenders}
     for fn in contenders.values():  # warm-up
-        timed(fn, *make(args.width, args.batch))
+        timed(fn, *make(args.width, args.batch, args.device))
     for _ in range(args.repeats):
         for name, fn in contenders.items():
-            times[name].append(timed(fn, *make(args.width, args.batch)))
+            times[name].append(timed(fn, *make(args.width, args.batch, args.device)))
     base = statistics.median(times["bare loop"])
     print(
-        f"machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, 1 thread"
+        f"machine: {platform.machine()}, device {args.device}"
+        f"{' (' + torch.cuda.get_device_name() + ')' if args.device == 'cuda' else ''}, "
+        f"torch {torch.__version__}, 1 CPU thread"
     )
     print(
         f"model: MLP 64-{args.width}-{args.width}-10, batch {args.batch}, 100 steps, {args.repeats} repeats"

@@ -16,6 +16,13 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from lrfinder_plugins._batch_search import (
+    BatchSizeResult,
+    BatchSizeSearch,
+    BatchStopReason,
+    BatchTrial,
+    NothingFitsError,
+)
 from lrfinder_plugins._driver import TrainingStep, run_range_test
 from lrfinder_plugins._manager import get_plugin_manager
 from lrfinder_plugins._observers import Point, SearchInfo
@@ -25,13 +32,19 @@ from lrfinder_plugins.hookspecs import hookimpl
 from lrfinder_plugins.suggest import NoSuggestionWarning, Suggestion
 
 if TYPE_CHECKING:
+    from lrfinder_adapters.batch_size import find_batch_size, tune
     from lrfinder_adapters.pytorch import LearningRateFinder, TorchStep, find_lr
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "BatchSizeResult",
+    "BatchSizeSearch",
+    "BatchStopReason",
+    "BatchTrial",
     "LearningRateFinder",
     "NoSuggestionWarning",
+    "NothingFitsError",
     "Point",
     "RangeTest",
     "RangeTestResult",
@@ -41,16 +54,20 @@ __all__ = [
     "TorchStep",
     "TrainingStep",
     "__version__",
+    "find_batch_size",
     "find_lr",
     "get_plugin_manager",
     "hookimpl",
     "run_range_test",
+    "tune",
 ]
 
 _LAZY = {
     "LearningRateFinder": "lrfinder_adapters.pytorch",
     "TorchStep": "lrfinder_adapters.pytorch",
     "find_lr": "lrfinder_adapters.pytorch",
+    "find_batch_size": "lrfinder_adapters.batch_size",
+    "tune": "lrfinder_adapters.batch_size",
 }
 
 

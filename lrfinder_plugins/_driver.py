@@ -79,8 +79,8 @@ def run_range_test(
         description=description,
         options=test.options(),
     )
+    observers = Observers(search)  # before the snapshot: if plugins fail to load, nothing moved
     snapshot = step.snapshot()
-    observers = Observers(search)
     try:
         observers.started()
         _loop(step, test, observers)

@@ -12,6 +12,7 @@ from lrfinder_plugins._manager import get_plugin_manager
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    from lrfinder_plugins._batch_search import BatchSizeResult, BatchTrial
     from lrfinder_plugins._results import RangeTestResult
 
 log = logging.getLogger("lrfinder_plugins")
@@ -65,6 +66,7 @@ class Observers:
                 "lrfinder_search_started",
                 "lrfinder_step_recorded",
                 "lrfinder_search_finished",
+                "lrfinder_trial_recorded",
             )
         }
         self._failed: set[str] = set()
@@ -99,4 +101,12 @@ class Observers:
 
     def finished(self, result: RangeTestResult) -> None:
         """Tell every observer the search ended (always called once per started search)."""
+        self._call("lrfinder_search_finished", search=self.search, result=result)
+
+    def trial_recorded(self, trial: BatchTrial) -> None:
+        """Tell every observer a batch-size trial was recorded."""
+        self._call("lrfinder_trial_recorded", search=self.search, trial=trial)
+
+    def batch_finished(self, result: BatchSizeResult) -> None:
+        """Tell every observer a batch-size search ended (always once per started search)."""
         self._call("lrfinder_search_finished", search=self.search, result=result)

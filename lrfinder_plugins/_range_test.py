@@ -109,8 +109,15 @@ class RangeTest:
             else _validate.greater_than_one("diverge_threshold", diverge_threshold)
         )
         self.group_ratios = tuple(float(r) for r in group_ratios)
-        if not self.group_ratios:
-            raise ValueError("group_ratios must name at least one param group, got ()")
+        if (
+            not self.group_ratios
+            or not all(math.isfinite(r) and r >= 0 for r in self.group_ratios)
+            or max(self.group_ratios) <= 0
+        ):
+            raise ValueError(
+                f"group_ratios must be finite, >= 0 and not all 0 (one per param group), got "
+                f"{group_ratios!r}; pass each group's LR divided by the largest group's LR"
+            )
         self.start_lr, self.end_lr = start_lr, end_lr
         schedule = schedules[mode](start_lr=start_lr, end_lr=end_lr, num_iter=self.num_iter)
         self._planned = [schedule(i) for i in range(self.num_iter)]
@@ -159,7 +166,10 @@ class RangeTest:
         if self.diverge_threshold is None:
             return False
         best = self._best
-        return smoothed - best > (self.diverge_threshold - 1.0) * abs(best) > 0.0
+        # Relative to |best|; a best of exactly 0 would never allow a stop, so use the scale of
+        # the first smoothed loss then.
+        scale = abs(best) or abs(self.smoothed_losses[0])
+        return smoothed - best > (self.diverge_threshold - 1.0) * scale > 0.0
 
     def stop(self, reason: StopReason | str) -> None:
         """End the test from outside (data ran out, interrupted); a no-op once stopped."""

@@ -3,33 +3,35 @@
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Any
 
 
 def _is_real(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    # numbers.Real admits NumPy scalars (np.float32, np.int64); bool is an int but never a number here.
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
-def positive_finite(name: str, value: Any) -> float:
+def positive_finite(name: str, value: Any, example: str = "1e-7") -> float:
     """Return ``value`` as a float, or raise if it is not a finite number > 0."""
     if not _is_real(value):
         raise TypeError(f"{name} must be a number, got {value!r} ({type(value).__name__})")
     if not math.isfinite(value) or value <= 0:
         raise ValueError(
-            f"{name} must be a finite number > 0, got {value!r}; pass e.g. {name}=1e-7"
+            f"{name} must be a finite number > 0, got {value!r}; pass e.g. {name}={example}"
         )
     return float(value)
 
 
 def int_at_least(name: str, value: Any, minimum: int) -> int:
     """Return ``value`` if it is an int >= ``minimum``, else raise."""
-    if not isinstance(value, int) or isinstance(value, bool):
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool):
         raise TypeError(f"{name} must be an int, got {value!r} ({type(value).__name__})")
     if value < minimum:
         raise ValueError(
             f"{name} must be >= {minimum}, got {value!r}; pass {name}={minimum} or more"
         )
-    return value
+    return int(value)
 
 
 def in_unit_interval(name: str, value: Any) -> float:

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 import pluggy
 
 if TYPE_CHECKING:
+    from lrfinder_plugins._batch_search import BatchTrial
     from lrfinder_plugins._observers import Point, SearchInfo
     from lrfinder_plugins._results import RangeTestResult
     from lrfinder_plugins.schedules import ScheduleFactory
@@ -78,4 +79,32 @@ def lrfinder_search_finished(search: SearchInfo, result: RangeTestResult) -> Non
     interrupted (then ``result.stop_reason`` is ``"interrupted"`` and the exception is re-raised
     after the observers ran). The return value is ignored. Errors are logged with the plugin's
     name; the result is still returned.
+    """
+
+
+@hookspec(firstresult=True)
+def lrfinder_is_oom(error: BaseException) -> bool | None:
+    """Decide whether an exception raised by a batch-size trial means "out of memory".
+
+    Called by the batch-size search each time a trial raises an ``Exception``, before the
+    built-in classifier (``torch.OutOfMemoryError``, ``MemoryError``, then the CUDA, cuDNN,
+    cuBLAS, HIP, MPS, XPU and CPU-allocator messages). ``error`` is the exception as raised.
+    Return ``True``: it is an out-of-memory error (the size does not fit; the search goes on
+    with a smaller one). ``False``: it is not (the state is restored and the exception re-raised
+    unchanged). ``None``: no opinion; the next plugin, then the built-in classifier, decides. The
+    first ``True``/``False`` wins (``False`` stops the lookup too). Do not keep a reference to
+    ``error``: its traceback pins the failed step's tensors.
+    """
+
+
+@hookspec
+def lrfinder_trial_recorded(search: SearchInfo, trial: BatchTrial) -> None:
+    """Observe one trial of a batch-size search (``search.kind == "batch_size"``).
+
+    Called after each trial is recorded and the training state restored: ``trial`` holds the
+    size, whether it fitted, the steps that ran, the peak memory (``None`` where the backend
+    does not report it) and the seconds it took. The return value is ignored. Errors are handled
+    as in :func:`lrfinder_search_started`. A batch-size search also calls
+    :func:`lrfinder_search_started` and :func:`lrfinder_search_finished`, the latter with a
+    ``BatchSizeResult``.
     """

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 from lrfinder_plugins.hookspecs import hookimpl
 
 if TYPE_CHECKING:
+    from lrfinder_plugins._batch_search import BatchTrial
     from lrfinder_plugins._observers import Point, SearchInfo
     from lrfinder_plugins._results import RangeTestResult
 
@@ -46,3 +47,12 @@ class TqdmProgress:
         bar = self._bars.pop(search.search_id, None)
         if bar is not None:
             bar.close()
+
+    @hookimpl
+    def lrfinder_trial_recorded(self, search: SearchInfo, trial: BatchTrial) -> None:
+        """Advance the bar by one batch-size trial; the postfix shows its size and outcome."""
+        bar = self._bars.get(search.search_id)
+        if bar is not None:
+            bar.unit = "trial"
+            bar.update(1)
+            bar.set_postfix(size=trial.size, fits="yes" if trial.fitted else "OOM")

@@ -37,7 +37,10 @@ def exponential(*, start_lr: float, end_lr: float, num_iter: int) -> Schedule:
             return end_lr
         if index <= 0:
             return start_lr
-        return math.exp(log_start + (log_end - log_start) * (index / last))
+        # Clamped: exp(log(x)) can land one float step outside a very narrow range.
+        return min(
+            max(math.exp(log_start + (log_end - log_start) * (index / last)), start_lr), end_lr
+        )
 
     return schedule
 
@@ -57,7 +60,7 @@ def linear(*, start_lr: float, end_lr: float, num_iter: int) -> Schedule:
             return end_lr
         if index <= 0:
             return start_lr
-        return start_lr + (end_lr - start_lr) * (index / last)
+        return min(max(start_lr + (end_lr - start_lr) * (index / last), start_lr), end_lr)
 
     return schedule
 

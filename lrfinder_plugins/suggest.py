@@ -150,7 +150,7 @@ def _too_few(result: RangeTestResult, method: str, found: int, need: int) -> Sug
 
 # -- the methods ---------------------------------------------------------------------------------
 def valley(result: RangeTestResult, *, beta: float = 0.98) -> Suggestion:
-    """fastai's ``valley``: the longest decreasing run of the smoothed loss, 2/3-ish down it.
+    """fastai's ``valley``: the longest decreasing run of the smoothed loss, about half-way down it.
 
     fastai smooths with a bias-corrected EMA (``beta=0.98``), keeps points
     ``[num_iter // 10 : -5]``, finds the longest strictly decreasing subsequence and returns the
@@ -196,12 +196,16 @@ def steepest(
     planned points (``skip_start``) and the last ``skip_end`` are ignored.
     """
     count = len(result)
-    finite = [x for x in result.losses if math.isfinite(x)]
+    raw = result.losses
     if skip_start is None:
         skip_start = int(result.options.get("num_iter", count)) // 10
     half = max(window, 1) // 2
+    # Each finite point's window is taken around its own index (non-finite neighbours left out),
+    # so a NaN in the middle does not shift the later points onto their neighbours' LRs.
     smoothed = [
-        statistics.median(finite[max(0, i - half) : i + half + 1]) if i < len(finite) else math.nan
+        statistics.median(x for x in raw[max(0, i - half) : i + half + 1] if math.isfinite(x))
+        if math.isfinite(raw[i])
+        else math.nan
         for i in range(count)
     ]
     idx, losses = _finite_points(result, smoothed, _window(count, skip_start, skip_end))
@@ -237,7 +241,10 @@ def torch_lr_finder(
     """
     smoothed: list[float] = []
     for value in result.losses:
-        smoothed.append(value if not smoothed else smooth_f * value + (1 - smooth_f) * smoothed[-1])
+        # As torch-lr-finder: smooth_f=0 means no smoothing (not "keep the first loss forever").
+        if smoothed and smooth_f > 0:
+            value = smooth_f * value + (1 - smooth_f) * smoothed[-1]
+        smoothed.append(value)
     window = _window(len(result), skip_start, skip_end)
     losses = [smoothed[i] for i in window]
     if len(losses) < 2 or not all(math.isfinite(x) for x in losses):

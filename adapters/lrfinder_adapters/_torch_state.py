@@ -18,18 +18,63 @@ from typing import Any
 
 import torch
 
-_MISSING = object()
+_OPTIMIZER_ATTRS = ("_opt_called",)
+"""Optimizer attributes outside its state_dict that a step changes (set by LR schedulers)."""
+
+
+def save_tensor(tensor: torch.Tensor) -> torch.Tensor:
+    """A CPU copy of ``tensor``: pinned and asynchronous for CUDA tensors, a clone for CPU ones.
+
+    The device-to-host copy is queued on the current stream, so anything that later changes
+    ``tensor`` on that stream runs after it: no synchronisation is needed, and a snapshot costs
+    the step almost nothing. Read the copy on the CPU only after ``torch.cuda.synchronize()``.
+    """
+    tensor = tensor.detach()
+    if tensor.device.type == "cpu":
+        return tensor.clone()
+    if tensor.device.type == "cuda":
+        copy_ = torch.empty_like(tensor, device="cpu", pin_memory=True)
+        return copy_.copy_(tensor, non_blocking=True)
+    return tensor.to("cpu", copy=True)
 
 
 def to_cpu_copy(tree: Any) -> Any:
-    """Deep copy of a nested dict/list/tuple with every tensor copied to CPU memory."""
+    """Deep copy of nested dicts/lists/tuples with every tensor copied by :func:`save_tensor`.
+
+    Container types are kept (``defaultdict`` with its factory, named tuples).
+    """
     if isinstance(tree, torch.Tensor):
-        return tree.detach().to("cpu", copy=True)
+        return save_tensor(tree)
     if isinstance(tree, dict):
-        return type(tree)((k, to_cpu_copy(v)) for k, v in tree.items())
+        out = copy.copy(tree)
+        for key, value in tree.items():
+            out[key] = to_cpu_copy(value)
+        return out
+    if isinstance(tree, tuple) and hasattr(tree, "_fields"):
+        return type(tree)(*(to_cpu_copy(v) for v in tree))
     if isinstance(tree, (list, tuple)):
         return type(tree)(to_cpu_copy(v) for v in tree)
     return copy.deepcopy(tree)
+
+
+def load_into(live: Any, saved: Any, device: torch.device | str | None = None) -> Any:
+    """Put ``saved`` (from :func:`to_cpu_copy`) back, writing into ``live``'s tensor in place.
+
+    When ``live`` is a tensor of the same shape, dtype and device (``device``, if given), it is
+    overwritten (asynchronously from pinned memory, ordered on the current stream) and keeps its
+    identity. Otherwise a fresh copy is made on ``device`` (default: ``live``'s device, or the
+    CPU). Anything that is not a tensor is deep-copied. Returns the restored value.
+    """
+    if not isinstance(saved, torch.Tensor):
+        return copy.deepcopy(saved)
+    if isinstance(live, torch.Tensor):
+        target = torch.device(device) if device is not None else live.device
+        if live.shape == saved.shape and live.dtype == saved.dtype and live.device == target:
+            with torch.no_grad():
+                return live.copy_(saved, non_blocking=True)
+    else:
+        target = torch.device(device or "cpu")
+    return saved.to(target, copy=True, non_blocking=True)
 
 
 @dataclass
@@ -85,16 +130,46 @@ class TrainingState:
             self.directory = None
 
 
+def _param_order(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
+    return [p for group in optimizer.param_groups for p in group["params"]]
+
+
+def _capture_optimizer(optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    # Read optimizer.state directly, keyed by position (as state_dict does), with each tensor's
+    # device kept so a state the test created can be dropped and one it replaced put back.
+    position = {id(p): i for i, p in enumerate(_param_order(optimizer))}
+    return {
+        "state": {
+            position[id(p)]: {
+                key: (
+                    to_cpu_copy(value),
+                    str(value.device) if isinstance(value, torch.Tensor) else None,
+                )
+                for key, value in entries.items()
+            }
+            for p, entries in optimizer.state.items()
+            if id(p) in position
+        },
+        "groups": [
+            {key: to_cpu_copy(value) for key, value in group.items() if key != "params"}
+            for group in optimizer.param_groups
+        ],
+        # A dict, not a sentinel: the disk snapshot pickles it, and a sentinel would not survive.
+        "attrs": {
+            key: optimizer.__dict__[key] for key in _OPTIMIZER_ATTRS if key in optimizer.__dict__
+        },
+    }
+
+
 def _capture_weights(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
     params = dict(model.named_parameters(remove_duplicate=True))
     return {
-        "params": {name: to_cpu_copy(p) for name, p in params.items()},
+        "params": {name: save_tensor(p) for name, p in params.items()},
         "grads": {
-            name: None if p.grad is None else to_cpu_copy(p.grad) for name, p in params.items()
+            name: None if p.grad is None else save_tensor(p.grad) for name, p in params.items()
         },
-        "buffers": {name: to_cpu_copy(b) for name, b in model.named_buffers(remove_duplicate=True)},
-        "optimizer": to_cpu_copy(optimizer.state_dict()),
-        "opt_called": getattr(optimizer, "_opt_called", _MISSING),
+        "buffers": {name: save_tensor(b) for name, b in model.named_buffers(remove_duplicate=True)},
+        "optimizer": _capture_optimizer(optimizer),
     }
 
 
@@ -104,6 +179,9 @@ def _capture_scaler(scaler: Any) -> dict[str, Any] | None:
     return {
         "state": copy.deepcopy(scaler.state_dict()),
         "lazy": scaler._scale is None,  # not yet initialised: put it back uninitialised
+        # Per-iteration bookkeeping (unscale_ called, found inf): an error between unscale_ and
+        # update() would leave it set, and the user's next unscale_ would refuse to run.
+        "per_optimizer": copy.deepcopy(dict(scaler._per_optimizer_states)),
     }
 
 
@@ -132,6 +210,8 @@ def capture(
     if not keep_weights:
         weights = _capture_weights(model, optimizer)
         if where == "disk":
+            if torch.cuda.is_available() and torch.cuda.is_initialized():
+                torch.cuda.synchronize()  # the asynchronous copies must land before pickling
             directory = tempfile.TemporaryDirectory(prefix="lrfinder-")
             torch.save(weights, Path(directory.name) / "weights.pt")
             weights = {"path": str(Path(directory.name) / "weights.pt")}
@@ -146,16 +226,29 @@ def capture(
     )
 
 
-def _clone(tree: Any) -> Any:
-    # load_state_dict may keep the tensors it is given; hand it copies so a snapshot survives
-    # being restored many times (the batch-size search restores after every trial).
-    if isinstance(tree, torch.Tensor):
-        return tree.clone()
-    if isinstance(tree, dict):
-        return type(tree)((k, _clone(v)) for k, v in tree.items())
-    if isinstance(tree, (list, tuple)):
-        return type(tree)(_clone(v) for v in tree)
-    return tree
+def _restore_optimizer(saved: dict[str, Any], optimizer: torch.optim.Optimizer) -> None:
+    # In place, not load_state_dict: it keeps the user's param-group dicts and state tensors
+    # (schedulers, wrappers and captured CUDA graphs hold on to them), copies asynchronously, and
+    # never casts: each tensor goes back to its own dtype and device, bitwise.
+    params = _param_order(optimizer)
+    state = optimizer.state
+    restored: dict[torch.Tensor, dict[str, Any]] = {}
+    for position, entries in saved["state"].items():
+        param = params[position]
+        live = state.get(param, {})
+        restored[param] = {}
+        for key, (value, device) in entries.items():
+            restored[param][key] = load_into(live.get(key), value, device)
+    state.clear()
+    state.update(restored)
+    for group, saved_group in zip(optimizer.param_groups, saved["groups"]):
+        for key in set(group) - set(saved_group) - {"params"}:
+            del group[key]
+        for key, value in saved_group.items():
+            group[key] = load_into(group.get(key), value)
+    for key in _OPTIMIZER_ATTRS:
+        optimizer.__dict__.pop(key, None)
+    optimizer.__dict__.update(saved["attrs"])
 
 
 @torch.no_grad()
@@ -165,21 +258,12 @@ def _restore_weights(
     if "path" in weights:
         weights = torch.load(weights["path"], map_location="cpu", weights_only=False)
     for name, p in model.named_parameters(remove_duplicate=True):
-        p.copy_(weights["params"][name])
+        p.copy_(weights["params"][name], non_blocking=True)
         saved = weights["grads"][name]
-        if saved is None:
-            p.grad = None
-        elif p.grad is not None and p.grad.shape == saved.shape:
-            p.grad.copy_(saved)
-        else:
-            p.grad = saved.to(device=p.device, copy=True)
+        p.grad = None if saved is None else load_into(p.grad, saved, p.device)
     for name, b in model.named_buffers(remove_duplicate=True):
-        b.copy_(weights["buffers"][name])
-    optimizer.load_state_dict(_clone(weights["optimizer"]))
-    if weights["opt_called"] is _MISSING:
-        optimizer.__dict__.pop("_opt_called", None)
-    else:
-        optimizer._opt_called = weights["opt_called"]  # type: ignore[attr-defined]
+        b.copy_(weights["buffers"][name], non_blocking=True)
+    _restore_optimizer(weights["optimizer"], optimizer)
 
 
 def restore(
@@ -207,4 +291,6 @@ def restore(
         if state.scaler["lazy"]:
             scaler._scale = None
             scaler._growth_tracker = None
+        scaler._per_optimizer_states.clear()
+        scaler._per_optimizer_states.update(copy.deepcopy(state.scaler["per_optimizer"]))
     state.rng.restore()

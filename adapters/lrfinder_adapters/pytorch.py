@@ -26,6 +26,7 @@ from lrfinder_plugins import _validate  # noqa: E402
 from lrfinder_plugins._driver import run_range_test  # noqa: E402
 from lrfinder_plugins._range_test import RangeTest, group_ratios  # noqa: E402
 from lrfinder_plugins._results import RangeTestResult  # noqa: E402
+from lrfinder_plugins.suggest import registered as registered_suggesters  # noqa: E402
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -141,7 +142,8 @@ class TorchStep:
             Cycled when shorter than the test.
         device: where batches are moved (``None``: left where they are).
         accumulation_steps: micro-batches per optimizer step; their mean loss is the point.
-        max_grad_norm: clip the gradients' total norm to this (``None``: no clipping).
+        max_grad_norm: clip the total norm of the optimizer's gradients to this (``None``: no
+            clipping).
         amp: run the forward pass under ``torch.autocast`` (``float16`` on CUDA, ``bfloat16``
             elsewhere, or ``amp_dtype``).
         amp_dtype: the autocast dtype when ``amp`` is true.
@@ -194,8 +196,21 @@ class TorchStep:
             "accumulation_steps", accumulation_steps, 1
         )
         if max_grad_norm is not None:
-            _validate.positive_finite("max_grad_norm", max_grad_norm)
+            _validate.positive_finite("max_grad_norm", max_grad_norm, "1.0")
         _validate.one_of("snapshot", snapshot, ("cpu", "disk"))
+        if not isinstance(keep_weights, bool):
+            raise TypeError(f"keep_weights must be True or False, got {keep_weights!r}")
+        if amp_dtype is not None and not isinstance(amp_dtype, torch.dtype):
+            raise TypeError(
+                f"amp_dtype must be a torch.dtype (e.g. torch.bfloat16) or None, got {amp_dtype!r}"
+            )
+        schedulers = tuple(schedulers)
+        for scheduler in schedulers:
+            if not (hasattr(scheduler, "state_dict") and hasattr(scheduler, "load_state_dict")):
+                raise TypeError(
+                    "schedulers must hold LR schedulers (with state_dict/load_state_dict), got "
+                    f"{type(scheduler).__name__}"
+                )
         if scaler is not None and not isinstance(
             scaler, (torch.amp.GradScaler, torch.cuda.amp.GradScaler)
         ):
@@ -212,7 +227,7 @@ class TorchStep:
         self.train_loader, self.val_loader, self.val_batches = train_loader, val_loader, val_batches
         self.max_grad_norm, self.scaler, self.compute_loss = max_grad_norm, scaler, compute_loss
         self.schedulers, self.keep_weights, self.snapshot_to = (
-            tuple(schedulers),
+            schedulers,
             keep_weights,
             snapshot,
         )
@@ -221,12 +236,18 @@ class TorchStep:
         self._autocast = self._autocast_factory(amp, amp_dtype)
         self._batches: Iterator[Any] | None = None
         self._last_scale = 0.0
-        self._checked = False
+        # The optimizer's parameters only: those are the ones a scaler unscales before clipping.
+        self._clip_params = [p for group in optimizer.param_groups for p in group["params"]]
 
     # -- protocol ------------------------------------------------------------------------------
     def snapshot(self) -> _torch_state.TrainingState:
-        """Save the model, optimizer, schedulers, scaler and RNG (CPU memory or disk)."""
-        return _torch_state.capture(
+        """Save the model, optimizer, schedulers, scaler and RNG (CPU memory or disk).
+
+        A model left in eval mode is switched to train mode after the snapshot (the test trains
+        it; the restore puts the modes back). One already in train mode is left as it is, so
+        submodules the user froze in eval (e.g. BatchNorm) stay frozen.
+        """
+        state = _torch_state.capture(
             self.model,
             self.optimizer,
             schedulers=self.schedulers,
@@ -234,6 +255,10 @@ class TorchStep:
             keep_weights=self.keep_weights,
             where=self.snapshot_to,
         )
+        if not self.model.training:
+            log.info("the model was in eval mode: the range test runs it in train mode")
+            self.model.train()
+        return state
 
     def restore(self, snapshot: _torch_state.TrainingState) -> None:
         """Put back everything :meth:`snapshot` saved, bitwise."""
@@ -257,25 +282,27 @@ class TorchStep:
         if self._batches is None:
             self._batches = self._cycle(self.train_loader, "train_loader")
             self._last_scale = self.scaler.get_scale() if self.scaler is not None else 0.0
-        model, optimizer, scaler, steps = (
-            self.model,
-            self.optimizer,
-            self.scaler,
-            self.accumulation_steps,
-        )
+        optimizer, scaler, steps = self.optimizer, self.scaler, self.accumulation_steps
         optimizer.zero_grad(set_to_none=True)
         total: torch.Tensor | None = None
         for _ in range(steps):
             batch = _to_device(next(self._batches), self.device)
-            with self._autocast():
-                loss = self._loss(batch)
+            try:
+                with self._autocast():
+                    loss = self._loss(batch)
+            except StopIteration as error:
+                # Only the data running out may end the test quietly (as PEP 479 does for
+                # generators): a StopIteration from the user's model or loss is a bug to show.
+                raise RuntimeError("the model or loss function raised StopIteration") from error
             scaled = loss if steps == 1 else loss / steps
             (scaled if scaler is None else scaler.scale(scaled)).backward()
-            total = loss.detach() if total is None else total + loss.detach()
+            # Sum in float32 at least: bfloat16/float16 losses (AMP) would round the window's sum.
+            detached = loss.detach().to(torch.promote_types(loss.dtype, torch.float32))
+            total = detached if total is None else total + detached
         if self.max_grad_norm is not None:
             if scaler is not None:
                 scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), self.max_grad_norm)
+            torch.nn.utils.clip_grad_norm_(self._clip_params, self.max_grad_norm)
         if scaler is None:
             optimizer.step()
         else:
@@ -452,6 +479,10 @@ class LearningRateFinder:
             suggested LR (NaN, with a ``NoSuggestionWarning``, when the curve allows none).
             ``self.result`` holds everything (raw losses, param groups, stop reason).
         """
+        # The engine calls it ``smoothing``; the error must name the argument the user passed.
+        _validate.in_unit_interval("smooth_factor", smooth_factor)
+        if method is not None:  # checked now, not after the whole test has run
+            _validate.one_of("method", method, tuple(registered_suggesters()))
         test = RangeTest(
             start_lr=start_lr,
             end_lr=end_lr,
@@ -477,11 +508,12 @@ class LearningRateFinder:
             self.result = test.result()
             raise
         suggestion = self.result.suggestion(method)
+        lrs = self.result.lrs or (math.nan,)  # no point at all (data ran out before the first)
         log.info(
             "LR range test: %d points from %.2e to %.2e, stopped: %s, suggested LR %.2e",
             len(self.result),
-            self.result.lrs[0],
-            self.result.lrs[-1],
+            lrs[0],
+            lrs[-1],
             self.result.stop_reason,
             suggestion.lr,
         )

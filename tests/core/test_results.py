@@ -1,0 +1,204 @@
+"""RangeTestResult: JSON and CSV round-trips, standard files, plots, and small accessors."""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from lrfinder_plugins import RangeTest, RangeTestResult
+
+from .curves import recorded, result_from_losses, sigmoid_curve
+
+plt = pytest.importorskip("matplotlib.pyplot")
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(autouse=True)
+def _close_figures() -> Iterator[None]:
+    yield
+    plt.close("all")
+
+
+def assert_same_result(loaded: RangeTestResult, original: RangeTestResult) -> None:
+    """Equal point for point, NaN included (repr() of a float round-trips exactly)."""
+    assert repr(loaded.lrs) == repr(original.lrs)
+    assert repr(loaded.losses) == repr(original.losses)
+    assert repr(loaded.smoothed_losses) == repr(original.smoothed_losses)
+    assert loaded.stop_reason is original.stop_reason
+    assert loaded.options == original.options
+
+
+def run(losses: list[float], **options: Any) -> RangeTestResult:
+    return recorded(RangeTest(**{"num_iter": len(losses), **options}), losses).result()
+
+
+RESULTS = {
+    "budget": run([3.0, 2.0, 1.5, 1.2, 1.1]),
+    "nan-stop": run([3.0, 2.0, math.nan], num_iter=10),
+    "inf-stop": run([3.0, math.inf], num_iter=10),
+    "minus-inf-stop": run([3.0, -math.inf], num_iter=10),
+    "three-groups": run([3.0, 2.0, 1.0], group_ratios=(0.01, 0.1, 1.0)),
+    "still-running": run([3.0, 2.0], num_iter=10, mode="linear"),
+    "no-points": RangeTest(num_iter=4).result(),
+}
+results = pytest.mark.parametrize("result", list(RESULTS.values()), ids=list(RESULTS))
+
+
+@results
+def test_json_round_trip(tmp_path: Path, result: RangeTestResult) -> None:
+    """load_json(save_json(result)) gives the same points, stop reason and options."""
+    assert_same_result(RangeTestResult.load_json(result.save_json(tmp_path / "r.json")), result)
+
+
+@results
+def test_csv_round_trip(tmp_path: Path, result: RangeTestResult) -> None:
+    """load_csv(save_csv(result)) gives the same points, stop reason and options."""
+    assert_same_result(RangeTestResult.load_csv(result.save_csv(tmp_path / "r.csv")), result)
+
+
+@results
+def test_json_file_is_standard_json(tmp_path: Path, result: RangeTestResult) -> None:
+    """No NaN/Infinity literals: a strict JSON parser reads the file."""
+
+    def refuse(constant: str) -> None:
+        raise AssertionError(f"non-standard JSON constant {constant}")
+
+    data = json.loads(result.save_json(tmp_path / "r.json").read_text(), parse_constant=refuse)
+    assert data["format"] == "lrfinder-range-test"
+
+
+def test_stop_reason_is_stored_as_its_value(tmp_path: Path) -> None:
+    """The file says "non_finite", not an enum repr."""
+    data = json.loads(RESULTS["nan-stop"].save_json(tmp_path / "r.json").read_text())
+    assert (data["stop_reason"], data["losses"][-1]) == ("non_finite", "nan")
+
+
+def test_save_creates_parent_directories(tmp_path: Path) -> None:
+    """save_json and save_csv create missing directories."""
+    result = RESULTS["budget"]
+    paths = [result.save_json(tmp_path / "a" / "r.json"), result.save_csv(tmp_path / "b" / "r.csv")]
+    assert all(path.is_file() for path in paths)
+
+
+def test_csv_has_one_lr_column_per_group() -> None:
+    """The CSV table has step, lr, one lr_group_<g> per param group, loss and smoothed_loss."""
+    header = RESULTS["three-groups"].to_csv().splitlines()[1]
+    assert header == "step,lr,lr_group_0,lr_group_1,lr_group_2,loss,smoothed_loss"
+
+
+def test_csv_group_columns_hold_each_groups_lr() -> None:
+    """Each row's group columns are the group LRs used at that point."""
+    result = RESULTS["three-groups"]
+    first_row = result.to_csv().splitlines()[2].split(",")
+    assert [float(x) for x in first_row[2:5]] == list(result.group_lrs[0])
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        {"format": "something-else", "version": 1},
+        {"version": 1},
+        {"format": "lrfinder-range-test", "version": 99},
+    ],
+    ids=["wrong-format", "no-format", "future-version"],
+)
+def test_loading_an_unknown_format_raises(tmp_path: Path, data: dict[str, Any]) -> None:
+    """A JSON file that is not a result this version writes raises ValueError."""
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps({**data, "lrs": [], "losses": [], "smoothed_losses": []}))
+    with pytest.raises(ValueError, match=r"format|version"):
+        RangeTestResult.load_json(path)
+
+
+def test_csv_without_metadata_line_raises(tmp_path: Path) -> None:
+    """A CSV that save_csv did not write (no '# {...}' first line) raises ValueError."""
+    path = tmp_path / "r.csv"
+    path.write_text("step,lr,loss,smoothed_loss\n0,0.1,1.0,1.0\n")
+    with pytest.raises(ValueError, match="metadata"):
+        RangeTestResult.load_csv(path)
+
+
+def test_mismatched_lengths_raise() -> None:
+    """A result needs one LR, loss and smoothed loss per point."""
+    with pytest.raises(ValueError, match="one entry per point"):
+        RangeTestResult(lrs=(0.1, 0.2), losses=(1.0,), smoothed_losses=(1.0,), stop_reason=None)
+
+
+def test_len_is_the_number_of_points() -> None:
+    """len(result) counts the recorded points."""
+    assert (len(RESULTS["budget"]), len(RESULTS["no-points"])) == (5, 0)
+
+
+def test_group_lrs_default_to_one_group() -> None:
+    """A result without group_ratios has one group, at the swept LR."""
+    result = RangeTestResult(
+        lrs=(0.1, 0.2), losses=(1, 2), smoothed_losses=(1, 2), stop_reason=None
+    )
+    assert result.group_lrs == ((0.1,), (0.2,))
+
+
+# -- plots ---------------------------------------------------------------------------------------
+def marked_methods(figure: Any) -> list[str]:
+    """The legend labels of the suggestion markers (scatter points) on the figure."""
+    return [c.get_label().split(":")[0] for c in figure.axes[0].collections]
+
+
+@pytest.mark.parametrize(
+    ("suggest", "expected"),
+    [
+        (True, ["valley"]),
+        (False, []),
+        ("steepest", ["steepest"]),
+        (["valley", "steepest", "minimum"], ["valley", "steepest", "minimum"]),
+    ],
+    ids=["default", "none", "one-name", "several-names"],
+)
+def test_plot_writes_a_png_marking_the_chosen_suggestions(
+    tmp_path: Path, suggest: Any, expected: list[str]
+) -> None:
+    """plot() saves a non-empty PNG and marks exactly the requested methods' suggestions."""
+    result = result_from_losses(sigmoid_curve())
+    figure = result.plot(tmp_path / "plots" / "lr.png", suggest=suggest)
+    png = (tmp_path / "plots" / "lr.png").read_bytes()
+    assert png.startswith(PNG_SIGNATURE) and len(png) > 1000
+    assert marked_methods(figure) == expected
+
+
+def test_plot_marks_the_first_suggestion_in_red() -> None:
+    """The (first) suggestion is drawn in red, as users expect."""
+    figure = result_from_losses(sigmoid_curve()).plot(suggest=["steepest", "valley"])
+    colors = [np.asarray(c.get_facecolor())[0].tolist() for c in figure.axes[0].collections]
+    assert colors[0] == [1.0, 0.0, 0.0, 1.0] and colors[1] != colors[0]
+
+
+def test_plot_uses_a_log_lr_axis() -> None:
+    """The LR axis is logarithmic by default."""
+    assert result_from_losses(sigmoid_curve()).plot().axes[0].get_xscale() == "log"
+
+
+def test_plot_draws_raw_and_smoothed_curves() -> None:
+    """The raw and the smoothed losses are both drawn."""
+    labels = [line.get_label() for line in result_from_losses(sigmoid_curve()).plot().axes[0].lines]
+    assert {"loss", "smoothed loss"} <= set(labels)
+
+
+def test_plot_of_a_short_run_warns_nothing(tmp_path: Path) -> None:
+    """A run too short for a suggestion still plots (no marker, no warning)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        figure = RESULTS["nan-stop"].plot(tmp_path / "short.png")
+    assert marked_methods(figure) == [] and (tmp_path / "short.png").stat().st_size > 0
+
+
+def test_plot_title_names_the_stop_reason() -> None:
+    """The default title says how many points and why the test stopped."""
+    title = RESULTS["nan-stop"].plot().axes[0].get_title()
+    assert title == "LR range test: 3 points, stopped: non_finite"
