@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import io
 import platform
 import statistics
@@ -126,17 +127,18 @@ def main() -> None:
         "bare loop": bare_loop,
         "lrfinder-plugins": ours,
     }
-    try:
-        import torch_lr_finder as _
-
+    if importlib.util.find_spec("torch_lr_finder") is not None:
         contenders["torch-lr-finder"] = torch_lr_finder
-    except ImportError:
+    else:
         print("torch-lr-finder not installed: skipped (pip install torch-lr-finder)")
     times: dict[str, list[float]] = {name: [] for name in contenders}
     for fn in contenders.values():  # warm-up
         timed(fn, *make(args.width, args.batch, args.device))
-    for _ in range(args.repeats):
-        for name, fn in contenders.items():
+    order = list(contenders.items())
+    for repeat in range(args.repeats):
+        # Rotate who goes first each repeat, so warm caches and clocks favour no one.
+        shift = repeat % len(order)
+        for name, fn in order[shift:] + order[:shift]:
             times[name].append(timed(fn, *make(args.width, args.batch, args.device)))
     base = statistics.median(times["bare loop"])
     print(
