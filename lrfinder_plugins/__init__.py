@@ -16,6 +16,8 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from lrfinder_plugins._adapt import batch_size_search, range_test
+from lrfinder_plugins._batch_driver import BatchProbe, TrialReport, run_batch_size_search
 from lrfinder_plugins._batch_search import (
     BatchSizeResult,
     BatchSizeSearch,
@@ -24,12 +26,12 @@ from lrfinder_plugins._batch_search import (
     NothingFitsError,
 )
 from lrfinder_plugins._driver import TrainingStep, run_range_test
-from lrfinder_plugins._manager import get_plugin_manager
+from lrfinder_plugins._manager import PluginError, PluginLoadWarning, get_plugin_manager
 from lrfinder_plugins._observers import Point, SearchInfo
 from lrfinder_plugins._range_test import RangeTest, StopReason
 from lrfinder_plugins._results import RangeTestResult
 from lrfinder_plugins.hookspecs import hookimpl
-from lrfinder_plugins.suggest import NoSuggestionWarning, Suggestion
+from lrfinder_plugins.suggest import LowConfidenceWarning, NoSuggestionWarning, Suggestion
 
 if TYPE_CHECKING:
     from lrfinder_adapters.batch_size import find_batch_size, tune
@@ -38,13 +40,17 @@ if TYPE_CHECKING:
 __version__ = "0.1.0"
 
 __all__ = [
+    "BatchProbe",
     "BatchSizeResult",
     "BatchSizeSearch",
     "BatchStopReason",
     "BatchTrial",
     "LearningRateFinder",
+    "LowConfidenceWarning",
     "NoSuggestionWarning",
     "NothingFitsError",
+    "PluginError",
+    "PluginLoadWarning",
     "Point",
     "RangeTest",
     "RangeTestResult",
@@ -53,11 +59,15 @@ __all__ = [
     "Suggestion",
     "TorchStep",
     "TrainingStep",
+    "TrialReport",
     "__version__",
+    "batch_size_search",
     "find_batch_size",
     "find_lr",
     "get_plugin_manager",
     "hookimpl",
+    "range_test",
+    "run_batch_size_search",
     "run_range_test",
     "tune",
 ]

@@ -12,12 +12,14 @@ Modes:
     ``"binsearch"``: doubles until a size runs out of memory, then bisects between the largest
         size that fitted and the smallest that did not, down to one sample (Lightning's
         ``binsearch``).
-    ``"guided"`` (the default): doubles while it measures peak memory at small sizes, fits how
-        each phase's peak (forward/backward, optimizer step) grows with the batch, jumps just
-        below the predicted limit, then verifies: it gallops away from the jump (steps of
-        ``margin / 5`` of the size, doubling) until the outcome flips, and bisects what is left
-        down to ``margin / 5`` of the size. Without peak or capacity figures it bisects like
-        ``binsearch``, to the same relative precision.
+    ``"guided"`` (the default): measures the memory in use at every moment of a training step
+        at small sizes, fits how each moment grows with the batch (:class:`MemoryModel`), jumps
+        just below the predicted limit, then verifies: it closes the bracket with a size one
+        ``margin / 5`` above the largest fit, re-predicting from the latest capacity reading
+        while that reading agrees with the trials, and stepping away from the last trial in
+        doubling steps when it does not. It stops once the limit is bracketed to ``margin / 5``
+        of the size. Without peak or capacity figures it bisects like ``binsearch``, to that
+        same relative precision.
 
 Every mode ends the same way: the answer is ``(1 - margin)`` times the largest size not known to
 fail (the smallest failing size minus one), never more than the largest size that fitted, and it
@@ -30,7 +32,7 @@ from __future__ import annotations
 import enum
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,12 +50,8 @@ TOLERANCE_SHARE = 0.2
 default 5% margin): precise enough that the margin, not the search, decides the answer."""
 
 COLLINEAR_TOLERANCE = 0.1
-"""How far (as a share of the growth) the smallest of three peaks may lie off the line through
-the other two before the memory model is trusted."""
-
-SIGNIFICANT_GROWTH = 0.02
-"""A phase's peak must grow by this share over the last three sizes before its slope is used
-(smaller growth is allocator noise, and extrapolating it would jump far past the limit)."""
+"""How far off (as a share of the peak's growth over three sizes) the memory model, fitted on the
+two smaller sizes, may predict the peak at the largest before it is trusted."""
 
 
 class BatchStopReason(str, enum.Enum):
@@ -309,6 +307,7 @@ class BatchSizeSearch:
             )
         self.tolerance = 0.0 if mode == "binsearch" else TOLERANCE_SHARE * self.margin
         self.trials: list[BatchTrial] = []
+        self._profiles: dict[int, tuple[int, ...]] = {}
         self.stop_reason: BatchStopReason | None = None
         self._proposal: tuple[int, str] | None = (self.init_val, "init")
 
@@ -336,11 +335,12 @@ class BatchSizeSearch:
         fitted: bool,
         peak_bytes: int | Mapping[str, int] | None = None,
         *,
+        profile: Sequence[int] | None = None,
         steps: int | None = None,
         seconds: float | None = None,
         capacity_bytes: int | None = None,
         error: str | None = None,
-    ) -> BatchTrial:
+    ) -> None:
         """Record how the trial of :meth:`next_size` went; may finish the search.
 
         Args:
@@ -351,12 +351,14 @@ class BatchSizeSearch:
                 fits each phase on its own, since the phase that peaks changes with the size.
             steps: optimizer steps that completed (default: all of them if it fitted, else 0).
             seconds: how long the trial took.
+            profile: the memory in use after each operation of one training step (the same
+                operations at every size): the guided mode then extrapolates every moment of the
+                step, not just the peaks (see :func:`predict_limit`). Kept by the search for its
+                decisions, not stored in the result.
             capacity_bytes: the memory the peak may reach (device memory, or a budget), in the
-                units of ``peak_bytes``; the guided mode needs it to predict the limit.
+                units of ``profile`` when one is given, else of ``peak_bytes``; the guided mode
+                needs it to predict the limit. The latest reading counts.
             error: the first line of the out-of-memory error.
-
-        Returns:
-            The recorded trial.
         """
         expected = self.next_size()
         if size != expected:
@@ -373,6 +375,8 @@ class BatchSizeSearch:
                 f"a size fits only if all steps_per_trial={self.steps_per_trial} steps ran, got "
                 f"steps={steps}; record fitted=False, or run every step"
             )
+        if profile is not None and fitted:
+            self._profiles[size] = tuple(int(v) for v in profile)
         phases: dict[str, int] = {}
         peak: int | None = None
         if isinstance(peak_bytes, Mapping):
@@ -394,7 +398,6 @@ class BatchSizeSearch:
         )
         self.trials.append(trial)
         self._advance()
-        return trial
 
     def stop(self, reason: BatchStopReason | str) -> None:
         """End the search from outside (interrupted); a no-op once stopped."""
@@ -499,101 +502,125 @@ class BatchSizeSearch:
         if largest is None:  # even init_val failed: halve until something fits
             assert oom is not None
             return max(1, oom // 2), "explore"
-        if self.mode == "guided" and not any(t.role == "jump" for t in self.trials):
-            limit = predict_limit(self.trials, oom)
-            if limit is not None:
-                return self._jump(largest, oom, limit), "jump"
         if self.mode == "guided":
-            gallop = self._gallop(largest, oom)
-            if gallop is not None:
-                return gallop, "gallop"
+            model = self._memory_model(oom)
+            if model is not None:
+                guided = self._guided(largest, oom, model)
+                if guided is not None and self._tested(guided[0]) is None:
+                    return guided
         if oom is None:
             return min(2 * largest, self.cap), "explore"
         return (largest + oom) // 2, "bisect"
 
-    def _jump(self, largest: int, oom: int | None, limit: float) -> int:
-        # Aim just below the predicted limit, so that an accurate prediction fits and the next
-        # probe (one tolerance above) closes the bracket.
-        aim = math.floor(limit * (1.0 - self.tolerance / 2.0))
-        if oom is None:
-            aim = max(aim, largest + math.floor(self.tolerance * largest) + 1)
-            return min(aim, self.cap)
-        return min(max(aim, largest + 1), oom - 1)
-
-    def _gallop(self, largest: int, oom: int | None) -> int | None:
-        # After the jump, step away from it in growing steps while the outcome stays the same;
-        # once it flips the limit is bracketed and bisection takes over.
-        jump = next((i for i, t in enumerate(self.trials) if t.role == "jump"), None)
-        if jump is None:
+    def _memory_model(self, oom: int | None) -> MemoryModel | None:
+        """The memory model from three fitted sizes below ``oom``, spread out (each at most half
+        the next where the trials allow), or ``None`` without enough measurements or when it
+        fails its backtest."""
+        below = {
+            t.size: t
+            for t in self.trials
+            if t.fitted and t.peak_bytes is not None and (oom is None or t.size < oom)
+        }
+        sizes = sorted(below, reverse=True)
+        chosen = sizes[:1]
+        for i, size in enumerate(sizes[1:], start=1):
+            if 2 * size <= chosen[-1] or len(sizes) - i <= 3 - len(chosen):
+                chosen.append(size)
+            if len(chosen) == 3:
+                break
+        if len(chosen) < 3:
             return None
-        since = self.trials[jump:]
-        if any(t.fitted != since[0].fitted for t in since):
-            return None
-        k = len(since) - 1  # gallop steps taken so far
-        if since[0].fitted:
-            step = (math.floor(self.tolerance * largest) + 1) * 2**k
-            size = min(largest + step, self.cap)
-            if oom is not None:
-                size = min(size, oom - 1)
+        points = [below[size] for size in chosen[::-1]]
+        profiles = [self._profiles.get(t.size, ()) for t in points]
+        phases = set.intersection(*(set(t.phase_peaks) for t in points))
+        if all(profiles) and len({len(p) for p in profiles}) == 1:
+            moments: Sequence[Sequence[int]] = profiles
+        elif phases:
+            moments = [[t.phase_peaks[k] for k in sorted(phases)] for t in points]
         else:
+            moments = [[t.peak_bytes or 0] for t in points]
+        return MemoryModel.fit([t.size for t in points], moments)
+
+    def _guided(self, largest: int, oom: int | None, model: MemoryModel) -> tuple[int, str] | None:
+        """Probe where the model puts the limit while the capacity reading agrees with the trials;
+        otherwise gallop away from the last trial in doubling steps until the outcome flips
+        (``None``: bisect instead)."""
+        tol = self.tolerance
+        top = self.cap if oom is None else min(self.cap, oom - 1)
+        if top <= largest:
+            return None
+        capacity = next((t.capacity_bytes for t in reversed(self.trials) if t.capacity_bytes), None)
+        since = [t for t in self.trials if t.role not in ("init", "explore")]
+        missed = sum(not t.fitted for t in since if t.role in ("jump", "predict"))
+        proven = model.peak(largest)  # what the largest fit is modelled to have used
+        refuted = math.inf if oom is None else model.peak(oom)
+        if capacity is not None and proven <= capacity < refuted and missed < 2:
+            # Never creep: a probe closer than one tolerance above the largest fit becomes the
+            # closing probe (if it fails, the limit is bracketed).
+            aim = math.floor(model.limit(capacity) * (1.0 - tol / 2.0))
+            closing = largest + math.floor(tol * largest) + 1
+            return min(max(aim, closing), top), ("predict" if since else "jump")
+        if capacity is None and not since:
+            return None
+        # The reading contradicts the trials, or two predictions missed: gallop, doubling the
+        # step, while every trial since the jump went the same way; then bisect.
+        outcomes = [t.fitted for t in since]
+        if outcomes and any(o != outcomes[-1] for o in outcomes):
+            return None
+        down = bool(outcomes) and not outcomes[-1]
+        k = min(max(len(outcomes) - 1, 0), 30)
+        if down:
             assert oom is not None
-            size = min(
-                math.floor((oom - 1) / (1.0 + self.tolerance * 2**k)),
-                oom - 2**k,
-            )
-            size = max(size, largest + 1)
-        return size if self._tested(size) is None and size > largest else None
+            size = min(math.floor((oom - 1) / (1.0 + tol * 2**k)), oom - 2**k)
+            size = max(size, (largest + oom) // 2)  # never further than bisection would go
+        else:
+            size = min(largest + (math.floor(tol * largest) + 1) * 2**k, 2 * largest)
+            if oom is not None:
+                size = min(size, (largest + oom) // 2)
+        return min(max(size, largest + 1), top), "gallop"
 
 
-def predict_limit(trials: list[BatchTrial], oom: int | None = None) -> float | None:
-    """The size at which the peak memory is predicted to reach the capacity, or ``None``.
+@dataclass(frozen=True)
+class MemoryModel:
+    """How memory grows with the batch size, moment by moment, fitted on three sizes.
 
-    Each phase's peak (or the total) is fitted on the three largest fitted sizes below ``oom``;
-    the prediction is trusted only when every phase that grows significantly is straight (the
-    smallest point lies within ``COLLINEAR_TOLERANCE`` of the line through the other two) and at
-    least one phase grows. Flat phases do not limit. The capacity is the latest one recorded,
-    raised to the largest peak that fitted (a size that fitted proves that much was available).
+    ``moments[i]`` holds, for the trial at ``sizes[i]``, the memory in use at each moment of a
+    training step: one value per operation (a profile), per phase, or just the peak. The same
+    moment is compared across sizes and extrapolated along the line through the two largest
+    sizes; the peak at a size is the largest of them, so a moment that is small now but grows
+    fast (activations) is caught before it takes over from one that is large but flat (the
+    optimizer step, whose state does not depend on the batch).
 
     Example:
-        >>> ts = [BatchTrial(s, True, 3, 1000 + 10 * s, capacity_bytes=3000) for s in (2, 4, 8)]
-        >>> predict_limit(ts)
-        200.0
+        >>> model = MemoryModel.fit([2, 4, 8], [[1000 + 10 * s, 1200] for s in (2, 4, 8)])
+        >>> model.limit(3000), model.peak(100)
+        (200.0, 2000.0)
     """
-    capacity = next((t.capacity_bytes for t in reversed(trials) if t.capacity_bytes), None)
-    points = sorted(
-        (
-            t
-            for t in trials
-            if t.fitted and t.peak_bytes is not None and (oom is None or t.size < oom)
-        ),
-        key=lambda t: t.size,
-    )
-    unique = {t.size: t for t in points}
-    points = [unique[s] for s in sorted(unique)][-3:]
-    if capacity is None or len(points) < 3:
-        return None
-    capacity = max(capacity, *(t.peak_bytes or 0 for t in points))
-    phases = set.intersection(*(set(t.phase_peaks) for t in points)) or {"total"}
-    limits = []
-    for phase in sorted(phases):
-        ys = [t.phase_peaks.get(phase, t.peak_bytes) or 0 for t in points]
-        limit = _phase_limit([t.size for t in points], ys, capacity)
-        if limit is False:
-            return None  # a growing phase that is not straight: measure more before jumping
-        if limit is not None:
-            limits.append(limit)
-    return min(limits) if limits else None
 
+    size: int
+    values: tuple[int, ...]
+    slopes: tuple[float, ...]
 
-def _phase_limit(sizes: list[int], ys: list[int], capacity: int) -> float | bool | None:
-    (s1, s2, s3), (y1, y2, y3) = sizes, ys
-    growth = y3 - y1
-    if growth <= SIGNIFICANT_GROWTH * y3:
-        return None  # flat: this phase does not limit the batch size
-    slope = (y3 - y2) / (s3 - s2)
-    if slope <= 0:
-        return False
-    off_line = abs((y2 - slope * (s2 - s1)) - y1)
-    if off_line > COLLINEAR_TOLERANCE * growth:
-        return False
-    return s3 + (capacity - y3) / slope
+    @classmethod
+    def fit(cls, sizes: Sequence[int], moments: Sequence[Sequence[int]]) -> MemoryModel | None:
+        """Fit on three ascending sizes; ``None`` unless it passes its backtest: fitted on the two
+        smaller sizes, it must predict the peak at the largest within ``COLLINEAR_TOLERANCE`` of
+        the peak's growth (else memory does not grow linearly yet: measure a larger size)."""
+        (s1, s2, s3), (m1, m2, m3) = sizes, moments
+        back = cls(s2, tuple(m2), tuple((b - a) / (s2 - s1) for a, b in zip(m1, m2)))
+        growth = max(m3) - max(m1)
+        if abs(back.peak(s3) - max(m3)) > COLLINEAR_TOLERANCE * max(growth, 0) + 1:
+            return None
+        return cls(s3, tuple(m3), tuple((c - b) / (s3 - s2) for b, c in zip(m2, m3)))
+
+    def peak(self, size: float) -> float:
+        """The predicted peak at ``size``."""
+        return max(v + k * (size - self.size) for v, k in zip(self.values, self.slopes))
+
+    def limit(self, capacity: float) -> float:
+        """The largest size whose predicted peak stays within ``capacity``."""
+        limits = [
+            self.size + (capacity - v) / k if k > 0 else (math.inf if v <= capacity else -math.inf)
+            for v, k in zip(self.values, self.slopes)
+        ]
+        return min(limits, default=math.inf)

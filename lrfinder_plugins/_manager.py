@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import logging
 import os
 import threading
+import warnings
 from typing import Any
 
 import pluggy
@@ -20,13 +22,33 @@ _lock = threading.Lock()
 _manager: pluggy.PluginManager | None = None
 
 
+class PluginLoadWarning(UserWarning):
+    """An installed plugin could not be loaded (e.g. it imports a framework that is missing).
+
+    The plugin is skipped; every other plugin still works. The message names the plugin, its
+    distribution and the error.
+    """
+
+
+class PluginError(RuntimeError):
+    """A plugin failed while doing what the user asked for by name (e.g. its suggestion method).
+
+    The message names the plugin; ``plugin`` holds its name and ``__cause__`` the original error.
+    """
+
+    def __init__(self, message: str, plugin: str) -> None:
+        super().__init__(message)
+        self.plugin = plugin
+
+
 def _builtin_plugins() -> list[tuple[Any, str]]:
-    from lrfinder_plugins import progress, schedules, suggest
+    from lrfinder_plugins import _adapt, progress, schedules, suggest
 
     return [
         (schedules, "lrfinder.schedules"),
         (suggest, "lrfinder.suggest"),
         (progress.TqdmProgress(), "lrfinder.progress"),
+        (_adapt, "lrfinder.protocols"),
     ]
 
 
@@ -39,8 +61,11 @@ def blocked_names() -> set[str]:
 def build_plugin_manager() -> pluggy.PluginManager:
     """Build a fresh plugin manager: hookspecs, built-in plugins, then entry points.
 
-    Names in ``LRFINDER_DISABLE_PLUGINS`` are blocked, built-ins included. Unknown hooks in a
-    plugin raise ``pluggy.PluginValidationError`` (``check_pending``).
+    Names in ``LRFINDER_DISABLE_PLUGINS`` are blocked, built-ins and entry points alike (a
+    blocked entry point is not even imported). Unknown hooks in a built-in plugin raise
+    ``pluggy.PluginValidationError`` (``check_pending``); an entry-point plugin that cannot be
+    loaded or validated is skipped with a :class:`PluginLoadWarning` (see
+    :func:`load_entry_points`).
     """
     pm = pluggy.PluginManager(hookspecs.PROJECT_NAME)
     pm.add_hookspecs(hookspecs)
@@ -49,9 +74,68 @@ def build_plugin_manager() -> pluggy.PluginManager:
     for plugin, name in _builtin_plugins():
         if not pm.is_blocked(name):
             pm.register(plugin, name=name)
-    pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
     pm.check_pending()
+    load_entry_points(pm)
     return pm
+
+
+def load_entry_points(pm: pluggy.PluginManager, group: str = ENTRY_POINT_GROUP) -> int:
+    """Load and register the plugins of an entry-point group one by one; return how many.
+
+    pluggy's ``load_setuptools_entrypoints`` stops at the first plugin whose import fails, so a
+    plugin importing a framework that is not installed would break every other plugin. Here such
+    a plugin (any error while importing, registering or validating it) is skipped with a
+    :class:`PluginLoadWarning` naming it. Blocked and already registered names are skipped
+    before the import. Each plugin's distribution is recorded, as pluggy does, for
+    ``pm.list_plugin_distinfo()``.
+    """
+    count = 0
+    for entry_point in importlib.metadata.entry_points(group=group):
+        name = entry_point.name
+        if pm.is_blocked(name) or pm.has_plugin(name):
+            continue
+        dist = entry_point.dist
+        try:
+            plugin = entry_point.load()
+            pm.register(plugin, name=name)
+        except Exception as error:
+            _skip(name, dist, error)
+            continue
+        try:
+            pm.check_pending()  # the plugins before this one passed: a failure is this one's
+        except pluggy.PluginValidationError as error:
+            pm.unregister(plugin)
+            _skip(name, dist, error)
+            continue
+        if dist is not None:
+            # pluggy's own record of entry-point plugins (read by list_plugin_distinfo()).
+            pm._plugin_distinfo.append((plugin, dist))
+        count += 1
+    return count
+
+
+def _skip(name: str, dist: importlib.metadata.Distribution | None, error: Exception) -> None:
+    origin = f" (from {distribution_label(dist)})" if dist is not None else ""
+    warnings.warn(
+        f"lrfinder plugin {name!r}{origin} could not be loaded and is skipped: "
+        f"{type(error).__name__}: {error}; install what it needs, or block it with "
+        f"{DISABLE_ENV}={name}",
+        PluginLoadWarning,
+        stacklevel=2,
+    )
+
+
+def distribution_label(dist: importlib.metadata.Distribution) -> str:
+    """``"name version"`` of an installed distribution."""
+    return f"{dist.metadata['Name']} {dist.version}"
+
+
+def plugin_distribution(pm: pluggy.PluginManager, plugin: Any) -> str | None:
+    """The ``"name version"`` of the distribution that installed ``plugin``, if an entry point did."""
+    for candidate, dist in pm.list_plugin_distributions():
+        if candidate is plugin:
+            return distribution_label(dist)
+    return None
 
 
 def get_plugin_manager() -> pluggy.PluginManager:
@@ -83,9 +167,18 @@ def collect_registry(hook_name: str) -> dict[str, Any]:
     Raises:
         ValueError: two plugins register the same name (both are named in the message).
     """
+    return {name: obj for name, (obj, _) in collect_registry_owners(hook_name).items()}
+
+
+def collect_registry_owners(hook_name: str) -> dict[str, tuple[Any, str]]:
+    """As :func:`collect_registry`, with the name of the plugin that registered each object.
+
+    Raises:
+        ValueError: two plugins register the same name (both are named in the message).
+    """
     pm = get_plugin_manager()
     hook = getattr(pm.hook, hook_name)
-    merged: dict[str, Any] = {}
+    merged: dict[str, tuple[Any, str]] = {}
     owners: dict[str, str] = {}
     # get_hookimpls() runs last-registered first; walk in registration order for stable owners.
     for impl in hook.get_hookimpls():
@@ -97,6 +190,6 @@ def collect_registry(hook_name: str) -> dict[str, Any]:
                     f"{owners[name]!r} and plugin {impl.plugin_name!r}; block one of them with "
                     f"{DISABLE_ENV}={impl.plugin_name}"
                 )
-            merged[name] = obj
+            merged[name] = (obj, impl.plugin_name)
             owners[name] = impl.plugin_name
     return merged

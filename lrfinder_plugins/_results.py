@@ -72,7 +72,11 @@ class RangeTestResult:
         return tuple(tuple(lr * r for r in ratios) for lr in self.lrs)
 
     def suggestion(self, method: str | None = None, **options: Any) -> Suggestion:
-        """Suggest an LR with a registered method (``None``: the documented default).
+        """Suggest an LR with a registered method (``None``: the default, ``margin``).
+
+        The suggestion carries what the curve shows: a ``confidence`` and ``reason``, a usable
+        ``lower``/``upper`` LR range and ``one_cycle()`` (``OneCycleLR`` keyword arguments). A
+        curve with no usable descent warns with ``LowConfidenceWarning``.
 
         Example:
             >>> result.suggestion().lr  # doctest: +SKIP
@@ -83,7 +87,11 @@ class RangeTestResult:
         return suggest(self, method, **options)
 
     def suggestions(self) -> dict[str, Suggestion]:
-        """Every registered method's suggestion, by method name."""
+        """Every registered method's suggestion, by method name, collected without warnings.
+
+        Each carries its method name, LR, nearest point's index, and the curve's confidence,
+        reason and usable range (see :meth:`suggestion`).
+        """
         from lrfinder_plugins.suggest import suggest_all
 
         return suggest_all(self)

@@ -27,17 +27,27 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _plugins(args: argparse.Namespace) -> int:
-    from lrfinder_plugins._manager import get_plugin_manager
+    from lrfinder_plugins._manager import (
+        DISABLE_ENV,
+        blocked_names,
+        get_plugin_manager,
+        plugin_distribution,
+    )
 
-    pm = get_plugin_manager()
-    dists = {id(plugin): dist for plugin, dist in pm.list_plugin_distinfo()}
+    pm = get_plugin_manager()  # a plugin that fails to load is skipped with a warning
     for name, plugin in sorted(pm.list_name_plugin(), key=lambda item: item[0]):
-        dist = dists.get(id(plugin))
-        origin = f"{dist.project_name} {dist.version}" if dist else "built in"
+        if plugin is None:  # a blocked name: listed below
+            continue
+        origin = plugin_distribution(pm, plugin)
+        if origin is None:
+            origin = f"lrfinder-plugins {lrfinder_plugins.__version__}, built in"
         hooks = sorted(caller.name for caller in pm.get_hookcallers(plugin) or [])
         print(f"{name}  ({origin})")
         for hook in hooks:
             print(f"    {hook}")
+    blocked = sorted(blocked_names())
+    if blocked:
+        print(f"blocked by {DISABLE_ENV}: {', '.join(blocked)}")
     return 0
 
 

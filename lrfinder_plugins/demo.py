@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -82,12 +83,33 @@ def run_demo(
     """
     import torch
 
-    from lrfinder_adapters.pytorch import LearningRateFinder
-
     dataset, model = make_problem()
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=batch_size, shuffle=True, generator=torch.Generator().manual_seed(1)
     )
+    # Seeded inside fork_rng: the same curve on every run (dropout draws from the global
+    # generator), and the caller's RNG is left alone.
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        return _find_and_save(
+            model, loader, output_dir, plot_path, json_path, num_iter, method, progress
+        )
+
+
+def _find_and_save(
+    model: torch.nn.Module,
+    loader: Any,
+    output_dir: str | Path,
+    plot_path: str | Path | None,
+    json_path: str | Path | None,
+    num_iter: int,
+    method: str | None,
+    progress: bool,
+) -> DemoRun:
+    import torch
+
+    from lrfinder_adapters.pytorch import LearningRateFinder
+
     optimizer = torch.optim.AdamW(model.parameters(), lr=INITIAL_LR)
     finder = LearningRateFinder(
         model, optimizer, torch.nn.CrossEntropyLoss(), "cpu", progress=progress
@@ -108,15 +130,29 @@ def describe(run: DemoRun) -> list[str]:
     """The lines ``lrfinder demo`` prints for a run."""
     result, suggestion = run.result, run.suggestion
     options: dict[str, Any] = result.options
+    if math.isfinite(suggestion.lower) and math.isfinite(suggestion.upper):
+        cycle = suggestion.one_cycle()
+        one_cycle = (
+            f"  OneCycleLR(optimizer, max_lr={cycle['max_lr']:.2e}, "
+            f"div_factor={cycle['div_factor']:.1f}, cycle_momentum=False, total_steps=...)"
+        )
+        usable = f"  usable range: {suggestion.lower:.2e} … {suggestion.upper:.2e}"
+    else:
+        one_cycle = f"  OneCycleLR hint: max_lr ≈ {3 * suggestion.lr:.2e} (about 3× the suggestion)"
+        usable = "  usable range: none (the curve shows no clear descent)"
+    confidence = f"confidence {suggestion.confidence:.2f}" + (
+        f": {suggestion.reason}" if suggestion.reason else ""
+    )
     return [
         "LR range test on the built-in example (synthetic 10-class data, MLP with BatchNorm, AdamW)",
         f"  tested range: {options['start_lr']:.2e} → {options['end_lr']:.2e} ({options['mode']})",
         f"  points: {len(result)} of {options['num_iter']}, "
         f"LRs {result.lrs[0]:.2e} … {result.lrs[-1]:.2e}",
         f"  stopped: {result.stop_reason}",
-        f"✓ Suggested learning rate: {suggestion.lr:.2e} (method: {suggestion.method})",
+        f"✓ Suggested learning rate: {suggestion.lr:.2e} (method: {suggestion.method}, {confidence})",
         f"  Updated optimizer LR: {run.old_lr:.2e} → {suggestion.lr:.2e}",
-        f"  OneCycleLR hint: max_lr ≈ {3 * suggestion.lr:.2e} (about 3× the suggestion)",
+        usable,
+        one_cycle,
         f"  LR finder plot saved to: {run.plot_path}",
         f"  results saved to: {run.json_path}",
     ]

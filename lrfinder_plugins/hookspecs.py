@@ -4,17 +4,24 @@ A plugin is any object or module with functions named like these hooks and marke
 :data:`lrfinder_plugins.hookimpl`. Plugins are found through the ``lrfinder_plugins`` entry-point
 group (see ``docs/plugins.md``). A hook implementation may accept fewer arguments than the
 specification lists (pluggy passes only the ones it names).
+
+Hooks marked *first result* (``firstresult=True``) stop at the first implementation that returns
+something other than ``None``; the others are called on every plugin. Among plugins, the
+last registered is asked first, except implementations marked ``hookimpl(trylast=True)`` (the
+built-in adapters and OOM classifier use it, so a third-party plugin is asked before them).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pluggy
 
 if TYPE_CHECKING:
+    from lrfinder_plugins._batch_driver import BatchProbe
     from lrfinder_plugins._batch_search import BatchTrial
+    from lrfinder_plugins._driver import TrainingStep
     from lrfinder_plugins._observers import Point, SearchInfo
     from lrfinder_plugins._results import RangeTestResult
     from lrfinder_plugins.schedules import ScheduleFactory
@@ -107,4 +114,41 @@ def lrfinder_trial_recorded(search: SearchInfo, trial: BatchTrial) -> None:
     as in :func:`lrfinder_search_started`. A batch-size search also calls
     :func:`lrfinder_search_started` and :func:`lrfinder_search_finished`, the latter with a
     ``BatchSizeResult``.
+    """
+
+
+@hookspec(firstresult=True)
+def lrfinder_make_step(target: Any, options: Mapping[str, Any]) -> TrainingStep | None:
+    """Build the training step of an LR range test on ``target``, if ``target`` is yours.
+
+    Called once by :func:`lrfinder_plugins.range_test` (before anything is run or saved) with
+    the object the user passed as ``target`` (a ``torch.nn.Module``, an ignite ``Engine``, a
+    Keras model, ...) and the user's other keyword arguments as ``options`` (e.g.
+    ``optimizer``, ``train_loader``; read-only). This is how a new training framework plugs in.
+
+    Return a :class:`~lrfinder_plugins.TrainingStep` that runs one optimizer step of ``target``
+    per ``run()``. It may have a ``group_ratios`` attribute (each param group's LR as a fraction
+    of the swept LR, see :func:`lrfinder_plugins.group_ratios`; one group when absent).
+    Return ``None`` when ``target`` is not for this plugin: the next plugin is asked. The first
+    non-``None`` answer wins; when every plugin answers ``None``, ``range_test`` raises a
+    ``TypeError`` naming the target's type and the adapter plugins installed. Raise
+    ``TypeError``/``ValueError`` when ``target`` is yours but ``options`` are wrong: the user
+    gets the error before anything ran. Recognise the target without importing a framework the
+    user has not imported (``sys.modules.get("torch")``, then ``isinstance``), so the check is
+    free for users of other frameworks.
+    """
+
+
+@hookspec(firstresult=True)
+def lrfinder_make_probe(target: Any, options: Mapping[str, Any]) -> BatchProbe | None:
+    """Build the batch probe of a batch-size search on ``target``, if ``target`` is yours.
+
+    Called once by :func:`lrfinder_plugins.batch_size_search` (before anything is run or
+    saved), with ``target`` and ``options`` as in :func:`lrfinder_make_step` (e.g.
+    ``optimizer``, ``make_loader``). Return a :class:`~lrfinder_plugins.BatchProbe` whose
+    ``try_batch_size(size, steps)`` runs ``steps`` training steps at that batch size and raises
+    the backend's out-of-memory error when it does not fit (classified by
+    :func:`lrfinder_is_oom`). It may have an ``upper_bound`` attribute (the largest useful size,
+    e.g. the dataset length). ``None``, the first non-``None`` answer and errors mean what they
+    mean for :func:`lrfinder_make_step`.
     """

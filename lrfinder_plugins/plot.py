@@ -54,6 +54,7 @@ def plot_range_test(
     log_x: bool = True,
     ax: Axes | None = None,
     title: str | None = None,
+    show_range: bool = True,
 ) -> Figure:
     """Plot loss against LR: raw and smoothed curves, suggestions marked (the first in red).
 
@@ -68,6 +69,7 @@ def plot_range_test(
         log_x: log-scale LR axis.
         ax: draw into these axes instead of a new figure.
         title: the axes title (default: the points and the stop reason).
+        show_range: shade the first suggestion's usable ``[lower, upper]`` LR range.
 
     Example:
         >>> fig = plot_range_test(result, "lr_finder_plot.png")  # doctest: +SKIP
@@ -100,7 +102,7 @@ def plot_range_test(
         methods = [suggest]
     else:
         methods = list(suggest)
-    for color, method in zip(SUGGESTION_COLORS * 4, methods):
+    for position, (color, method) in enumerate(zip(SUGGESTION_COLORS * 4, methods)):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             suggestion = result.suggestion(method)
@@ -108,6 +110,14 @@ def plot_range_test(
             continue
         y = _interpolate_loss(lrs or result.lrs, smoothed or result.smoothed_losses, suggestion.lr)
         ax.axvline(suggestion.lr, color=color, linestyle="--", linewidth=1)
+        if show_range and position == 0 and math.isfinite(suggestion.lower):
+            ax.axvspan(
+                suggestion.lower,
+                suggestion.upper,
+                color=color,
+                alpha=0.12,
+                label=f"usable range: {suggestion.lower:.1e} to {suggestion.upper:.1e}",
+            )
         ax.scatter(
             [suggestion.lr],
             [y],

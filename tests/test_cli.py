@@ -46,7 +46,7 @@ def test_demo_prints_the_seed_lines(demo_output: tuple[str, Path]) -> None:
     suggested = re.search(r"Suggested learning rate: (\S+)", stdout)
     assert suggested is not None
     assert f"Updated optimizer LR: 1.00e-03 → {suggested.group(1)}" in stdout
-    assert "OneCycleLR hint: max_lr" in stdout
+    assert "OneCycleLR(optimizer, max_lr=" in stdout
 
 
 def test_demo_writes_plot_and_json(demo_output: tuple[str, Path]) -> None:

@@ -1,21 +1,28 @@
-"""Peak memory of a batch-size trial, per phase, and the memory it could have used.
+"""What a batch-size trial costs in memory: per phase, per operation, and what was available.
 
-Two meters, one interface:
+:class:`TensorMeter` (every device) counts the bytes of tensor storage alive at once: a
+``TorchDispatchMode`` sees every tensor an operator returns, skips outputs that alias an input
+(views, in-place ops), and a weak reference on each new storage subtracts it when it is freed. It
+records the live bytes after every operation of a step: the *profile* that the guided search
+extrapolates moment by moment. It counts what ``torch.cuda.max_memory_allocated`` counts on CUDA
+(tensor storage), not allocator overhead, fragmentation or library scratch space (oneDNN, BLAS,
+cuBLAS workspaces): the guided search treats its predictions as predictions and verifies them.
+With a ``memory_budget`` it raises ``torch.OutOfMemoryError`` the moment the live bytes pass it,
+so a trial over budget fails exactly like a real out-of-memory trial, only sooner.
 
-* :class:`CudaMeter` reads the CUDA caching allocator's own figures
-  (``torch.cuda.max_memory_allocated``), reset at each phase boundary.
-* :class:`TensorMeter` (CPU and every other device) counts the bytes of tensor storage alive at
-  once: a ``TorchDispatchMode`` sees every tensor an operator returns, skips the outputs that
-  alias an input (views, in-place ops), and a weak reference on each new storage subtracts it
-  when it is freed. It measures what ``max_memory_allocated`` measures on CUDA (tensor
-  storage), not allocator overhead, fragmentation or library scratch space (oneDNN, BLAS). With
-  a ``memory_budget`` it raises ``torch.OutOfMemoryError`` the moment the live bytes pass it, so
-  a trial over budget fails exactly like a real out-of-memory trial, only sooner.
+:class:`CudaMeter` adds the CUDA caching allocator's own peaks (``max_memory_allocated``), which
+are what the results report on CUDA and what a budget is held to there.
+
+Capacity (what the peak may reach): the budget when one is given; on CUDA the free device
+memory plus the allocator's cached blocks (within ``set_per_process_memory_fraction``); on the CPU (Linux) the smallest of ``MemAvailable``,
+the address space left under ``RLIMIT_AS`` and the cgroup's limit. It is read after each trial's
+clean-up, and after an out-of-memory error the live bytes at the failing operation plus the size
+it asked for (read from the message) bound it from above.
 
 Phases: the trial runner marks the optimizer step (through ``register_step_pre_hook`` /
 ``register_step_post_hook``), so each trial reports a ``forward_backward`` and an ``optimizer``
 peak: at small batches the optimizer step (Adam's state, foreach temporaries) often holds the
-peak, at large ones the activations do, and only the per-phase figures grow linearly.
+peak, at large ones the activations do.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import re
 import resource
 import sys
 import weakref
@@ -68,40 +76,20 @@ def state_tensors(
         yield from _leaves(state)
 
 
-def _budget_error(live: int, budget: int, what: str) -> torch.OutOfMemoryError:
+def _budget_error(used: int, budget: int, what: str) -> torch.OutOfMemoryError:
     return torch.OutOfMemoryError(
-        f"out of memory: {what} {live / 2**20:.1f} MiB is over memory_budget "
+        f"out of memory: {what} {used / 2**20:.1f} MiB is over memory_budget "
         f"{budget / 2**20:.1f} MiB (a simulated limit, not a real allocation failure)"
     )
 
 
-class Meter:
-    """What the trial runner needs from a meter; see the module docs."""
-
-    budget: int | None
-    phase_peaks: dict[str, int]
-
-    def track(self, tensors: Iterable[torch.Tensor]) -> None:
-        """Count tensors that already exist (the training state, a batch made outside)."""
-
-    def active(self) -> contextlib.AbstractContextManager[Any]:
-        """Measure while the block runs (steps run inside it)."""
-        return contextlib.nullcontext()
-
-    def mark(self, phase: str) -> None:
-        """Close the phase that just ended: keep its peak, start the next from the live bytes."""
-        raise NotImplementedError
-
-    def capacity(self) -> int | None:
-        """The most the peak may reach, in the units of the peaks (``None``: unknown)."""
-        raise NotImplementedError
-
-
-class TensorMeter(TorchDispatchMode, Meter):
-    """Live tensor-storage bytes, counted op by op (any device; see the module docs).
+class TensorMeter(TorchDispatchMode):
+    """Live tensor-storage bytes, counted op by op, on any device (see the module docs).
 
     Args:
         budget: raise ``torch.OutOfMemoryError`` when the live bytes pass it (``None``: never).
+
+    Everything it reports is in tensor bytes: the peaks, the profile and the capacity.
     """
 
     def __init__(self, budget: int | None = None) -> None:
@@ -111,13 +99,15 @@ class TensorMeter(TorchDispatchMode, Meter):
         self.peak = 0
         self.phase_peaks: dict[str, int] = {}
         self._refs: dict[int, Any] = {}
+        self._trace: list[int] = []
+        self._completed: list[int] | None = None
+        self._failed_at: int | None = None
 
+    # -- counting ------------------------------------------------------------------------------
     def track(self, tensors: Iterable[torch.Tensor]) -> None:
+        """Count tensors that already exist (the training state, a batch made outside)."""
         for tensor in tensors:
             self._add(tensor)
-
-    def active(self) -> contextlib.AbstractContextManager[Any]:
-        return self
 
     def _add(self, tensor: torch.Tensor) -> None:
         storage = _storage(tensor)
@@ -144,54 +134,144 @@ class TensorMeter(TorchDispatchMode, Meter):
         args: tuple[Any, ...] = (),
         kwargs: dict[str, Any] | None = None,
     ) -> Any:
-        out = func(*args, **(kwargs or {}))
+        try:
+            out = func(*args, **(kwargs or {}))
+        except Exception:
+            self._failed_at = self.live  # the operation's inputs are still alive here
+            raise
         inputs = {s._cdata for t in _leaves((args, kwargs)) if (s := _storage(t)) is not None}
         for tensor in _leaves(out):
             storage = _storage(tensor)
             if storage is not None and storage._cdata not in inputs:
                 self._add(tensor)
+        self._trace.append(self.live)
         return out
 
+    # -- what the trial runner reads -----------------------------------------------------------
+    def active(self) -> contextlib.AbstractContextManager[Any]:
+        """Measure while the block runs (steps run inside it)."""
+        return self
+
     def mark(self, phase: str) -> None:
+        """Close the phase that just ended: keep its peak, start the next from the live bytes."""
         self.phase_peaks[phase] = max(self.phase_peaks.get(phase, 0), self.peak)
         self.peak = self.live
 
+    def begin_step(self) -> None:
+        """A training step starts (the profile covers the last step that completed)."""
+        if self._trace:
+            self._completed, self._trace = self._trace, []
+
+    @property
+    def profile(self) -> list[int] | None:
+        """The live bytes after each operation of the last completed step."""
+        return self._completed
+
+    @property
+    def reported_peaks(self) -> dict[str, int]:
+        """Each phase's peak as the backend reports it (here: tensor bytes)."""
+        return dict(self.phase_peaks)
+
     def capacity(self) -> int | None:
+        """The most the live tensor bytes may reach (``None``: unknown)."""
         if self.budget is not None:
             return self.budget
         headroom = cpu_headroom()
         return None if headroom is None else self.live + headroom
 
-
-class CudaMeter(Meter):
-    """The CUDA caching allocator's peak, per phase, on one device."""
-
-    def __init__(self, device: torch.device, budget: int | None = None) -> None:
-        self.device = device
-        self.budget = budget
-        self.phase_peaks = {}
-        torch.cuda.reset_peak_memory_stats(device)
-
-    def mark(self, phase: str) -> None:
-        peak = torch.cuda.max_memory_allocated(self.device)
-        self.phase_peaks[phase] = max(self.phase_peaks.get(phase, 0), peak)
-        torch.cuda.reset_peak_memory_stats(self.device)
-        if self.budget is not None and peak > self.budget:
-            raise _budget_error(peak, self.budget, "the peak of allocated memory")
-
-    def capacity(self) -> int | None:
+    def capacity_after(self, error: BaseException) -> int | None:
+        """What an out-of-memory ``error`` proves about the capacity: the live bytes when the
+        failing operation ran plus the request that failed (``None`` when the message does not
+        say how much it asked for)."""
         if self.budget is not None:
             return self.budget
-        free, _total = torch.cuda.mem_get_info(self.device)
-        # What allocations may reach: the cached blocks the allocator reuses plus the free rest.
-        return int(free + torch.cuda.memory_reserved(self.device))
+        request = requested_bytes(str(error))
+        if request is None:
+            return None
+        return (self.live if self._failed_at is None else self._failed_at) + request
 
 
-def make_meter(device: torch.device, budget: int | None) -> Meter:
-    """The meter for ``device``: the CUDA allocator's figures on CUDA, tensor counting elsewhere."""
+class CudaMeter(TensorMeter):
+    """Tensor counting plus the CUDA caching allocator's own peaks, on one device.
+
+    The reported peaks are ``torch.cuda.max_memory_allocated``, reset at each phase boundary;
+    the profile and the capacity stay in tensor bytes, so the guided search compares like with
+    like. The allocator reserves more than the tensors it holds (blocks rounded up, segments
+    kept by one live block), and a memory cap applies to what it reserves: the capacity divides
+    the reserved headroom by ``overhead``, the reserved bytes per tensor byte that the trial
+    runner measured across trials.
+    """
+
+    def __init__(self, device: torch.device, budget: int | None = None) -> None:
+        super().__init__(None)
+        # Some torch.cuda calls need an index: "cuda" means the current device.
+        index = torch.cuda.current_device() if device.index is None else device.index
+        self.device = torch.device("cuda", index)
+        self.device_budget = budget
+        self.device_peaks: dict[str, int] = {}
+        self.reserved_peak = 0
+        self.overhead = 1.0
+        torch.cuda.reset_peak_memory_stats(self.device)
+
+    def mark(self, phase: str) -> None:
+        super().mark(phase)
+        peak = int(torch.cuda.max_memory_allocated(self.device))
+        self.device_peaks[phase] = max(self.device_peaks.get(phase, 0), peak)
+        self.reserved_peak = max(
+            self.reserved_peak, int(torch.cuda.max_memory_reserved(self.device))
+        )
+        torch.cuda.reset_peak_memory_stats(self.device)
+        if self.device_budget is not None and peak > self.device_budget:
+            raise _budget_error(peak, self.device_budget, "the peak of allocated memory")
+
+    @property
+    def reported_peaks(self) -> dict[str, int]:
+        return dict(self.device_peaks)
+
+    def capacity(self) -> int | None:
+        if self.device_budget is not None:
+            return int(self.live + self.device_budget - torch.cuda.memory_allocated(self.device))
+        free, total = torch.cuda.mem_get_info(self.device)
+        reserved = torch.cuda.memory_reserved(self.device)
+        # What the allocator may still reserve: the free memory plus its cached blocks, within
+        # the share set by torch.cuda.set_per_process_memory_fraction (if any).
+        reachable = free + reserved
+        fraction = getattr(torch.cuda, "get_per_process_memory_fraction", None)
+        if fraction is not None and fraction(self.device) < 1.0:
+            reachable = min(reachable, int(fraction(self.device) * total))
+        return int(self.live + (reachable - reserved) / max(self.overhead, 1.0))
+
+    def capacity_after(self, error: BaseException) -> int | None:
+        if self.device_budget is not None:
+            return self.capacity()
+        return super().capacity_after(error)
+
+
+def make_meter(device: torch.device, budget: int | None) -> TensorMeter:
+    """The meter for ``device``: allocator figures too on CUDA, tensor counting everywhere."""
     if device.type == "cuda":
         return CudaMeter(device, budget)
     return TensorMeter(budget)
+
+
+_REQUEST = re.compile(r"tried to allocate ([0-9]+(?:\.[0-9]+)?) ?(bytes|[KMGT]i?B|B)\b", re.I)
+_UNITS = {"b": 1, "bytes": 1, "kb": 2**10, "kib": 2**10, "mb": 2**20, "mib": 2**20, "gb": 2**30}
+_UNITS |= {"gib": 2**30, "tb": 2**40, "tib": 2**40}
+
+
+def requested_bytes(message: str) -> int | None:
+    """The size of the allocation an out-of-memory message says failed, if it says.
+
+    Example:
+        >>> requested_bytes("CUDA out of memory. Tried to allocate 20.00 MiB (GPU 0; ...)")
+        20971520
+        >>> requested_bytes("DefaultCPUAllocator: can't allocate memory: you tried to allocate 4096 bytes.")
+        4096
+    """
+    match = _REQUEST.search(message)
+    if match is None:
+        return None
+    return int(float(match.group(1)) * _UNITS[match.group(2).lower()])
 
 
 def free_memory(device: torch.device) -> None:

@@ -2,7 +2,7 @@
 
 The built-in classifier looks at the exception type first (``torch.OutOfMemoryError``,
 ``MemoryError``), then at the message, for every backend PyTorch runs on: CUDA, cuDNN, cuBLAS
-(and the other CUDA libraries), HIP/ROCm, MPS, XPU and the CPU allocator. It walks the explicit
+(and the other CUDA libraries), HIP/ROCm, MPS, XPU, HPU, the CPU allocator and oneDNN. It walks the explicit
 ``raise ... from`` chain, so an OOM wrapped by user code is still recognised. It imports no
 torch: it only looks at ``torch`` if something else already imported it.
 """
@@ -45,8 +45,17 @@ OOM_MESSAGES: tuple[str, ...] = (
     "defaultcpuallocator: can't allocate memory",
     "defaultcpuallocator: not enough memory",
     "std::bad_alloc",
+    # Intel Gaudi (HPU)
+    "pt_devmem allocation failed",
 )
 """Lower-case fragments of the messages PyTorch raises when an allocation fails."""
+
+OOM_EXACT_MESSAGES: tuple[str, ...] = (
+    # oneDNN (CPU convolutions, matmuls) when it cannot allocate a primitive's memory; matched
+    # whole, as its longer "could not create a primitive descriptor ..." means unsupported.
+    "could not create a primitive",
+)
+"""Lower-case messages that mean out of memory only when they are the whole message."""
 
 
 def _oom_types() -> tuple[type[BaseException], ...]:
@@ -82,6 +91,8 @@ def builtin_is_oom(error: BaseException) -> bool:
         if isinstance(current, RuntimeError):
             text = str(current).lower()
             if any(fragment in text for fragment in OOM_MESSAGES):
+                return True
+            if text.strip() in OOM_EXACT_MESSAGES:
                 return True
         current = current.__cause__
     return False

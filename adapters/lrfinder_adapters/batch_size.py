@@ -8,6 +8,7 @@ optimizer, schedulers, scaler and RNG exactly before the next trial and at the e
 
 from __future__ import annotations
 
+import gc
 import logging
 import time
 from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
@@ -57,6 +58,7 @@ class _Outcome:
     capacity: int | None
     seconds: float
     error: str | None
+    profile: list[int] | None
 
 
 class _Feed:
@@ -91,6 +93,8 @@ class _Trials:
         self.model, self.optimizer, self.loss_fn = model, optimizer, loss_fn
         self.dataset, self.make_loader, self.step_fn = dataset, make_loader, step_fn
         self.device, self.memory_budget = device, memory_budget
+        # (tensor peak, device-reserved peak) of each trial that fitted, on CUDA
+        self._device_peaks: list[tuple[int, int]] = []
         self.loader_options, self.step_options = dict(loader_options), dict(step_options)
 
     def _loader(self, size: int) -> Iterable[Any]:
@@ -101,7 +105,9 @@ class _Trials:
         options = {"shuffle": False, "drop_last": True, **self.loader_options}
         return DataLoader(self.dataset, batch_size=size, **options)
 
-    def _steps(self, size: int, meter: _memory.Meter) -> Generator[Callable[[], Any], None, None]:
+    def _steps(
+        self, size: int, meter: _memory.TensorMeter
+    ) -> Generator[Callable[[], Any], None, None]:
         """One callable per step; each fetches its batch outside the meter, then runs."""
         if self.step_fn is not None:
             step_fn = self.step_fn
@@ -130,30 +136,53 @@ class _Trials:
                 **self.step_options,
             )
 
+    def _reading(self, meter: _memory.TensorMeter, *, fitted: bool) -> int | None:
+        """The capacity after the clean-up (what the next trial will find), in tensor bytes.
+
+        On CUDA without a budget, the allocator reserves more than the tensors it holds, and the
+        marginal ratio (reserved bytes per tensor byte, between the smallest and the largest
+        trial that fitted) converts its headroom to tensor bytes; until the trials differ by a
+        quarter of their peak that ratio is noise, and no reading is given (the guided search
+        then keeps doubling).
+        """
+        if not isinstance(meter, _memory.CudaMeter) or meter.device_budget is not None:
+            return meter.capacity()
+        if fitted and meter.phase_peaks:
+            self._device_peaks.append((max(meter.phase_peaks.values()), meter.reserved_peak))
+        low, high = min(self._device_peaks, default=(0, 0)), max(self._device_peaks, default=(0, 0))
+        if high[0] - low[0] < 0.25 * high[0] or high[0] == 0:
+            return None
+        meter.overhead = min(max((high[1] - low[1]) / (high[0] - low[0]), 1.0), 3.0)
+        return meter.capacity()
+
     def run(self, size: int, steps: int) -> _Outcome:
-        """Run a trial; an out-of-memory error is an outcome, any other error propagates."""
-        _memory.free_memory(self.device)
+        """Run a trial; an out-of-memory error is an outcome, any other error propagates.
+
+        Memory is freed after the trial (the previous trial's clean-up serves this one).
+        """
         meter = _memory.make_meter(self.device, self.memory_budget)
         meter.track(_memory.state_tensors(self.model, self.optimizer))
-        capacity = meter.capacity()
         hooks = [
             self.optimizer.register_step_pre_hook(lambda *_: meter.mark(_memory.FORWARD_BACKWARD)),
             self.optimizer.register_step_post_hook(lambda *_: meter.mark(_memory.OPTIMIZER)),
         ]
-        done, error = 0, None
+        done, error, capacity = 0, None, None
         runs = self._steps(size, meter)
         start = time.perf_counter()
         try:
             for _ in range(steps):
                 run = next(runs)
+                meter.begin_step()
                 with meter.active():
                     run()
                 done += 1
             meter.mark(_memory.FORWARD_BACKWARD)
+            meter.begin_step()
         except Exception as exc:
             if not _oom.is_oom(exc):
                 raise
             error = _first_line(exc)
+            capacity = meter.capacity_after(exc)
         finally:
             for hook in hooks:
                 hook.remove()
@@ -161,13 +190,19 @@ class _Trials:
         # Out of the except block: the traceback (and the failed step's tensors it pins) is gone.
         seconds = time.perf_counter() - start
         _memory.free_memory(self.device)
+        reading = self._reading(meter, fitted=error is None)
+        if reading is not None:
+            capacity = reading if capacity is None else min(capacity, reading)
+        elif isinstance(meter, _memory.CudaMeter):
+            capacity = None  # not calibrated yet: a failure's bound alone would overshoot
         return _Outcome(
             fitted=error is None,
             steps=done,
-            phase_peaks=dict(meter.phase_peaks),
+            phase_peaks=meter.reported_peaks,
             capacity=capacity,
             seconds=seconds,
             error=error,
+            profile=meter.profile if error is None else None,
         )
 
 
@@ -380,6 +415,11 @@ def run_batch_search(
             _torch_state.restore(state, model, optimizer, schedulers=schedulers, scaler=scaler)
 
     observers = Observers(info)
+    # Objects older than the search (the model, the data, the whole program) are left out of
+    # the garbage collections between trials, which then cost microseconds, not 100+ ms.
+    freeze = gc.get_freeze_count() == 0
+    if freeze:
+        gc.freeze()
     try:
         observers.started()
         while not search.finished:
@@ -388,21 +428,25 @@ def run_batch_search(
                 outcome = trials.run(size, search.steps_per_trial)
             finally:
                 restore()
-            trial = search.record(
+            search.record(
                 size,
                 outcome.fitted,
                 outcome.phase_peaks or None,
+                profile=outcome.profile,
                 steps=outcome.steps,
                 seconds=outcome.seconds,
                 capacity_bytes=outcome.capacity,
                 error=outcome.error,
             )
+            trial = search.trials[-1]
             _log_trial(trial)
             observers.trial_recorded(trial)
     except BaseException:
         search.stop(BatchStopReason.INTERRUPTED)
         raise
     finally:
+        if freeze:
+            gc.unfreeze()
         try:
             restore()
         finally:

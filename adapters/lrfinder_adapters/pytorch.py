@@ -239,6 +239,11 @@ class TorchStep:
         # The optimizer's parameters only: those are the ones a scaler unscales before clipping.
         self._clip_params = [p for group in optimizer.param_groups for p in group["params"]]
 
+    @property
+    def group_ratios(self) -> tuple[float, ...]:
+        """Each param group's LR as a fraction of the swept LR (read by ``range_test``)."""
+        return self.ratios
+
     # -- protocol ------------------------------------------------------------------------------
     def snapshot(self) -> _torch_state.TrainingState:
         """Save the model, optimizer, schedulers, scaler and RNG (CPU memory or disk).
@@ -483,15 +488,6 @@ class LearningRateFinder:
         _validate.in_unit_interval("smooth_factor", smooth_factor)
         if method is not None:  # checked now, not after the whole test has run
             _validate.one_of("method", method, tuple(registered_suggesters()))
-        test = RangeTest(
-            start_lr=start_lr,
-            end_lr=end_lr,
-            num_iter=num_iter,
-            mode=mode,
-            smoothing=smooth_factor,
-            diverge_threshold=diverge_threshold,
-            group_ratios=group_ratios([float(g["lr"]) for g in self.optimizer.param_groups]),
-        )
         step = TorchStep(
             self.model,
             self.optimizer,
@@ -501,6 +497,15 @@ class LearningRateFinder:
             val_loader=val_loader,
             val_batches=val_batches,
             **self.step_options,
+        )
+        test = RangeTest(
+            start_lr=start_lr,
+            end_lr=end_lr,
+            num_iter=num_iter,
+            mode=mode,
+            smoothing=smooth_factor,
+            diverge_threshold=diverge_threshold,
+            group_ratios=step.ratios,
         )
         try:
             self.result = run_range_test(step, test, progress=self.progress)

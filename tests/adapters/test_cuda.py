@@ -8,7 +8,11 @@ import torch
 from lrfinder_adapters import _torch_state
 from lrfinder_adapters.pytorch import LearningRateFinder, find_lr
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+pytestmark = [
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
+    # Short sweeps about restore, not suggestion quality (tested in tests/core).
+    pytest.mark.filterwarnings("ignore::lrfinder_plugins.NoSuggestionWarning"),
+]
 
 
 def _problem(

@@ -26,6 +26,10 @@ from tests.adapters.conftest import (
     train_steps,
 )
 
+# These tests are about the mechanics (restore, steps), often on deliberately tiny or flat
+# sweeps: whether such a curve allows a confident suggestion is tested in tests/core.
+pytestmark = pytest.mark.filterwarnings("ignore::lrfinder_plugins.NoSuggestionWarning")
+
 
 class Boom(Exception):
     """Raised by a test's loss function to end a range test from inside the user's code."""

@@ -18,6 +18,10 @@ from tests.adapters.conftest import (
     train_steps,
 )
 
+# These tests are about the mechanics (restore, steps), often on deliberately tiny or flat
+# sweeps: whether such a curve allows a confident suggestion is tested in tests/core.
+pytestmark = pytest.mark.filterwarnings("ignore::lrfinder_plugins.NoSuggestionWarning")
+
 
 def test_optimizer_state_tensors_keep_their_identity(batches: list[Batch], mse: Any) -> None:
     """Adam's exp_avg tensors after the test are the very objects the user had before."""

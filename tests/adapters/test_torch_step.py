@@ -14,6 +14,10 @@ from lrfinder_adapters.pytorch import LearningRateFinder, TorchStep, find_lr
 from lrfinder_plugins import RangeTest, RangeTestResult, TrainingStep, run_range_test
 from tests.adapters.conftest import Batch, CountingLoader, make_batches
 
+# These tests are about the mechanics (restore, steps), often on deliberately tiny or flat
+# sweeps: whether such a curve allows a confident suggestion is tested in tests/core.
+pytestmark = pytest.mark.filterwarnings("ignore::lrfinder_plugins.NoSuggestionWarning")
+
 
 def linear_model(seed: int = 0, features: int = 4) -> nn.Module:
     """A deterministic model (no BatchNorm, no Dropout)."""

@@ -230,6 +230,7 @@ def test_registering_none_adds_nothing() -> None:
     get_plugin_manager().register(Nothing(), name="test.nothing")
     assert set(result_from_losses(sigmoid_curve()).suggestions()) == {
         "lightning",
+        "margin",
         "minimum",
         "steepest",
         "torch_lr_finder",

@@ -154,7 +154,7 @@ def marked_methods(figure: Any) -> list[str]:
 @pytest.mark.parametrize(
     ("suggest", "expected"),
     [
-        (True, ["valley"]),
+        (True, ["margin"]),
         (False, []),
         ("steepest", ["steepest"]),
         (["valley", "steepest", "minimum"], ["valley", "steepest", "minimum"]),

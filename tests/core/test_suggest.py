@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from lrfinder_plugins import NoSuggestionWarning, RangeTestResult, Suggestion
+from lrfinder_plugins import LowConfidenceWarning, NoSuggestionWarning, RangeTestResult, Suggestion
 from lrfinder_plugins.suggest import BUILTIN, DEFAULT_METHOD, gradient, suggest
 
 from .curves import drop_curve, result_from_losses, sigmoid_curve, v_curve
@@ -70,9 +70,11 @@ def test_every_method_suggests_on_the_descent(method: str) -> None:
 
 @methods
 def test_flat_curve_still_gives_an_lr_inside_the_sweep(method: str) -> None:
-    """A flat curve (LR range too low) still gets an LR from the swept range, without a warning."""
+    """A flat curve (LR range too low) gets an LR from the swept range, flagged low-confidence."""
     result = result_from_losses([1.0] * 100)
-    suggestion = result.suggestion(method)
+    with pytest.warns(LowConfidenceWarning, match="no usable descent"):
+        suggestion = result.suggestion(method)
+    assert suggestion.confidence == 0.0
     assert result.lrs[0] / 10 <= suggestion.lr <= result.lrs[-1]
 
 
@@ -117,10 +119,10 @@ def test_steepest_keeps_points_aligned_after_a_nan() -> None:
 
 
 # -- the registry --------------------------------------------------------------------------------
-def test_default_method_is_valley() -> None:
-    """suggestion() without a method uses the documented default, valley."""
+def test_default_method_is_margin() -> None:
+    """suggestion() without a method uses the documented (measured) default, margin."""
     result = result_from_losses(sigmoid_curve())
-    assert DEFAULT_METHOD == "valley" and result.suggestion() == result.suggestion("valley")
+    assert DEFAULT_METHOD == "margin" and result.suggestion() == result.suggestion("margin")
 
 
 def test_unknown_method_raises_listing_the_registered_names() -> None:

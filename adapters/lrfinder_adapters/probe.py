@@ -1,0 +1,122 @@
+"""The raw-PyTorch batch probe: the engine's ``BatchProbe`` over a model and its optimizer.
+
+``lrfinder_plugins.batch_size_search(model, optimizer=..., ...)`` gets one from the
+``lrfinder.torch`` plugin. Each trial runs real optimizer steps through the same measured trial
+runner as :func:`~lrfinder_adapters.batch_size.find_batch_size`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from lrfinder_adapters import require
+
+require("torch", "torch")
+
+import torch  # noqa: E402
+
+from lrfinder_adapters import _torch_state  # noqa: E402
+from lrfinder_adapters.batch_size import (  # noqa: E402
+    STEP_OPTIONS,
+    StepFn,
+    _check_sources,
+    _device,
+    _Trials,
+    _upper_bound,
+)
+from lrfinder_adapters.pytorch import LossFn, check_model_and_optimizer  # noqa: E402
+from lrfinder_plugins import _validate  # noqa: E402
+from lrfinder_plugins._batch_driver import TrialReport  # noqa: E402
+
+
+class TorchProbe:
+    """Runs batch-size trials on a plain PyTorch model (the engine's ``BatchProbe``).
+
+    Args: as :func:`~lrfinder_adapters.batch_size.find_batch_size` (``model``, ``optimizer``,
+    ``loss_fn``, one of ``dataset``/``make_loader``/``step_fn``, ``device``, ``memory_budget``,
+    ``loader_options`` and the ``TorchStep`` options).
+
+    Example:
+        >>> from lrfinder_plugins import batch_size_search  # doctest: +SKIP
+        >>> batch_size_search(TorchProbe(model, optimizer, loss_fn, dataset=data))  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        loss_fn: LossFn | None = None,
+        *,
+        dataset: Any = None,
+        make_loader: Callable[[int], Iterable[Any]] | None = None,
+        step_fn: StepFn | None = None,
+        device: str | torch.device | None = None,
+        memory_budget: int | None = None,
+        loader_options: Mapping[str, Any] | None = None,
+        **step_options: Any,
+    ) -> None:
+        check_model_and_optimizer(model, optimizer)
+        _check_sources(dataset, make_loader, step_fn)
+        unknown = set(step_options) - STEP_OPTIONS
+        if unknown:
+            raise TypeError(
+                f"unknown option(s) {sorted(unknown)}; a torch batch-size search accepts "
+                f"{sorted(STEP_OPTIONS)}"
+            )
+        if memory_budget is not None:
+            _validate.int_at_least("memory_budget", memory_budget, 1)
+        if loader_options is not None and dataset is None:
+            raise TypeError(
+                "loader_options only applies to dataset=; build the loader in make_loader"
+            )
+        if loss_fn is not None and not callable(loss_fn):
+            raise TypeError(f"loss_fn must be callable or None, got {type(loss_fn).__name__}")
+        self.model, self.optimizer = model, optimizer
+        self.schedulers = tuple(step_options.get("schedulers", ()))
+        self.scaler = step_options.get("scaler")
+        self.snapshot_to = step_options.get("snapshot", "cpu")
+        _validate.one_of("snapshot", self.snapshot_to, ("cpu", "disk"))
+        self.upper_bound = None if dataset is None else _upper_bound(dataset)
+        self._trials = _Trials(
+            model,
+            optimizer,
+            loss_fn,
+            dataset=dataset,
+            make_loader=make_loader,
+            step_fn=step_fn,
+            device=_device(model, device),
+            memory_budget=memory_budget,
+            loader_options=loader_options or {},
+            step_options=step_options,
+        )
+        self._trials.check()
+
+    def snapshot(self) -> _torch_state.TrainingState:
+        """Save the model, optimizer, schedulers, scaler and RNG."""
+        return _torch_state.capture(
+            self.model,
+            self.optimizer,
+            schedulers=self.schedulers,
+            scaler=self.scaler,
+            where=self.snapshot_to,
+        )
+
+    def restore(self, snapshot: _torch_state.TrainingState) -> None:
+        """Put back everything :meth:`snapshot` saved, bitwise."""
+        _torch_state.restore(
+            snapshot, self.model, self.optimizer, schedulers=self.schedulers, scaler=self.scaler
+        )
+
+    def try_batch_size(self, size: int, steps: int) -> TrialReport:
+        """Run ``steps`` measured optimizer steps at ``size``; an OOM is a report, not an error."""
+        outcome = self._trials.run(size, steps)
+        return TrialReport(
+            fitted=outcome.fitted,
+            steps=outcome.steps,
+            peak_bytes=dict(outcome.phase_peaks) or None,
+            profile=None if outcome.profile is None else tuple(outcome.profile),
+            capacity_bytes=outcome.capacity,
+            seconds=outcome.seconds,
+            error=outcome.error,
+        )
