@@ -42,18 +42,23 @@ class TrainingStep(Protocol):
 
 @contextlib.contextmanager
 def deferred_sigint() -> Iterator[None]:
-    """Hold Ctrl-C back while the block runs (a restore must not be cut in half), then re-raise."""
+    """Hold Ctrl-C back while the block runs (a restore must not be cut in half).
+
+    A SIGINT that arrives meanwhile is re-delivered once the block is done, to whatever handled
+    SIGINT before: Python's default raises KeyboardInterrupt, a custom handler is called, an
+    ignored signal stays ignored.
+    """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    caught: list[Any] = []
+    caught: list[int] = []
     previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
     try:
         yield
     finally:
         signal.signal(signal.SIGINT, previous)
-    if caught:
-        raise KeyboardInterrupt
+        if caught:
+            signal.raise_signal(signal.SIGINT)
 
 
 def run_range_test(

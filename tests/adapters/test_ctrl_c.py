@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -21,6 +22,10 @@ SCRIPT = textwrap.dedent(
     import numpy as np
     import torch
     from lrfinder_plugins import LearningRateFinder
+
+    # A Python started from a background job inherits SIGINT ignored; make Ctrl-C raise, as at
+    # an interactive prompt.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.BatchNorm1d(16), torch.nn.ReLU(),
@@ -90,6 +95,15 @@ class _SignalDuringRestore:
         return 1.0
 
 
+@pytest.fixture
+def interactive_sigint() -> Iterator[None]:
+    """SIGINT raises KeyboardInterrupt, as at a prompt (a background job starts with it ignored)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+@pytest.mark.usefixtures("interactive_sigint")
 def test_sigint_during_restore_waits_for_the_restore() -> None:
     """Ctrl-C during the restore is held back until the restore is complete, then raised."""
     step = _SignalDuringRestore()
@@ -99,3 +113,19 @@ def test_sigint_during_restore_waits_for_the_restore() -> None:
     assert step.restored_parts == ["first half", "second half"]
     assert step.value == 0.0
     assert test.stop_reason is StopReason.BUDGET
+
+
+def test_sigint_during_restore_goes_to_a_custom_handler() -> None:
+    """A SIGINT held back during the restore is handed to the user's own handler afterwards."""
+    received: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    try:
+        step = _SignalDuringRestore()
+        result = run_range_test(
+            step, RangeTest(start_lr=1e-3, end_lr=1.0, num_iter=5), progress=False
+        )
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert received == [signal.SIGINT]
+    assert step.restored_parts == ["first half", "second half"]
+    assert result.stop_reason is StopReason.BUDGET
