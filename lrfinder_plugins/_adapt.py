@@ -33,7 +33,7 @@ def make_step(target: Any, options: Mapping[str, Any]) -> TrainingStep:
     step = get_plugin_manager().hook.lrfinder_make_step(target=target, options=dict(options))
     if step is None:
         raise _unknown_target(target, "lrfinder_make_step", "an LR range test")
-    return step  # type: ignore[no-any-return]
+    return step
 
 
 def make_probe(target: Any, options: Mapping[str, Any]) -> BatchProbe:
@@ -45,7 +45,7 @@ def make_probe(target: Any, options: Mapping[str, Any]) -> BatchProbe:
     probe = get_plugin_manager().hook.lrfinder_make_probe(target=target, options=dict(options))
     if probe is None:
         raise _unknown_target(target, "lrfinder_make_probe", "a batch-size search")
-    return probe  # type: ignore[no-any-return]
+    return probe
 
 
 def _unknown_target(target: Any, hook_name: str, what: str) -> TypeError:

@@ -133,7 +133,14 @@ def run_batch_size_search(
                 with deferred_sigint():
                     probe.restore(snapshot)
             _record(search, size, report)
-            observers.trial_recorded(search.trials[-1])
+            trial = search.trials[-1]
+            log.info(
+                "batch size %d %s (%s)",
+                trial.size,
+                "fits" if trial.fitted else f"does not fit: {trial.error}",
+                trial.role,
+            )
+            observers.trial_recorded(trial)
     except BaseException:
         search.stop(BatchStopReason.INTERRUPTED)
         raise

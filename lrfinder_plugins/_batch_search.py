@@ -14,12 +14,14 @@ Modes:
         ``binsearch``).
     ``"guided"`` (the default): measures the memory in use at every moment of a training step
         at small sizes, fits how each moment grows with the batch (:class:`MemoryModel`), jumps
-        just below the predicted limit, then verifies: it closes the bracket with a size one
-        ``margin / 5`` above the largest fit, re-predicting from the latest capacity reading
-        while that reading agrees with the trials, and stepping away from the last trial in
-        doubling steps when it does not. It stops once the limit is bracketed to ``margin / 5``
-        of the size. Without peak or capacity figures it bisects like ``binsearch``, to that
-        same relative precision.
+        just below the predicted limit, then verifies: the next size is one ``margin / 5``
+        above the largest fit (or the re-predicted limit, from the latest capacity reading,
+        while that reading agrees with the trials), so that one out-of-memory trial brackets
+        the limit. When the reading contradicts the trials, or two predictions missed, it
+        gallops away from the last trial in doubling steps (never further than bisection
+        would) until the outcome flips, then bisects. It stops once the limit is bracketed to
+        ``margin / 5`` of the size. Without peak or capacity figures it doubles and bisects
+        like ``binsearch``, to that same relative precision.
 
 Every mode ends the same way: the answer is ``(1 - margin)`` times the largest size not known to
 fail (the smallest failing size minus one), never more than the largest size that fitted, and it

@@ -46,7 +46,7 @@ def _builtin_plugins() -> list[tuple[Any, str]]:
 
     return [
         (schedules, "lrfinder.schedules"),
-        (suggest, "lrfinder.suggest"),
+        (suggest, suggest.BUILTIN_PLUGIN),
         (progress.TqdmProgress(), "lrfinder.progress"),
         (_adapt, "lrfinder.protocols"),
     ]

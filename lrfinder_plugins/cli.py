@@ -19,6 +19,7 @@ def _demo(args: argparse.Namespace) -> int:
         json_path=args.json,
         num_iter=args.num_iter,
         batch_size=args.batch_size,
+        memory_budget=int(args.memory_budget_mib * 2**20),
         method=args.method,
         progress=not args.no_progress,
     )
@@ -82,7 +83,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--json", default=None, help="JSON path (default <output-dir>/lr_finder.json)"
     )
     demo.add_argument("--num-iter", type=int, default=100, help="range-test steps (default 100)")
-    demo.add_argument("--batch-size", type=int, default=64, help="batch size (default 64)")
+    demo.add_argument(
+        "--batch-size", type=int, default=None, help="skip the batch-size search and use this size"
+    )
+    demo.add_argument(
+        "--memory-budget-mib",
+        type=float,
+        default=2.0,
+        help="the pretend device's memory for the batch-size search (default 2 MiB)",
+    )
     demo.add_argument("--method", default=None, help="suggestion method (default: the default)")
     demo.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     demo.set_defaults(func=_demo)

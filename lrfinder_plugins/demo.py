@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from dataclasses import dataclass
@@ -11,12 +12,15 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import torch
 
+    from lrfinder_plugins._batch_search import BatchSizeResult
     from lrfinder_plugins._results import RangeTestResult
     from lrfinder_plugins.suggest import Suggestion
 
 log = logging.getLogger("lrfinder_plugins")
 
 INITIAL_LR = 1e-3
+MEMORY_BUDGET = 2 * 2**20
+"""The demo's pretend device: 2 MiB for the model, its optimizer state and activations."""
 
 
 @dataclass(frozen=True)
@@ -28,6 +32,9 @@ class DemoRun:
     old_lr: float
     plot_path: Path
     json_path: Path
+    batch: BatchSizeResult | None = None
+    batch_size: int = 0
+    memory_budget: int = MEMORY_BUDGET
 
 
 def make_problem(
@@ -66,34 +73,56 @@ def run_demo(
     plot_path: str | Path | None = None,
     json_path: str | Path | None = None,
     num_iter: int = 100,
-    batch_size: int = 64,
+    batch_size: int | None = None,
+    memory_budget: int = MEMORY_BUDGET,
     method: str | None = None,
     progress: bool = True,
 ) -> DemoRun:
-    """Run the LR range test on the built-in problem, save the plot and JSON, apply the LR.
+    """Find the batch size, run the LR range test at it, save the plot and JSON, apply the LR.
+
+    The batch size comes first (the best LR depends on it), as ``tune()`` does: the search runs
+    real training steps against a pretend device of ``memory_budget`` bytes, so it ends in about
+    a second on a CPU.
 
     Args:
         output_dir: where the plot and JSON go unless their paths are given.
         plot_path: the PNG path (default ``<output_dir>/lr_finder_plot.png``).
         json_path: the JSON path (default ``<output_dir>/lr_finder.json``).
         num_iter: the most range-test steps.
-        batch_size: the training batch size.
+        batch_size: the training batch size (``None``: find it with ``find_batch_size``).
+        memory_budget: the bytes the batch-size search may use at its peak.
         method: the suggestion method (``None``: the default).
         progress: show a progress bar.
     """
     import torch
 
+    from lrfinder_adapters.batch_size import find_batch_size
+
     dataset, model = make_problem()
-    loader = torch.utils.data.DataLoader(
-        dataset, batch_size=batch_size, shuffle=True, generator=torch.Generator().manual_seed(1)
-    )
     # Seeded inside fork_rng: the same curve on every run (dropout draws from the global
     # generator), and the caller's RNG is left alone.
     with torch.random.fork_rng():
         torch.manual_seed(0)
-        return _find_and_save(
+        batch = None
+        size = batch_size
+        if size is None:
+            probe_optimizer = torch.optim.AdamW(model.parameters(), lr=INITIAL_LR)
+            batch = find_batch_size(
+                model,
+                probe_optimizer,
+                torch.nn.functional.cross_entropy,
+                dataset=dataset,
+                memory_budget=memory_budget,
+                progress=progress,
+            )
+            size = int(batch.batch_size or 1)  # find_batch_size raises when nothing fits
+        loader = torch.utils.data.DataLoader(
+            dataset, batch_size=size, shuffle=True, generator=torch.Generator().manual_seed(1)
+        )
+        run = _find_and_save(
             model, loader, output_dir, plot_path, json_path, num_iter, method, progress
         )
+    return dataclasses.replace(run, batch=batch, batch_size=size, memory_budget=memory_budget)
 
 
 def _find_and_save(
@@ -143,8 +172,17 @@ def describe(run: DemoRun) -> list[str]:
     confidence = f"confidence {suggestion.confidence:.2f}" + (
         f": {suggestion.reason}" if suggestion.reason else ""
     )
+    lines = []
+    if run.batch is not None:
+        lines += [
+            "Batch-size search on the built-in example (synthetic 10-class data, MLP with "
+            f"BatchNorm, AdamW), pretend device of {run.memory_budget / 2**20:g} MiB, mode guided:",
+            run.batch.summary(),
+            f"✓ Optimal batch size found: {run.batch.batch_size}",
+        ]
     return [
-        "LR range test on the built-in example (synthetic 10-class data, MLP with BatchNorm, AdamW)",
+        *lines,
+        f"LR range test at batch size {run.batch_size} (the same model and data)",
         f"  tested range: {options['start_lr']:.2e} → {options['end_lr']:.2e} ({options['mode']})",
         f"  points: {len(result)} of {options['num_iter']}, "
         f"LRs {result.lrs[0]:.2e} … {result.lrs[-1]:.2e}",

@@ -38,10 +38,14 @@ def lrfinder_register_suggesters() -> Mapping[str, Suggester]:
     """Return suggestion methods to register, by name.
 
     Called each time the registry is looked up (``suggestion(method=...)``, ``suggestions()``,
-    ``lrfinder plugins``), so a plugin registered at run time counts at once. Each value is a
-    callable ``suggester(result, **options) -> Suggestion``; its name becomes a valid
-    ``RangeTestResult.suggestion(method=name)``. Returning ``None`` or an empty mapping registers
-    nothing. Registering a name twice raises ``ValueError`` naming both plugins.
+    ``lrfinder show``), so a plugin registered at run time counts at once. No arguments. Each
+    value is a callable ``suggester(result, **options) -> Suggestion`` (build it with
+    ``lrfinder_plugins.suggest.make_suggestion``, or ``no_suggestion`` when the curve allows
+    none); its name becomes a valid ``RangeTestResult.suggestion(method=name)``, and the user's
+    keyword options reach it. Returning ``None`` or an empty mapping registers nothing.
+    Registering a name twice raises ``ValueError`` naming both plugins. A suggester that raises
+    when asked for by name reaches the user as a ``PluginError`` naming the plugin; in
+    ``suggestions()`` it is logged and left out.
     """
 
 
@@ -49,12 +53,12 @@ def lrfinder_register_suggesters() -> Mapping[str, Suggester]:
 def lrfinder_register_schedules() -> Mapping[str, ScheduleFactory]:
     """Return learning-rate schedules to register, by name.
 
-    Called each time the registry is looked up (when a ``RangeTest`` is created). Each value is a
-    factory
-    ``factory(*, start_lr, end_lr, num_iter) -> Callable[[int], float]`` whose result maps a
-    point index ``0 .. num_iter - 1`` to a learning rate, non-decreasing, equal to ``start_lr`` at
-    0 and ``end_lr`` at ``num_iter - 1``. Its name becomes a valid ``mode=``. Returning ``None``
-    registers nothing.
+    Called each time the registry is looked up (when a ``RangeTest`` is created). No arguments.
+    Each value is a factory ``factory(*, start_lr, end_lr, num_iter) -> Callable[[int], float]``
+    whose result maps a point index ``0 .. num_iter - 1`` to a learning rate, non-decreasing,
+    equal to ``start_lr`` at 0 and ``end_lr`` at ``num_iter - 1``. Its name becomes a valid
+    ``mode=``. Returning ``None`` or an empty mapping registers nothing. Registering a name twice
+    raises ``ValueError`` naming both plugins.
     """
 
 
@@ -62,19 +66,22 @@ def lrfinder_register_schedules() -> Mapping[str, ScheduleFactory]:
 def lrfinder_search_started(search: SearchInfo) -> None:
     """Observe the start of a search, after its arguments were validated and the state saved.
 
-    Called once per search, before the first step. ``search`` identifies the search in the
-    calls that follow (the same object is passed to every observer hook of one search). The return
-    value is ignored. An exception is logged with the plugin's name and the plugin is not called
-    again for this search; the search goes on.
+    Called once per search (LR range test or batch-size search), before the first step or
+    trial. ``search`` (a ``SearchInfo``: ``kind``, ``total``, ``progress``, ``description``,
+    ``search_id``, ``options``) identifies the search in the calls that follow: the same object
+    is passed to every observer hook of one search. The return value is ignored. An exception is
+    logged with the plugin's name and the plugin is not called again for this search; the search
+    goes on.
     """
 
 
 @hookspec
 def lrfinder_step_recorded(search: SearchInfo, point: Point) -> None:
-    """Observe one recorded point (one optimizer step) of a search.
+    """Observe one recorded point (one optimizer step) of an LR range test.
 
-    Called after each point is recorded, on the hot path: keep it cheap. The return value is
-    ignored. Errors are handled as in :func:`lrfinder_search_started`.
+    Called after each point is recorded, on the hot path: keep it cheap. ``point`` (a ``Point``)
+    holds its ``index``, the ``lr`` the step used, its ``loss`` and ``smoothed_loss``. The return
+    value is ignored. Errors are handled as in :func:`lrfinder_search_started`.
     """
 
 
@@ -84,8 +91,9 @@ def lrfinder_search_finished(search: SearchInfo, result: RangeTestResult) -> Non
 
     Called exactly once per started search, whether it finished, diverged, raised or was
     interrupted (then ``result.stop_reason`` is ``"interrupted"`` and the exception is re-raised
-    after the observers ran). The return value is ignored. Errors are logged with the plugin's
-    name; the result is still returned.
+    after the observers ran). ``result`` is a ``RangeTestResult`` (``search.kind ==
+    "lr_range_test"``) or a ``BatchSizeResult`` (``"batch_size"``). The return value is ignored.
+    Errors are logged with the plugin's name; the result is still returned.
     """
 
 
@@ -99,8 +107,10 @@ def lrfinder_is_oom(error: BaseException) -> bool | None:
     Return ``True``: it is an out-of-memory error (the size does not fit; the search goes on
     with a smaller one). ``False``: it is not (the state is restored and the exception re-raised
     unchanged). ``None``: no opinion; the next plugin, then the built-in classifier, decides. The
-    first ``True``/``False`` wins (``False`` stops the lookup too). Do not keep a reference to
-    ``error``: its traceback pins the failed step's tensors.
+    first ``True``/``False`` wins (``False`` stops the lookup too). The built-in classifier is
+    itself an implementation of this hook, marked ``trylast`` (plugin ``lrfinder.torch``);
+    without any answer only ``MemoryError`` counts. Do not keep a reference to ``error``: its
+    traceback pins the failed step's tensors.
     """
 
 
@@ -110,7 +120,8 @@ def lrfinder_trial_recorded(search: SearchInfo, trial: BatchTrial) -> None:
 
     Called after each trial is recorded and the training state restored: ``trial`` holds the
     size, whether it fitted, the steps that ran, the peak memory (``None`` where the backend
-    does not report it) and the seconds it took. The return value is ignored. Errors are handled
+    does not report it), the seconds it took, its ``role`` and the OOM ``error`` line. The return
+    value is ignored. Errors are handled
     as in :func:`lrfinder_search_started`. A batch-size search also calls
     :func:`lrfinder_search_started` and :func:`lrfinder_search_finished`, the latter with a
     ``BatchSizeResult``.
@@ -127,8 +138,8 @@ def lrfinder_make_step(target: Any, options: Mapping[str, Any]) -> TrainingStep 
     ``optimizer``, ``train_loader``; read-only). This is how a new training framework plugs in.
 
     Return a :class:`~lrfinder_plugins.TrainingStep` that runs one optimizer step of ``target``
-    per ``run()``. It may have a ``group_ratios`` attribute (each param group's LR as a fraction
-    of the swept LR, see :func:`lrfinder_plugins.group_ratios`; one group when absent).
+    per ``run()``. It may have a ``group_ratios`` attribute (each param group's LR divided by the
+    largest group's LR; one group when absent), so results record every group's LR.
     Return ``None`` when ``target`` is not for this plugin: the next plugin is asked. The first
     non-``None`` answer wins; when every plugin answers ``None``, ``range_test`` raises a
     ``TypeError`` naming the target's type and the adapter plugins installed. Raise

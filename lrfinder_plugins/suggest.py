@@ -38,6 +38,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("lrfinder_plugins")
 
 DEFAULT_METHOD = "margin"
+BUILTIN_PLUGIN = "lrfinder.suggest"
+"""The plugin name the built-in methods are registered under."""
 
 
 class NoSuggestionWarning(UserWarning):
@@ -592,15 +594,29 @@ def suggest(result: RangeTestResult, method: str | None = None, **options: Any) 
 
     Raises:
         ValueError: ``method`` is not registered (the message lists the registered names).
+        PluginError: a plugin's method raised (the message names the plugin; the original
+            error is its ``__cause__``). A built-in method's errors are raised as they are.
     """
-    methods = registered()
+    from lrfinder_plugins._manager import PluginError, collect_registry_owners
+
+    methods = collect_registry_owners("lrfinder_register_suggesters")
     name = DEFAULT_METHOD if method is None else method
     if name not in methods:
         raise ValueError(
             f"method must be one of {sorted(methods)}, got {method!r}; a plugin can add more "
             "through the lrfinder_register_suggesters hook"
         )
-    suggestion = methods[name](result, **options)
+    suggester, owner = methods[name]
+    try:
+        suggestion = suggester(result, **options)
+    except Exception as error:
+        if owner == BUILTIN_PLUGIN:
+            raise
+        raise PluginError(
+            f"suggestion method {name!r} of plugin {owner!r} failed: "
+            f"{type(error).__name__}: {error}",
+            owner,
+        ) from error
     if suggestion.ok and suggestion.confidence == 0:
         warnings.warn(
             f"{suggestion.method}: low confidence: {suggestion.reason}",
@@ -612,12 +628,17 @@ def suggest(result: RangeTestResult, method: str | None = None, **options: Any) 
 
 def suggest_all(result: RangeTestResult) -> dict[str, Suggestion]:
     """Every registered method's suggestion; a method that raises is logged and left out."""
+    from lrfinder_plugins._manager import collect_registry_owners
+
     out: dict[str, Suggestion] = {}
-    for name, method in sorted(registered().items()):
+    methods = collect_registry_owners("lrfinder_register_suggesters")
+    for name, (method, owner) in sorted(methods.items()):
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", NoSuggestionWarning)
                 out[name] = method(result)
         except Exception:
-            log.exception("suggestion method %r failed; left out of suggestions()", name)
+            log.exception(
+                "suggestion method %r of plugin %r failed; left out of suggestions()", name, owner
+            )
     return out

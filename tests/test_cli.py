@@ -49,6 +49,40 @@ def test_demo_prints_the_seed_lines(demo_output: tuple[str, Path]) -> None:
     assert "OneCycleLR(optimizer, max_lr=" in stdout
 
 
+def test_demo_finds_the_batch_size_first(demo_output: tuple[str, Path]) -> None:
+    """The demo runs the batch-size search first, then the LR test at the size it found."""
+    stdout, _ = demo_output
+    found = re.search(r"Optimal batch size found: (\d+)", stdout)
+    assert found is not None
+    assert stdout.index("Optimal batch size found") < stdout.index("LR range test at batch size")
+    assert f"LR range test at batch size {found.group(1)} " in stdout
+    assert re.search(r"batch size \d+ after \d+ trials \(\d+ out of memory\)", stdout)
+
+
+def test_demo_with_a_batch_size_skips_the_search(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """--batch-size N runs the LR test at N without a batch-size search."""
+    assert (
+        main(
+            [
+                "demo",
+                "--batch-size",
+                "32",
+                "--num-iter",
+                "20",
+                "--no-progress",
+                "--output-dir",
+                str(tmp_path),
+            ]
+        )
+        == 0
+    )
+    printed = capsys.readouterr().out
+    assert "Optimal batch size" not in printed
+    assert "LR range test at batch size 32 " in printed
+
+
 def test_demo_writes_plot_and_json(demo_output: tuple[str, Path]) -> None:
     """The demo saves a PNG and a JSON result that loads back."""
     _, out = demo_output

@@ -195,11 +195,10 @@ class CudaMeter(TensorMeter):
     """Tensor counting plus the CUDA caching allocator's own peaks, on one device.
 
     The reported peaks are ``torch.cuda.max_memory_allocated``, reset at each phase boundary;
-    the profile and the capacity stay in tensor bytes, so the guided search compares like with
-    like. The allocator reserves more than the tensors it holds (blocks rounded up, segments
-    kept by one live block), and a memory cap applies to what it reserves: the capacity divides
-    the reserved headroom by ``overhead``, the reserved bytes per tensor byte that the trial
-    runner measured across trials.
+    the profile and the capacity stay in tensor bytes (the allocator's free and cached bytes
+    added to the live tensors), so the guided search compares like with like. Near the limit the
+    allocator can reserve noticeably more than the tensors it holds (fragmentation): the guided
+    search then overshoots and falls back to galloping and bisection.
     """
 
     def __init__(self, device: torch.device, budget: int | None = None) -> None:
@@ -209,17 +208,12 @@ class CudaMeter(TensorMeter):
         self.device = torch.device("cuda", index)
         self.device_budget = budget
         self.device_peaks: dict[str, int] = {}
-        self.reserved_peak = 0
-        self.overhead = 1.0
         torch.cuda.reset_peak_memory_stats(self.device)
 
     def mark(self, phase: str) -> None:
         super().mark(phase)
         peak = int(torch.cuda.max_memory_allocated(self.device))
         self.device_peaks[phase] = max(self.device_peaks.get(phase, 0), peak)
-        self.reserved_peak = max(
-            self.reserved_peak, int(torch.cuda.max_memory_reserved(self.device))
-        )
         torch.cuda.reset_peak_memory_stats(self.device)
         if self.device_budget is not None and peak > self.device_budget:
             raise _budget_error(peak, self.device_budget, "the peak of allocated memory")
@@ -229,17 +223,17 @@ class CudaMeter(TensorMeter):
         return dict(self.device_peaks)
 
     def capacity(self) -> int | None:
+        allocated = torch.cuda.memory_allocated(self.device)
         if self.device_budget is not None:
-            return int(self.live + self.device_budget - torch.cuda.memory_allocated(self.device))
+            return int(self.live + self.device_budget - allocated)
         free, total = torch.cuda.mem_get_info(self.device)
-        reserved = torch.cuda.memory_reserved(self.device)
-        # What the allocator may still reserve: the free memory plus its cached blocks, within
-        # the share set by torch.cuda.set_per_process_memory_fraction (if any).
-        reachable = free + reserved
+        # What new tensors may still take: the free memory plus the allocator's cached blocks,
+        # within the share set by torch.cuda.set_per_process_memory_fraction (if any).
+        reachable = free + torch.cuda.memory_reserved(self.device)
         fraction = getattr(torch.cuda, "get_per_process_memory_fraction", None)
         if fraction is not None and fraction(self.device) < 1.0:
             reachable = min(reachable, int(fraction(self.device) * total))
-        return int(self.live + (reachable - reserved) / max(self.overhead, 1.0))
+        return int(self.live + reachable - allocated)
 
     def capacity_after(self, error: BaseException) -> int | None:
         if self.device_budget is not None:

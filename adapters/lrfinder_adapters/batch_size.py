@@ -1,17 +1,18 @@
 """The batch-size finder for a plain PyTorch model, and ``tune()``: batch size first, then LR.
 
 :func:`find_batch_size` drives a :class:`~lrfinder_plugins.BatchSizeSearch` with real training
-steps: each trial runs ``steps_per_trial`` optimizer steps at the proposed size, measures the
-peak memory of the forward/backward pass and of the optimizer step, and restores the model,
-optimizer, schedulers, scaler and RNG exactly before the next trial and at the end.
+steps, through the engine's batch-size driver and the raw-PyTorch probe
+(:class:`~lrfinder_adapters.probe.TorchProbe`): each trial (:class:`_Trials`) runs
+``steps_per_trial`` optimizer steps at the proposed size, measures the memory of every operation
+(see :mod:`lrfinder_adapters._memory`) and turns an out-of-memory error into an outcome; the
+driver restores the model, optimizer, schedulers, scaler and RNG exactly after every trial.
 """
 
 from __future__ import annotations
 
-import gc
 import logging
 import time
-from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,23 +22,10 @@ require("torch", "torch")
 
 import torch  # noqa: E402
 
-from lrfinder_adapters import _memory, _oom, _torch_state  # noqa: E402
-from lrfinder_adapters.pytorch import (  # noqa: E402
-    LossFn,
-    TorchStep,
-    check_model_and_optimizer,
-    find_lr,
-)
-from lrfinder_plugins import _validate  # noqa: E402
-from lrfinder_plugins._batch_search import (  # noqa: E402
-    BatchSizeResult,
-    BatchSizeSearch,
-    BatchStopReason,
-    BatchTrial,
-    NothingFitsError,
-)
-from lrfinder_plugins._driver import deferred_sigint  # noqa: E402
-from lrfinder_plugins._observers import Observers, SearchInfo  # noqa: E402
+from lrfinder_adapters import _memory, _oom  # noqa: E402
+from lrfinder_adapters.pytorch import LossFn, TorchStep, find_lr  # noqa: E402
+from lrfinder_plugins._batch_driver import run_batch_size_search  # noqa: E402
+from lrfinder_plugins._batch_search import BatchSizeResult, BatchSizeSearch  # noqa: E402
 from lrfinder_plugins._results import RangeTestResult  # noqa: E402
 
 log = logging.getLogger("lrfinder_plugins")
@@ -93,8 +81,6 @@ class _Trials:
         self.model, self.optimizer, self.loss_fn = model, optimizer, loss_fn
         self.dataset, self.make_loader, self.step_fn = dataset, make_loader, step_fn
         self.device, self.memory_budget = device, memory_budget
-        # (tensor peak, device-reserved peak) of each trial that fitted, on CUDA
-        self._device_peaks: list[tuple[int, int]] = []
         self.loader_options, self.step_options = dict(loader_options), dict(step_options)
 
     def _loader(self, size: int) -> Iterable[Any]:
@@ -136,25 +122,6 @@ class _Trials:
                 **self.step_options,
             )
 
-    def _reading(self, meter: _memory.TensorMeter, *, fitted: bool) -> int | None:
-        """The capacity after the clean-up (what the next trial will find), in tensor bytes.
-
-        On CUDA without a budget, the allocator reserves more than the tensors it holds, and the
-        marginal ratio (reserved bytes per tensor byte, between the smallest and the largest
-        trial that fitted) converts its headroom to tensor bytes; until the trials differ by a
-        quarter of their peak that ratio is noise, and no reading is given (the guided search
-        then keeps doubling).
-        """
-        if not isinstance(meter, _memory.CudaMeter) or meter.device_budget is not None:
-            return meter.capacity()
-        if fitted and meter.phase_peaks:
-            self._device_peaks.append((max(meter.phase_peaks.values()), meter.reserved_peak))
-        low, high = min(self._device_peaks, default=(0, 0)), max(self._device_peaks, default=(0, 0))
-        if high[0] - low[0] < 0.25 * high[0] or high[0] == 0:
-            return None
-        meter.overhead = min(max((high[1] - low[1]) / (high[0] - low[0]), 1.0), 3.0)
-        return meter.capacity()
-
     def run(self, size: int, steps: int) -> _Outcome:
         """Run a trial; an out-of-memory error is an outcome, any other error propagates.
 
@@ -190,11 +157,11 @@ class _Trials:
         # Out of the except block: the traceback (and the failed step's tensors it pins) is gone.
         seconds = time.perf_counter() - start
         _memory.free_memory(self.device)
-        reading = self._reading(meter, fitted=error is None)
+        # Read after the clean-up (what the next trial will find); a failure's own bound, when
+        # tighter, wins.
+        reading = meter.capacity()
         if reading is not None:
             capacity = reading if capacity is None else min(capacity, reading)
-        elif isinstance(meter, _memory.CudaMeter):
-            capacity = None  # not calibrated yet: a failure's bound alone would overshoot
         return _Outcome(
             fitted=error is None,
             steps=done,
@@ -333,19 +300,8 @@ def find_batch_size(
         >>> result = find_batch_size(model, optimizer, loss_fn, dataset=train_set)  # doctest: +SKIP
         >>> loader = DataLoader(train_set, batch_size=result.batch_size)  # doctest: +SKIP
     """
-    check_model_and_optimizer(model, optimizer)
-    _check_sources(dataset, make_loader, step_fn)
-    unknown = set(step_options) - STEP_OPTIONS
-    if unknown:
-        raise TypeError(
-            f"unknown option(s) {sorted(unknown)}; find_batch_size accepts {sorted(STEP_OPTIONS)}"
-        )
-    if memory_budget is not None:
-        _validate.int_at_least("memory_budget", memory_budget, 1)
-    if loader_options is not None and dataset is None:
-        raise TypeError("loader_options only applies to dataset=; build the loader in make_loader")
-    if loss_fn is not None and not callable(loss_fn):
-        raise TypeError(f"loss_fn must be callable or None, got {type(loss_fn).__name__}")
+    from lrfinder_adapters.probe import TorchProbe
+
     search = BatchSizeSearch(
         mode=mode,
         init_val=init_val,
@@ -356,134 +312,19 @@ def find_batch_size(
         upper_bound=None if dataset is None else _upper_bound(dataset),
         target_batch=target_batch,
     )
-    trials = _Trials(
+    probe = TorchProbe(  # validates the rest, and runs nothing yet
         model,
         optimizer,
         loss_fn,
         dataset=dataset,
         make_loader=make_loader,
         step_fn=step_fn,
-        device=_device(model, device),
+        device=device,
         memory_budget=memory_budget,
-        loader_options=loader_options or {},
-        step_options=step_options,
+        loader_options=loader_options,
+        **step_options,
     )
-    trials.check()
-    return run_batch_search(
-        trials, search, model, optimizer, progress=progress, **_state_options(step_options)
-    )
-
-
-def _state_options(step_options: Mapping[str, Any]) -> dict[str, Any]:
-    return {
-        "schedulers": tuple(step_options.get("schedulers", ())),
-        "scaler": step_options.get("scaler"),
-        "snapshot": step_options.get("snapshot", "cpu"),
-    }
-
-
-def run_batch_search(
-    trials: _Trials,
-    search: BatchSizeSearch,
-    model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
-    *,
-    schedulers: Sequence[Any] = (),
-    scaler: Any = None,
-    snapshot: str = "cpu",
-    progress: bool = True,
-) -> BatchSizeResult:
-    """Drive ``search`` with ``trials`` until it stops; restore the state after every trial.
-
-    The state is saved once, restored after each trial and, in a ``finally``, at the end
-    (whether the search finished, raised or was interrupted).
-    """
-    _validate.one_of("snapshot", snapshot, ("cpu", "disk"))
-    info = SearchInfo(
-        kind="batch_size",
-        total=search.max_trials,
-        progress=progress,
-        description="Batch-size search",
-        options=search.options(),
-    )
-    state = _torch_state.capture(
-        model, optimizer, schedulers=schedulers, scaler=scaler, where=snapshot
-    )
-
-    def restore() -> None:
-        with deferred_sigint():
-            _torch_state.restore(state, model, optimizer, schedulers=schedulers, scaler=scaler)
-
-    observers = Observers(info)
-    # Objects older than the search (the model, the data, the whole program) are left out of
-    # the garbage collections between trials, which then cost microseconds, not 100+ ms.
-    freeze = gc.get_freeze_count() == 0
-    if freeze:
-        gc.freeze()
-    try:
-        observers.started()
-        while not search.finished:
-            size = search.next_size()
-            try:
-                outcome = trials.run(size, search.steps_per_trial)
-            finally:
-                restore()
-            search.record(
-                size,
-                outcome.fitted,
-                outcome.phase_peaks or None,
-                profile=outcome.profile,
-                steps=outcome.steps,
-                seconds=outcome.seconds,
-                capacity_bytes=outcome.capacity,
-                error=outcome.error,
-            )
-            trial = search.trials[-1]
-            _log_trial(trial)
-            observers.trial_recorded(trial)
-    except BaseException:
-        search.stop(BatchStopReason.INTERRUPTED)
-        raise
-    finally:
-        if freeze:
-            gc.unfreeze()
-        try:
-            restore()
-        finally:
-            state.close()
-            result = search.result()
-            observers.batch_finished(result)
-    log.info(
-        "batch-size search: %s after %d trials (%d out of memory), stopped: %s",
-        result.batch_size,
-        len(result.trials),
-        result.oom_trials,
-        result.stop_reason,
-    )
-    if result.batch_size is None:
-        raise NothingFitsError(
-            "even a batch of 1 ran out of memory "
-            f"({result.trials[-1].error if result.trials else 'no trials'}); use a smaller "
-            "model, mixed precision (amp=True), or a larger memory_budget",
-            result,
-        )
-    return result
-
-
-def _log_trial(trial: BatchTrial) -> None:
-    peak = "" if trial.peak_bytes is None else f", peak {trial.peak_bytes / 2**20:.1f} MiB"
-    if trial.fitted:
-        log.info(
-            "batch size %d fits (%s%s, %.2fs)", trial.size, trial.role, peak, trial.seconds or 0.0
-        )
-    else:
-        log.info(
-            "batch size %d is out of memory after %d steps (%s): %s",
-            trial.size,
-            trial.steps,
-            trial.role,
-            trial.error,
-        )
+    return run_batch_size_search(probe, search, progress=progress)
 
 
 @dataclass(frozen=True)

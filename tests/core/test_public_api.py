@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import ast
 import inspect
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -88,5 +90,75 @@ def test_using_the_core_loads_no_framework() -> None:
         result = test.result()
         result.suggestions()
         result.save_json(pathlib.Path(tempfile.mkdtemp()) / "r.json")
+    """
+    assert loaded_frameworks(code) == []
+
+
+# -- the core stays framework-free ------------------------------------------------------------------
+CORE = Path(lrfinder_plugins.__file__).parent
+MAY_REACH_ADAPTERS = {"cli.py", "demo.py"}  # front ends: they import the adapters on first use
+FORBIDDEN_IN_CORE = (*FRAMEWORKS, "lrfinder_adapters")
+
+
+def _imports_outside_type_checking(tree: ast.AST) -> list[str]:
+    """Every module imported by ``tree`` (function bodies included), ``if TYPE_CHECKING:`` aside."""
+    found: list[str] = []
+
+    def visit(node: ast.AST) -> None:
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            for child in node.orelse:
+                visit(child)
+            return
+        if isinstance(node, ast.Import):
+            found.extend(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.append(node.module)
+        for child in ast.iter_child_nodes(node):
+            visit(child)
+
+    visit(tree)
+    return found
+
+
+@pytest.mark.parametrize(
+    "module",
+    sorted(p.name for p in CORE.glob("*.py") if p.name not in MAY_REACH_ADAPTERS),
+)
+def test_core_module_never_imports_a_framework_or_the_adapters(module: str) -> None:
+    """The engine modules import neither torch, lightning, accelerate nor lrfinder_adapters."""
+    tree = ast.parse((CORE / module).read_text())
+    reached = [
+        name
+        for name in _imports_outside_type_checking(tree)
+        if name.split(".")[0] in FORBIDDEN_IN_CORE
+    ]
+    assert reached == [], f"{module} imports {reached}"
+
+
+def test_root_reaches_the_adapters_only_through_lazy_names() -> None:
+    """The package root names lrfinder_adapters only in _LAZY (loaded on first use)."""
+    assert all(
+        target.startswith("lrfinder_adapters.") for target in lrfinder_plugins._LAZY.values()
+    )
+    source = (CORE / "__init__.py").read_text()
+    mentions = source.count('"lrfinder_adapters.')
+    assert mentions == len(lrfinder_plugins._LAZY)
+
+
+def test_core_has_no_hard_coded_list_of_adapters() -> None:
+    """No core module but the front ends names an adapter: they come from entry points."""
+    for path in CORE.glob("*.py"):
+        if path.name in MAY_REACH_ADAPTERS | {"__init__.py"}:
+            continue
+        assert "lrfinder_adapters" not in path.read_text(), path.name
+
+
+def test_loading_every_plugin_loads_no_framework() -> None:
+    """Building the plugin manager imports the adapters' plugin modules, but no framework."""
+    code = """
+        from lrfinder_plugins import get_plugin_manager
+        pm = get_plugin_manager()
+        assert pm.get_plugin("lrfinder.torch") is not None, pm.list_name_plugin()
+        assert pm.get_plugin("lrfinder.tensorboard") is not None, pm.list_name_plugin()
     """
     assert loaded_frameworks(code) == []
