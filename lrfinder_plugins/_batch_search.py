@@ -32,14 +32,13 @@ yet, one last trial runs it.
 from __future__ import annotations
 
 import enum
-import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 from lrfinder_plugins import _validate
+from lrfinder_plugins._json_file import JsonFile
 
 MODES = ("guided", "binsearch", "power")
 """The search policies ``BatchSizeSearch`` knows, the default first."""
@@ -115,7 +114,7 @@ class BatchTrial:
 
 
 @dataclass(frozen=True)
-class BatchSizeResult:
+class BatchSizeResult(JsonFile):
     """Everything a batch-size search found.
 
     Attributes:
@@ -201,18 +200,6 @@ class BatchSizeResult:
             stop_reason=None if reason is None else BatchStopReason(reason),
             options=dict(data.get("options", {})),
         )
-
-    def save_json(self, path: str | Path) -> Path:
-        """Write the result as JSON; return the path."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.to_dict(), indent=2, allow_nan=False) + "\n")
-        return path
-
-    @classmethod
-    def load_json(cls, path: str | Path) -> BatchSizeResult:
-        """Read a result written by :meth:`save_json`."""
-        return cls.from_dict(json.loads(Path(path).read_text()))
 
 
 def _bracket(trials: tuple[BatchTrial, ...] | list[BatchTrial]) -> tuple[int | None, int | None]:

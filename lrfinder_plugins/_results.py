@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from lrfinder_plugins._json_file import JsonFile
 from lrfinder_plugins._range_test import StopReason
 
 if TYPE_CHECKING:
@@ -31,7 +32,7 @@ def _decode(value: float | str) -> float:
 
 
 @dataclass(frozen=True)
-class RangeTestResult:
+class RangeTestResult(JsonFile):
     """Everything an LR range test recorded.
 
     Attributes:
@@ -130,18 +131,6 @@ class RangeTestResult:
             stop_reason=None if reason is None else StopReason(reason),
             options=dict(data.get("options", {})),
         )
-
-    def save_json(self, path: str | Path) -> Path:
-        """Write the result as JSON; return the path."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.to_dict(), indent=2, allow_nan=False) + "\n")
-        return path
-
-    @classmethod
-    def load_json(cls, path: str | Path) -> RangeTestResult:
-        """Read a result written by :meth:`save_json`."""
-        return cls.from_dict(json.loads(Path(path).read_text()))
 
     def to_csv(self) -> str:
         """The points as CSV: one row per point, one LR column per param group.

@@ -1,0 +1,34 @@
+"""Saving and loading frozen results as JSON files: one implementation for every result type."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, TypeVar
+
+R = TypeVar("R", bound="JsonFile")
+
+
+class JsonFile:
+    """Adds ``save_json``/``load_json`` to a result that has ``to_dict``/``from_dict``."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (each result type defines it)."""
+        raise NotImplementedError
+
+    @classmethod
+    def from_dict(cls: type[R], data: dict[str, Any]) -> R:
+        """Rebuild a result from :meth:`to_dict` output (each result type defines it)."""
+        raise NotImplementedError
+
+    def save_json(self, path: str | Path) -> Path:
+        """Write the result as standard JSON (no NaN/Infinity literals); return the path."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.to_dict(), indent=2, allow_nan=False) + "\n")
+        return path
+
+    @classmethod
+    def load_json(cls: type[R], path: str | Path) -> R:
+        """Read a result written by :meth:`save_json`."""
+        return cls.from_dict(json.loads(Path(path).read_text()))
