@@ -18,7 +18,8 @@ log = logging.getLogger("lrfinder_plugins")
 DISABLE_ENV = "LRFINDER_DISABLE_PLUGINS"
 ENTRY_POINT_GROUP = "lrfinder_plugins"
 
-_lock = threading.Lock()
+_lock = threading.RLock()  # re-entrant: a plugin calling back while loading gets an error
+_building = False
 _manager: pluggy.PluginManager | None = None
 
 
@@ -146,11 +147,20 @@ def get_plugin_manager() -> pluggy.PluginManager:
         >>> "lrfinder.suggest" in {name for name, _ in get_plugin_manager().list_name_plugin()}
         True
     """
-    global _manager
+    global _manager, _building
     if _manager is None:
         with _lock:
             if _manager is None:
-                _manager = build_plugin_manager()
+                if _building:
+                    raise RuntimeError(
+                        "a plugin called get_plugin_manager() (or a search) while the plugins "
+                        "were being loaded; do that inside a hook, not at import time"
+                    )
+                _building = True
+                try:
+                    _manager = build_plugin_manager()
+                finally:
+                    _building = False
     return _manager
 
 

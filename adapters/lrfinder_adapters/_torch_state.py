@@ -11,7 +11,7 @@ import copy
 import random
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -150,6 +150,12 @@ def _capture_optimizer(optimizer: torch.optim.Optimizer) -> dict[str, Any]:
             for p, entries in optimizer.state.items()
             if id(p) in position
         },
+        # Custom optimizers may keep global entries (not keyed by a parameter): keep them too.
+        "other": {
+            key: to_cpu_copy(value)
+            for key, value in optimizer.state.items()
+            if not isinstance(key, torch.Tensor)
+        },
         "groups": [
             {key: to_cpu_copy(value) for key, value in group.items() if key != "params"}
             for group in optimizer.param_groups
@@ -161,14 +167,51 @@ def _capture_optimizer(optimizer: torch.optim.Optimizer) -> dict[str, Any]:
     }
 
 
+def _buffer_slots(model: torch.nn.Module) -> Iterator[tuple[torch.nn.Module, str, str]]:
+    """Every registered buffer slot (module, local name, full name), ``None`` ones included."""
+    seen: set[int] = set()
+    for prefix, module in model.named_modules():
+        for name in list(module._buffers):
+            key = id(module._buffers[name]) if module._buffers[name] is not None else None
+            if key is not None and key in seen:
+                continue  # a shared buffer: saved once, under its first name
+            if key is not None:
+                seen.add(key)
+            yield module, name, f"{prefix}.{name}" if prefix else name
+
+
+def _trained_params(
+    model: torch.nn.Module, optimizer: torch.optim.Optimizer
+) -> tuple[dict[str, torch.Tensor], list[torch.Tensor]]:
+    """The model's parameters by name, and the optimizer's parameters outside the model
+    (a learnable loss weight, a separate head) in optimizer order: both are trained."""
+    named: dict[str, torch.Tensor] = dict(model.named_parameters(remove_duplicate=True))
+    inside = {id(p) for p in named.values()}
+    seen: set[int] = set()
+    extra = []
+    for p in _param_order(optimizer):
+        if id(p) not in inside and id(p) not in seen:
+            seen.add(id(p))
+            extra.append(p)
+    return named, extra
+
+
+def _save_param(p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    return save_tensor(p), None if p.grad is None else save_tensor(p.grad)
+
+
+def _save_buffer(buffer: torch.Tensor | None) -> tuple[torch.Tensor, str] | None:
+    return None if buffer is None else (save_tensor(buffer), str(buffer.device))
+
+
 def _capture_weights(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
-    params = dict(model.named_parameters(remove_duplicate=True))
+    named, extra = _trained_params(model, optimizer)
     return {
-        "params": {name: save_tensor(p) for name, p in params.items()},
-        "grads": {
-            name: None if p.grad is None else save_tensor(p.grad) for name, p in params.items()
+        "params": {name: _save_param(p) for name, p in named.items()},
+        "extra_params": [_save_param(p) for p in extra],
+        "buffers": {
+            full: _save_buffer(module._buffers[name]) for module, name, full in _buffer_slots(model)
         },
-        "buffers": {name: save_tensor(b) for name, b in model.named_buffers(remove_duplicate=True)},
         "optimizer": _capture_optimizer(optimizer),
     }
 
@@ -239,8 +282,10 @@ def _restore_optimizer(saved: dict[str, Any], optimizer: torch.optim.Optimizer) 
         restored[param] = {}
         for key, (value, device) in entries.items():
             restored[param][key] = load_into(live.get(key), value, device)
+    other = {key: load_into(state.get(key), value) for key, value in saved["other"].items()}
     state.clear()
     state.update(restored)
+    state.update(other)
     for group, saved_group in zip(optimizer.param_groups, saved["groups"]):
         for key in set(group) - set(saved_group) - {"params"}:
             del group[key]
@@ -257,12 +302,20 @@ def _restore_weights(
 ) -> None:
     if "path" in weights:
         weights = torch.load(weights["path"], map_location="cpu", weights_only=False)
-    for name, p in model.named_parameters(remove_duplicate=True):
-        p.copy_(weights["params"][name], non_blocking=True)
-        saved = weights["grads"][name]
-        p.grad = None if saved is None else load_into(p.grad, saved, p.device)
-    for name, b in model.named_buffers(remove_duplicate=True):
-        b.copy_(weights["buffers"][name], non_blocking=True)
+    named, extra = _trained_params(model, optimizer)
+    pairs = [(named[name], saved) for name, saved in weights["params"].items() if name in named]
+    for p, (value, grad) in [*pairs, *zip(extra, weights["extra_params"])]:
+        p.copy_(value, non_blocking=True)
+        p.grad = None if grad is None else load_into(p.grad, grad, p.device)
+    saved_buffers = weights["buffers"]
+    for module, name, full in list(_buffer_slots(model)):
+        if full not in saved_buffers:
+            del module._buffers[name]  # registered by the search (e.g. a lazily built cache)
+        elif saved_buffers[full] is None:
+            module._buffers[name] = None
+        else:
+            value, device = saved_buffers[full]
+            module._buffers[name] = load_into(module._buffers[name], value, device)
     _restore_optimizer(weights["optimizer"], optimizer)
 
 
@@ -274,9 +327,31 @@ def restore(
     schedulers: Sequence[Any] = (),
     scaler: Any = None,
 ) -> None:
-    """Put back what :func:`capture` saved, bitwise (the snapshot stays usable)."""
-    if state.weights is not None:
-        _restore_weights(state.weights, model, optimizer)
+    """Put back what :func:`capture` saved, bitwise (the snapshot stays usable).
+
+    Every part is restored even if one fails (the first error is raised at the end).
+    """
+    errors: list[BaseException] = []
+    for part in (
+        lambda: state.weights is not None and _restore_weights(state.weights, model, optimizer),
+        lambda: _restore_rest(state, model, optimizer, schedulers, scaler),
+        state.rng.restore,
+    ):
+        try:
+            part()
+        except Exception as error:
+            errors.append(error)
+    if errors:
+        raise errors[0]
+
+
+def _restore_rest(
+    state: TrainingState,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    schedulers: Sequence[Any],
+    scaler: Any,
+) -> None:
     for group, lr in zip(optimizer.param_groups, state.lrs):
         if isinstance(group["lr"], torch.Tensor):
             group["lr"].copy_(lr)
@@ -293,4 +368,3 @@ def restore(
             scaler._growth_tracker = None
         scaler._per_optimizer_states.clear()
         scaler._per_optimizer_states.update(copy.deepcopy(state.scaler["per_optimizer"]))
-    state.rng.restore()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import itertools
 import logging
 import math
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -190,6 +191,11 @@ class TorchStep:
         _check_loader("train_loader", train_loader)
         if val_loader is not None:
             _check_loader("val_loader", val_loader)
+            if isinstance(val_loader, Iterator):
+                raise TypeError(
+                    "val_loader is a one-shot iterator, but it is read again at every point; "
+                    "pass a DataLoader or a list of batches (e.g. list(val_loader))"
+                )
         if val_batches is not None:
             _validate.int_at_least("val_batches", val_batches, 1)
         self.accumulation_steps = _validate.int_at_least(
@@ -392,9 +398,7 @@ class TorchStep:
         total: torch.Tensor | float = 0.0
         count = 0
         try:
-            for batch in self.val_loader:
-                if self.val_batches is not None and count >= self.val_batches:
-                    break
+            for batch in itertools.islice(self.val_loader, self.val_batches):
                 with self._autocast():
                     total = total + self._loss(_to_device(batch, self.device)).detach().float()
                 count += 1

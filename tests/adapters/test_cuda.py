@@ -51,7 +51,7 @@ def test_snapshot_adds_no_gpu_memory() -> None:
     state = _torch_state.capture(model, optimizer)
     torch.cuda.synchronize()
     assert torch.cuda.memory_allocated() == before
-    assert all(t.device.type == "cpu" for t in state.weights["params"].values())  # type: ignore[index]
+    assert all(value.device.type == "cpu" for value, _ in state.weights["params"].values())  # type: ignore[index]
 
 
 def test_cuda_restore_after_exception_is_bitwise() -> None:

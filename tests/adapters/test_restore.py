@@ -321,8 +321,9 @@ def test_snapshot_lives_in_cpu_memory(
     step = TorchStep(model, optimizer, mse, batches)
     state = step.snapshot()
     assert state.weights is not None
-    saved = [*state.weights["params"].values(), *state.weights["buffers"].values()]
-    saved += [g for g in state.weights["grads"].values() if g is not None]
+    pairs = [*state.weights["params"].values(), *state.weights["extra_params"]]
+    saved = [t for pair in pairs for t in pair if t is not None]
+    saved += [b[0] for b in state.weights["buffers"].values() if b is not None]
     live = {t.data_ptr() for t in [*model.parameters(), *model.buffers()]}
     assert all(t.device.type == "cpu" for t in saved)
     assert not live & {t.data_ptr() for t in saved}

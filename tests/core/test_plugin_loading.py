@@ -192,3 +192,19 @@ def test_builtin_method_errors_are_raised_as_they_are() -> None:
     """A built-in method's own error (a bad option) is not wrapped."""
     with pytest.raises(TypeError, match="no_such_option"):
         result_from_losses(sigmoid_curve()).suggestion(method="valley", no_such_option=1)
+
+
+def test_a_plugin_calling_back_while_loading_fails_clearly() -> None:
+    """get_plugin_manager() re-entered while plugins load raises instead of deadlocking."""
+    import pytest as _pytest
+
+    from lrfinder_plugins import _manager
+
+    _manager.reset_plugin_manager()
+    _manager._building = True
+    try:
+        with _pytest.raises(RuntimeError, match="while the plugins were being loaded"):
+            _manager.get_plugin_manager()
+    finally:
+        _manager._building = False
+        _manager.reset_plugin_manager()
