@@ -22,38 +22,40 @@ _OPTIMIZER_ATTRS = ("_opt_called",)
 """Optimizer attributes outside its state_dict that a step changes (set by LR schedulers)."""
 
 
-def save_tensor(tensor: torch.Tensor) -> torch.Tensor:
+def save_tensor(tensor: torch.Tensor, pin: bool = True) -> torch.Tensor:
     """A CPU copy of ``tensor``: pinned and asynchronous for CUDA tensors, a clone for CPU ones.
 
     The device-to-host copy is queued on the current stream, so anything that later changes
     ``tensor`` on that stream runs after it: no synchronisation is needed, and a snapshot costs
     the step almost nothing. Read the copy on the CPU only after ``torch.cuda.synchronize()``.
+    ``pin=False`` makes a plain (pageable, synchronous) copy: for a snapshot headed for disk,
+    whose memory must go back to the system instead of staying in the pinned-memory cache.
     """
     tensor = tensor.detach()
     if tensor.device.type == "cpu":
         return tensor.clone()
-    if tensor.device.type == "cuda":
+    if tensor.device.type == "cuda" and pin:
         copy_ = torch.empty_like(tensor, device="cpu", pin_memory=True)
         return copy_.copy_(tensor, non_blocking=True)
     return tensor.to("cpu", copy=True)
 
 
-def to_cpu_copy(tree: Any) -> Any:
+def to_cpu_copy(tree: Any, pin: bool = True) -> Any:
     """Deep copy of nested dicts/lists/tuples with every tensor copied by :func:`save_tensor`.
 
     Container types are kept (``defaultdict`` with its factory, named tuples).
     """
     if isinstance(tree, torch.Tensor):
-        return save_tensor(tree)
+        return save_tensor(tree, pin)
     if isinstance(tree, dict):
         out = copy.copy(tree)
         for key, value in tree.items():
-            out[key] = to_cpu_copy(value)
+            out[key] = to_cpu_copy(value, pin)
         return out
     if isinstance(tree, tuple) and hasattr(tree, "_fields"):
-        return type(tree)(*(to_cpu_copy(v) for v in tree))
+        return type(tree)(*(to_cpu_copy(v, pin) for v in tree))
     if isinstance(tree, (list, tuple)):
-        return type(tree)(to_cpu_copy(v) for v in tree)
+        return type(tree)(to_cpu_copy(v, pin) for v in tree)
     return copy.deepcopy(tree)
 
 
@@ -134,7 +136,7 @@ def _param_order(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
     return [p for group in optimizer.param_groups for p in group["params"]]
 
 
-def _capture_optimizer(optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+def _capture_optimizer(optimizer: torch.optim.Optimizer, pin: bool) -> dict[str, Any]:
     # Read optimizer.state directly, keyed by position (as state_dict does), with each tensor's
     # device kept so a state the test created can be dropped and one it replaced put back.
     position = {id(p): i for i, p in enumerate(_param_order(optimizer))}
@@ -142,7 +144,7 @@ def _capture_optimizer(optimizer: torch.optim.Optimizer) -> dict[str, Any]:
         "state": {
             position[id(p)]: {
                 key: (
-                    to_cpu_copy(value),
+                    to_cpu_copy(value, pin),
                     str(value.device) if isinstance(value, torch.Tensor) else None,
                 )
                 for key, value in entries.items()
@@ -152,12 +154,12 @@ def _capture_optimizer(optimizer: torch.optim.Optimizer) -> dict[str, Any]:
         },
         # Custom optimizers may keep global entries (not keyed by a parameter): keep them too.
         "other": {
-            key: to_cpu_copy(value)
+            key: to_cpu_copy(value, pin)
             for key, value in optimizer.state.items()
             if not isinstance(key, torch.Tensor)
         },
         "groups": [
-            {key: to_cpu_copy(value) for key, value in group.items() if key != "params"}
+            {key: to_cpu_copy(value, pin) for key, value in group.items() if key != "params"}
             for group in optimizer.param_groups
         ],
         # A dict, not a sentinel: the disk snapshot pickles it, and a sentinel would not survive.
@@ -196,23 +198,26 @@ def _trained_params(
     return named, extra
 
 
-def _save_param(p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-    return save_tensor(p), None if p.grad is None else save_tensor(p.grad)
+def _save_param(p: torch.Tensor, pin: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    return save_tensor(p, pin), None if p.grad is None else save_tensor(p.grad, pin)
 
 
-def _save_buffer(buffer: torch.Tensor | None) -> tuple[torch.Tensor, str] | None:
-    return None if buffer is None else (save_tensor(buffer), str(buffer.device))
+def _save_buffer(buffer: torch.Tensor | None, pin: bool) -> tuple[torch.Tensor, str] | None:
+    return None if buffer is None else (save_tensor(buffer, pin), str(buffer.device))
 
 
-def _capture_weights(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+def _capture_weights(
+    model: torch.nn.Module, optimizer: torch.optim.Optimizer, pin: bool = True
+) -> dict[str, Any]:
     named, extra = _trained_params(model, optimizer)
     return {
-        "params": {name: _save_param(p) for name, p in named.items()},
-        "extra_params": [_save_param(p) for p in extra],
+        "params": {name: _save_param(p, pin) for name, p in named.items()},
+        "extra_params": [_save_param(p, pin) for p in extra],
         "buffers": {
-            full: _save_buffer(module._buffers[name]) for module, name, full in _buffer_slots(model)
+            full: _save_buffer(module._buffers[name], pin)
+            for module, name, full in _buffer_slots(model)
         },
-        "optimizer": _capture_optimizer(optimizer),
+        "optimizer": _capture_optimizer(optimizer, pin),
     }
 
 
@@ -251,10 +256,10 @@ def capture(
     directory = None
     weights: dict[str, Any] | None = None
     if not keep_weights:
-        weights = _capture_weights(model, optimizer)
+        # Headed for disk: plain synchronous copies, so the host memory goes back to the system
+        # after pickling instead of staying in the pinned-memory cache.
+        weights = _capture_weights(model, optimizer, pin=where != "disk")
         if where == "disk":
-            if torch.cuda.is_available() and torch.cuda.is_initialized():
-                torch.cuda.synchronize()  # the asynchronous copies must land before pickling
             directory = tempfile.TemporaryDirectory(prefix="lrfinder-")
             torch.save(weights, Path(directory.name) / "weights.pt")
             weights = {"path": str(Path(directory.name) / "weights.pt")}
