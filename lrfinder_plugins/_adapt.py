@@ -143,18 +143,28 @@ def batch_size_search(
         >>> found = batch_size_search(model, optimizer=opt, loss_fn=loss_fn, dataset=data)  # doctest: +SKIP
         >>> found.batch_size  # doctest: +SKIP
     """
-    probe = make_probe(target, options)
-    search = BatchSizeSearch(
+    return search_with_probe(
+        make_probe(target, options),
+        progress=progress,
         mode=mode,
         init_val=init_val,
         max_trials=max_trials,
         steps_per_trial=steps_per_trial,
         max_val=max_val,
         margin=margin,
-        upper_bound=getattr(probe, "upper_bound", None),
         target_batch=target_batch,
     )
-    return run_batch_size_search(probe, search, progress=progress)
+
+
+def search_with_probe(
+    probe: BatchProbe, *, progress: bool = True, **search: Any
+) -> BatchSizeResult:
+    """Run a :class:`BatchSizeSearch` (built from ``search``'s options) over ``probe``.
+
+    The probe's optional ``upper_bound`` (e.g. the dataset's length) caps the sizes tried.
+    """
+    size_search = BatchSizeSearch(upper_bound=getattr(probe, "upper_bound", None), **search)
+    return run_batch_size_search(probe, size_search, progress=progress)
 
 
 # -- this module as a plugin: protocol objects are their own adapters -----------------------------

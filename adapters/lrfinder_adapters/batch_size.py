@@ -24,8 +24,8 @@ import torch  # noqa: E402
 
 from lrfinder_adapters import _memory, _oom  # noqa: E402
 from lrfinder_adapters.pytorch import LossFn, TorchStep, find_lr  # noqa: E402
-from lrfinder_plugins._batch_driver import run_batch_size_search  # noqa: E402
-from lrfinder_plugins._batch_search import BatchSizeResult, BatchSizeSearch  # noqa: E402
+from lrfinder_plugins._adapt import search_with_probe  # noqa: E402
+from lrfinder_plugins._batch_search import BatchSizeResult  # noqa: E402
 from lrfinder_plugins._results import RangeTestResult  # noqa: E402
 
 log = logging.getLogger("lrfinder_plugins")
@@ -302,17 +302,7 @@ def find_batch_size(
     """
     from lrfinder_adapters.probe import TorchProbe
 
-    search = BatchSizeSearch(
-        mode=mode,
-        init_val=init_val,
-        max_trials=max_trials,
-        steps_per_trial=steps_per_trial,
-        max_val=max_val,
-        margin=margin,
-        upper_bound=None if dataset is None else _upper_bound(dataset),
-        target_batch=target_batch,
-    )
-    probe = TorchProbe(  # validates the rest, and runs nothing yet
+    probe = TorchProbe(  # validates, and runs nothing yet
         model,
         optimizer,
         loss_fn,
@@ -324,7 +314,17 @@ def find_batch_size(
         loader_options=loader_options,
         **step_options,
     )
-    return run_batch_size_search(probe, search, progress=progress)
+    return search_with_probe(
+        probe,
+        progress=progress,
+        mode=mode,
+        init_val=init_val,
+        max_trials=max_trials,
+        steps_per_trial=steps_per_trial,
+        max_val=max_val,
+        margin=margin,
+        target_batch=target_batch,
+    )
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import inspect
 import itertools
 import logging
 import math
@@ -580,19 +581,17 @@ class LearningRateFinder:
         return old, suggestion.lr
 
 
-_STEP_OPTIONS = frozenset(
-    {
-        "accumulation_steps",
-        "max_grad_norm",
-        "amp",
-        "amp_dtype",
-        "scaler",
-        "schedulers",
-        "keep_weights",
-        "snapshot",
-        "compute_loss",
-    }
-)
+_STEP_OPTIONS = frozenset(inspect.signature(TorchStep).parameters) - {
+    # given to find_lr or LearningRateFinder by name, not as a pass-through option
+    "model",
+    "optimizer",
+    "loss_fn",
+    "train_loader",
+    "device",
+    "val_loader",
+    "val_batches",
+}
+"""The TorchStep options LearningRateFinder passes through (derived, so they cannot drift)."""
 
 
 def find_lr(
