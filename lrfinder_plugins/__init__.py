@@ -17,7 +17,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from lrfinder_plugins._adapt import batch_size_search, range_test
-from lrfinder_plugins._batch_driver import BatchProbe, TrialReport, run_batch_size_search
+from lrfinder_plugins._batch_driver import run_batch_size_search
 from lrfinder_plugins._batch_search import (
     BatchSizeResult,
     BatchSizeSearch,
@@ -25,11 +25,21 @@ from lrfinder_plugins._batch_search import (
     BatchTrial,
     NothingFitsError,
 )
-from lrfinder_plugins._driver import TrainingStep, run_range_test
+from lrfinder_plugins._driver import run_range_test
 from lrfinder_plugins._manager import PluginError, PluginLoadWarning, get_plugin_manager
 from lrfinder_plugins._observers import Point, SearchInfo
 from lrfinder_plugins._range_test import RangeTest, StopReason
 from lrfinder_plugins._results import RangeTestResult
+from lrfinder_plugins._seams import (
+    BatchProbe,
+    LocalReducer,
+    RankFailedError,
+    Reducer,
+    StepOutcome,
+    TrainingStep,
+    TrialReport,
+)
+from lrfinder_plugins._session import BatchSizeSession, RangeTestSession
 from lrfinder_plugins.hookspecs import hookimpl
 from lrfinder_plugins.suggest import LowConfidenceWarning, NoSuggestionWarning, Suggestion
 
@@ -43,9 +53,11 @@ __all__ = [
     "BatchProbe",
     "BatchSizeResult",
     "BatchSizeSearch",
+    "BatchSizeSession",
     "BatchStopReason",
     "BatchTrial",
     "LearningRateFinder",
+    "LocalReducer",
     "LowConfidenceWarning",
     "NoSuggestionWarning",
     "NothingFitsError",
@@ -54,7 +66,11 @@ __all__ = [
     "Point",
     "RangeTest",
     "RangeTestResult",
+    "RangeTestSession",
+    "RankFailedError",
+    "Reducer",
     "SearchInfo",
+    "StepOutcome",
     "StopReason",
     "Suggestion",
     "TorchStep",

@@ -3,9 +3,9 @@
 :func:`range_test` and :func:`batch_size_search` take whatever the user trains (a
 ``torch.nn.Module``, an ignite ``Engine``, ...) and ask the ``lrfinder_make_step`` /
 ``lrfinder_make_probe`` hooks for the object that runs it. The core knows no framework: the
-built-in torch adapter is an entry-point plugin (``lrfinder.torch``) like any other. This
-module is itself a plugin (``lrfinder.protocols``): a target that already is a
-:class:`TrainingStep` or :class:`BatchProbe` is used as it is.
+built-in torch adapter is an entry-point plugin (``lrfinder.torch``) like any other; a target
+that already is a :class:`TrainingStep` or :class:`BatchProbe` is used as it is (the
+``lrfinder.protocols`` plugin, :mod:`lrfinder_plugins._protocols`).
 """
 
 from __future__ import annotations
@@ -13,13 +13,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from lrfinder_plugins._batch_driver import BatchProbe, run_batch_size_search
+from lrfinder_plugins._batch_driver import run_batch_size_search
 from lrfinder_plugins._batch_search import BatchSizeResult, BatchSizeSearch
-from lrfinder_plugins._driver import TrainingStep, run_range_test
+from lrfinder_plugins._driver import run_range_test
 from lrfinder_plugins._manager import DISABLE_ENV, get_plugin_manager
 from lrfinder_plugins._range_test import RangeTest
 from lrfinder_plugins._results import RangeTestResult
-from lrfinder_plugins.hookspecs import hookimpl
+from lrfinder_plugins._seams import BatchProbe, TrainingStep
 
 GUIDE = "docs/plugins.md"
 
@@ -165,30 +165,3 @@ def search_with_probe(
     """
     size_search = BatchSizeSearch(upper_bound=getattr(probe, "upper_bound", None), **search)
     return run_batch_size_search(probe, size_search, progress=progress)
-
-
-# -- this module as a plugin: protocol objects are their own adapters -----------------------------
-@hookimpl(trylast=True)
-def lrfinder_make_step(target: Any, options: Mapping[str, Any]) -> TrainingStep | None:
-    """A :class:`TrainingStep` passed as the target runs as it is."""
-    if not isinstance(target, TrainingStep):
-        return None
-    _no_options(target, options)
-    return target
-
-
-@hookimpl(trylast=True)
-def lrfinder_make_probe(target: Any, options: Mapping[str, Any]) -> BatchProbe | None:
-    """A :class:`BatchProbe` passed as the target runs as it is."""
-    if not isinstance(target, BatchProbe):
-        return None
-    _no_options(target, options)
-    return target
-
-
-def _no_options(target: Any, options: Mapping[str, Any]) -> None:
-    if options:
-        raise TypeError(
-            f"a {type(target).__name__} is run as it is and takes no options, got "
-            f"{sorted(options)}; configure it when you build it"
-        )

@@ -1,4 +1,4 @@
-"""The batch-size pull driver: runs a :class:`BatchSizeSearch` over any batch probe.
+"""The batch-size pull driver: a short loop over a :class:`BatchSizeSession`.
 
 A probe is to the batch-size search what a :class:`~lrfinder_plugins.TrainingStep` is to the
 range test: the small seam a framework adapter implements (see the ``lrfinder_make_probe``
@@ -9,66 +9,13 @@ no backend.
 from __future__ import annotations
 
 import gc
-import logging
 import time
-from dataclasses import dataclass, replace
-from typing import Any, Protocol, runtime_checkable
 
-from lrfinder_plugins._batch_search import (
-    BatchSizeResult,
-    BatchSizeSearch,
-    BatchStopReason,
-    NothingFitsError,
-)
-from lrfinder_plugins._driver import deferred_sigint
+from lrfinder_plugins._batch_search import BatchSizeResult, BatchSizeSearch, NothingFitsError
 from lrfinder_plugins._manager import get_plugin_manager
-from lrfinder_plugins._observers import Observers, SearchInfo
-
-log = logging.getLogger("lrfinder_plugins")
-
-
-@dataclass(frozen=True)
-class TrialReport:
-    """What a probe measured in one trial (every field optional but ``fitted``).
-
-    Attributes:
-        fitted: ``False`` when the probe classified an out-of-memory error itself (it may
-            instead raise the error and let the ``lrfinder_is_oom`` hook classify it).
-        steps: optimizer steps that completed (default: all when it fitted, else 0).
-        peak_bytes: the peak memory, or a mapping from phase name to that phase's peak.
-        profile: the memory in use after each operation of one step (for the guided mode).
-        capacity_bytes: the memory the peak may reach (device memory or a budget).
-        seconds: how long the trial took (default: measured by the driver).
-        error: the first line of the out-of-memory error, when it did not fit.
-    """
-
-    fitted: bool = True
-    steps: int | None = None
-    peak_bytes: int | dict[str, int] | None = None
-    profile: tuple[int, ...] | None = None
-    capacity_bytes: int | None = None
-    seconds: float | None = None
-    error: str | None = None
-
-
-@runtime_checkable
-class BatchProbe(Protocol):
-    """Runs the trials of a batch-size search, as the engine sees it.
-
-    ``snapshot()`` saves everything a trial can change and ``restore(snapshot)`` puts it back
-    (it runs after every trial, outside any ``except`` block: the place to free the memory a
-    failed trial left; a snapshot with ``close()`` is closed at the end).
-    ``try_batch_size(size, steps)`` runs ``steps`` training steps at batch size ``size`` and
-    returns ``None`` or a :class:`TrialReport`; when the size does not fit it raises the
-    backend's out-of-memory error. An optional ``upper_bound`` attribute caps the sizes tried
-    (e.g. the dataset length).
-    """
-
-    def snapshot(self) -> Any: ...
-
-    def restore(self, snapshot: Any) -> None: ...
-
-    def try_batch_size(self, size: int, steps: int) -> TrialReport | None: ...
+from lrfinder_plugins._seams import BatchProbe, Reducer, TrialReport, first_line, with_seconds
+from lrfinder_plugins._session import BatchSizeSession
+from lrfinder_plugins._signals import deferred_sigint
 
 
 def is_oom(error: BaseException) -> bool:
@@ -95,12 +42,14 @@ def run_batch_size_search(
     *,
     progress: bool = True,
     description: str = "Batch-size search",
+    reducer: Reducer | None = None,
 ) -> BatchSizeResult:
     """Drive ``search`` with ``probe`` until it stops; restore the state after every trial.
 
     An out-of-memory error ends its trial (the size does not fit) and the search goes on; any
     other exception is re-raised after the restore. Observers are told about the start, every
-    trial and the end.
+    trial and the end. ``reducer`` (default: the probe's ``reducer`` attribute, else a single
+    process) is where several processes agree on each trial.
 
     Raises:
         NothingFitsError: even the smallest size ran out of memory (``error.result`` has the
@@ -109,14 +58,12 @@ def run_batch_size_search(
     Example:
         >>> result = run_batch_size_search(my_probe, BatchSizeSearch())  # doctest: +SKIP
     """
-    info = SearchInfo(
-        kind="batch_size",
-        total=search.max_trials,
+    session = BatchSizeSession(
+        search,
+        reducer=reducer if reducer is not None else getattr(probe, "reducer", None),
         progress=progress,
         description=description,
-        options=search.options(),
     )
-    observers = Observers(info)  # before the snapshot: if plugins fail to load, nothing moved
     snapshot = probe.snapshot()
     # Objects older than the search are left out of the collections a probe runs between
     # trials to free memory: those then cost microseconds instead of a full-heap walk.
@@ -124,26 +71,15 @@ def run_batch_size_search(
     if freeze:
         gc.freeze()
     try:
-        observers.started()
-        while not search.finished:
-            size = search.next_size()
+        session.start()
+        while not session.finished:
+            size = session.next_size()
             try:
-                report = _trial(probe, size, search.steps_per_trial)
+                report = run_trial(probe, size, search.steps_per_trial)
             finally:
                 with deferred_sigint():
                     probe.restore(snapshot)
-            _record(search, size, report)
-            trial = search.trials[-1]
-            log.info(
-                "batch size %d %s (%s)",
-                trial.size,
-                "fits" if trial.fitted else f"does not fit: {trial.error}",
-                trial.role,
-            )
-            observers.trial_recorded(trial)
-    except BaseException:
-        search.stop(BatchStopReason.INTERRUPTED)
-        raise
+            session.end_trial(size, report)
     finally:
         if freeze:
             gc.unfreeze()
@@ -152,14 +88,7 @@ def run_batch_size_search(
             if close is not None:
                 close()
         finally:
-            result = search.result()
-            observers.batch_finished(result)
-    log.info(
-        "batch-size search: %s after %d trials, stopped: %s",
-        result.batch_size,
-        len(result.trials),
-        result.stop_reason,
-    )
+            result = session.finish()
     if result.batch_size is None:
         last = result.trials[-1].error if result.trials else "no trials"
         raise NothingFitsError(
@@ -170,40 +99,23 @@ def run_batch_size_search(
     return result
 
 
-def _trial(probe: BatchProbe, size: int, steps: int) -> TrialReport:
+def run_trial(probe: BatchProbe, size: int, steps: int) -> TrialReport:
+    """Run one trial; an out-of-memory error is a report that did not fit, another error a
+    report carrying it (so that, under several processes, every rank still reaches the reduce).
+    """
     start = time.perf_counter()
     error: str | None = None
     try:
         report = probe.try_batch_size(size, steps)
     except Exception as exc:
         if not is_oom(exc):
-            raise
-        error = _first_line(exc)
+            return TrialReport(fitted=False, steps=0, error=first_line(exc), exception=exc)
+        error = first_line(exc)
         report = None
+    except KeyboardInterrupt as exc:
+        return TrialReport(fitted=False, steps=0, error=first_line(exc), exception=exc)
     # Out of the except block: the error's traceback (and the tensors it pins) is gone.
     seconds = time.perf_counter() - start
     if error is not None:
         return TrialReport(fitted=False, seconds=seconds, error=error)
-    report = report or TrialReport()
-    return report if report.seconds is not None else replace(report, seconds=seconds)
-
-
-def _record(search: BatchSizeSearch, size: int, report: TrialReport) -> None:
-    extra: dict[str, Any] = {}
-    if report.profile is not None:
-        extra["profile"] = report.profile
-    search.record(
-        size,
-        report.fitted,
-        report.peak_bytes,
-        steps=report.steps,
-        seconds=report.seconds,
-        capacity_bytes=report.capacity_bytes,
-        error=report.error,
-        **extra,
-    )
-
-
-def _first_line(error: BaseException) -> str:
-    lines = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {lines[0] if lines else ''}"[:300]
+    return with_seconds(report or TrialReport(), seconds)

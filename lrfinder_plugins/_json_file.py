@@ -3,10 +3,31 @@
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 from pathlib import Path
 from typing import Any, TypeVar
 
 R = TypeVar("R", bound="JsonFile")
+
+
+def write_atomic(path: str | Path, text: str) -> Path:
+    """Write ``text`` to ``path`` through a temporary file and a rename; return the path.
+
+    A reader never sees half a file, and several processes writing the same result (every rank
+    of a distributed search holds it) cannot interleave their bytes.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as file:
+            file.write(text)
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+    return path
 
 
 class JsonFile:
@@ -23,10 +44,7 @@ class JsonFile:
 
     def save_json(self, path: str | Path) -> Path:
         """Write the result as standard JSON (no NaN/Infinity literals); return the path."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.to_dict(), indent=2, allow_nan=False) + "\n")
-        return path
+        return write_atomic(path, json.dumps(self.to_dict(), indent=2, allow_nan=False) + "\n")
 
     @classmethod
     def load_json(cls: type[R], path: str | Path) -> R:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import importlib.metadata
 import logging
 import os
@@ -42,15 +43,26 @@ class PluginError(RuntimeError):
         self.plugin = plugin
 
 
-def _builtin_plugins() -> list[tuple[Any, str]]:
-    from lrfinder_plugins import _adapt, progress, schedules, suggest
+BUILTIN_PLUGINS: tuple[tuple[str, str], ...] = (
+    ("lrfinder.schedules", "lrfinder_plugins.schedules"),
+    ("lrfinder.suggest", "lrfinder_plugins.suggest"),
+    ("lrfinder.progress", "lrfinder_plugins.progress:TqdmProgress"),
+    ("lrfinder.protocols", "lrfinder_plugins._protocols"),
+)
+"""The plugins every manager starts with: ``(name, "module[:factory]")``.
 
-    return [
-        (schedules, "lrfinder.schedules"),
-        (suggest, suggest.BUILTIN_PLUGIN),
-        (progress.TqdmProgress(), "lrfinder.progress"),
-        (_adapt, "lrfinder.protocols"),
-    ]
+They are named, not imported here, the way entry points name theirs (and pytest its default
+plugins): the manager is a leaf every layer may use, and depends on no module it loads.
+"""
+
+
+def _builtin_plugins() -> list[tuple[Any, str]]:
+    plugins = []
+    for name, target in BUILTIN_PLUGINS:
+        module_name, _, factory = target.partition(":")
+        module = importlib.import_module(module_name)
+        plugins.append((getattr(module, factory)() if factory else module, name))
+    return plugins
 
 
 def blocked_names() -> set[str]:

@@ -31,6 +31,8 @@ class SearchInfo:
         description: a short human label ("LR range test").
         search_id: unique within the process; the same for every hook call of one search.
         options: the search's validated settings (start_lr, end_lr, mode, ...).
+        rank: this process's rank (0 on a single process; observers run on rank 0 only).
+        world_size: how many processes run the search together.
     """
 
     kind: str
@@ -39,6 +41,8 @@ class SearchInfo:
     description: str = "LR range test"
     search_id: int = field(default_factory=lambda: next(_search_ids))
     options: dict[str, Any] = field(default_factory=dict)
+    rank: int = 0
+    world_size: int = 1
 
 
 @dataclass(frozen=True)
@@ -55,13 +59,15 @@ class Observers:
     """Calls the observer hooks of every plugin for one search, isolating each plugin's errors.
 
     A plugin that raises is logged with its name and dropped for the rest of this search.
+    ``enabled=False`` calls nobody (the other ranks of a distributed search; the plugins are
+    still loaded, so a plugin that cannot load fails on every rank alike).
     """
 
-    def __init__(self, search: SearchInfo) -> None:
+    def __init__(self, search: SearchInfo, *, enabled: bool = True) -> None:
         self.search = search
         hook = get_plugin_manager().hook
         self._impls: dict[str, list[Any]] = {
-            name: list(getattr(hook, name).get_hookimpls())
+            name: list(getattr(hook, name).get_hookimpls()) if enabled else []
             for name in (
                 "lrfinder_search_started",
                 "lrfinder_step_recorded",

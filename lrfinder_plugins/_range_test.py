@@ -8,34 +8,14 @@ the same decisions.
 
 from __future__ import annotations
 
-import enum
 import math
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from lrfinder_plugins import _validate
-from lrfinder_plugins._manager import collect_registry
+from lrfinder_plugins import _validate, schedules
+from lrfinder_plugins._results import RangeTestResult, StopReason
 
-if TYPE_CHECKING:
-    from lrfinder_plugins._results import RangeTestResult
-
-
-class StopReason(str, enum.Enum):
-    """Why a search ended."""
-
-    BUDGET = "budget"
-    """Every planned point was recorded."""
-    DIVERGED = "diverged"
-    """The smoothed loss passed ``diverge_threshold`` times the best smoothed loss."""
-    NON_FINITE = "non_finite"
-    """A loss (or, with AMP, every step's gradients for too long) was NaN or infinite."""
-    DATA_EXHAUSTED = "data_exhausted"
-    """The data ran out before the budget (a one-shot iterator, or a loader that became empty)."""
-    INTERRUPTED = "interrupted"
-    """An exception or Ctrl-C ended the search; the state was restored and the error re-raised."""
-
-    def __str__(self) -> str:
-        return self.value
+__all__ = ["RangeTest", "StopReason", "group_ratios"]
 
 
 def group_ratios(initial_lrs: Sequence[float]) -> tuple[float, ...]:
@@ -61,7 +41,9 @@ class RangeTest:
         start_lr: the first LR (> 0).
         end_lr: the last LR (> ``start_lr``).
         num_iter: the most points to record (>= 2); one point is one optimizer step.
-        mode: a registered schedule name (``"exponential"`` or ``"linear"`` built in).
+        mode: the LR schedule: ``"exponential"`` or ``"linear"``, any
+            :data:`~lrfinder_plugins.schedules.ScheduleFactory`, or the name of a schedule a
+            plugin registered (looked up only for a name that is not built in).
         smoothing: the exponential moving average's weight on the past, in ``[0, 1)``:
             ``avg = smoothing * avg + (1 - smoothing) * loss``, bias corrected from the first
             point on (``smoothed_t = avg_t / (1 - smoothing ** t)``, ``t = 1`` at the first
@@ -87,7 +69,7 @@ class RangeTest:
         start_lr: float = 1e-7,
         end_lr: float = 10.0,
         num_iter: int = 100,
-        mode: str = "exponential",
+        mode: str | schedules.ScheduleFactory = "exponential",
         smoothing: float = 0.05,
         diverge_threshold: float | None = 5.0,
         group_ratios: Sequence[float] = (1.0,),
@@ -100,8 +82,8 @@ class RangeTest:
                 f"end_lr={end_lr!r}; swap them or widen the range"
             )
         self.num_iter = _validate.int_at_least("num_iter", num_iter, 2)
-        schedules = collect_registry("lrfinder_register_schedules")
-        self.mode = _validate.one_of("mode", mode, tuple(schedules))
+        factory = schedules.resolve(mode)
+        self.mode = mode if isinstance(mode, str) else getattr(mode, "__name__", repr(mode))
         self.smoothing = _validate.in_unit_interval("smoothing", smoothing)
         self.diverge_threshold = (
             None
@@ -119,7 +101,7 @@ class RangeTest:
                 f"{group_ratios!r}; pass each group's LR divided by the largest group's LR"
             )
         self.start_lr, self.end_lr = start_lr, end_lr
-        schedule = schedules[mode](start_lr=start_lr, end_lr=end_lr, num_iter=self.num_iter)
+        schedule = factory(start_lr=start_lr, end_lr=end_lr, num_iter=self.num_iter)
         self._planned = [schedule(i) for i in range(self.num_iter)]
         self.lrs: list[float] = []
         self.losses: list[float] = []
@@ -190,8 +172,6 @@ class RangeTest:
 
     def result(self) -> RangeTestResult:
         """A frozen copy of the points so far (call it after the test stopped, or any time)."""
-        from lrfinder_plugins._results import RangeTestResult
-
         return RangeTestResult(
             lrs=tuple(self.lrs),
             losses=tuple(self.losses),

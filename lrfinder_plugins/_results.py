@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import enum
 import io
 import json
 import math
@@ -10,13 +11,31 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from lrfinder_plugins._json_file import JsonFile
-from lrfinder_plugins._range_test import StopReason
+from lrfinder_plugins._json_file import JsonFile, write_atomic
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
     from lrfinder_plugins.suggest import Suggestion
+
+
+class StopReason(str, enum.Enum):
+    """Why a search ended."""
+
+    BUDGET = "budget"
+    """Every planned point was recorded."""
+    DIVERGED = "diverged"
+    """The smoothed loss passed ``diverge_threshold`` times the best smoothed loss."""
+    NON_FINITE = "non_finite"
+    """A loss (or, with AMP, every step's gradients for too long) was NaN or infinite."""
+    DATA_EXHAUSTED = "data_exhausted"
+    """The data ran out before the budget (a one-shot iterator, or a loader that became empty)."""
+    INTERRUPTED = "interrupted"
+    """An exception or Ctrl-C ended the search; the state was restored and the error re-raised."""
+
+    def __str__(self) -> str:
+        return self.value
+
 
 FORMAT = "lrfinder-range-test"
 FORMAT_VERSION = 1
@@ -60,6 +79,18 @@ class RangeTestResult(JsonFile):
 
     def __len__(self) -> int:
         return len(self.lrs)
+
+    @property
+    def world_size(self) -> int:
+        """How many processes ran the test together (1 on a single process)."""
+        return int(self.options.get("world_size", 1))
+
+    @property
+    def global_batch(self) -> int | None:
+        """Samples per optimizer step over every rank (per-rank batch x ranks x accumulation),
+        when the step reported its samples."""
+        value = self.options.get("global_batch")
+        return None if value is None else int(value)
 
     @property
     def group_ratios(self) -> tuple[float, ...]:
@@ -160,10 +191,7 @@ class RangeTestResult(JsonFile):
 
     def save_csv(self, path: str | Path) -> Path:
         """Write :meth:`to_csv` to ``path``; return the path."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(self.to_csv())
-        return path
+        return write_atomic(path, self.to_csv())
 
     @classmethod
     def load_csv(cls, path: str | Path) -> RangeTestResult:

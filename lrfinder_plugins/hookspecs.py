@@ -19,11 +19,10 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 if TYPE_CHECKING:
-    from lrfinder_plugins._batch_driver import BatchProbe
     from lrfinder_plugins._batch_search import BatchTrial
-    from lrfinder_plugins._driver import TrainingStep
     from lrfinder_plugins._observers import Point, SearchInfo
     from lrfinder_plugins._results import RangeTestResult
+    from lrfinder_plugins._seams import BatchProbe, TrainingStep
     from lrfinder_plugins.schedules import ScheduleFactory
     from lrfinder_plugins.suggest import Suggester
 

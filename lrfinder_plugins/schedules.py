@@ -65,7 +65,53 @@ def linear(*, start_lr: float, end_lr: float, num_iter: int) -> Schedule:
     return schedule
 
 
+BUILTIN: Mapping[str, ScheduleFactory] = {"exponential": exponential, "linear": linear}
+"""The schedules every range test knows without asking the plugins."""
+
+
 @hookimpl
 def lrfinder_register_schedules() -> Mapping[str, ScheduleFactory]:
     """Register the built-in schedules."""
-    return {"exponential": exponential, "linear": linear}
+    return BUILTIN
+
+
+def registered() -> dict[str, ScheduleFactory]:
+    """Every registered schedule (built-ins and plugins), by name.
+
+    Raises:
+        ValueError: two plugins register the same name (both are named in the message).
+    """
+    from lrfinder_plugins._manager import collect_registry
+
+    return collect_registry("lrfinder_register_schedules")
+
+
+def resolve(mode: str | ScheduleFactory) -> ScheduleFactory:
+    """The schedule factory ``mode`` names (or ``mode`` itself, when it is one).
+
+    A built-in name needs no plugin; another name is looked up among the plugins' schedules.
+
+    Raises:
+        ValueError: no schedule has that name (the message lists the registered ones).
+        TypeError: ``mode`` is neither a name nor callable.
+
+    Example:
+        >>> resolve("linear") is linear
+        True
+    """
+    if callable(mode) and not isinstance(mode, str):
+        return mode
+    if not isinstance(mode, str):
+        raise TypeError(
+            f"mode must be a schedule name (e.g. 'exponential') or a schedule factory, got "
+            f"{type(mode).__name__}"
+        )
+    if mode in BUILTIN:
+        return BUILTIN[mode]
+    known = registered()
+    if mode not in known:
+        raise ValueError(
+            f"mode must be one of {sorted(known)}, got {mode!r}; a plugin can add more through "
+            "the lrfinder_register_schedules hook"
+        )
+    return known[mode]

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import sys
 
-from lrfinder_plugins._manager import get_plugin_manager
+from lrfinder_plugins.spi import get_plugin_manager
 
 OOM_MESSAGES: tuple[str, ...] = (
     # CUDA runtime and the caching allocator

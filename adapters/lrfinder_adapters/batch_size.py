@@ -24,9 +24,11 @@ import torch  # noqa: E402
 
 from lrfinder_adapters import _memory, _oom  # noqa: E402
 from lrfinder_adapters.pytorch import LossFn, TorchStep, find_lr  # noqa: E402
-from lrfinder_plugins._adapt import search_with_probe  # noqa: E402
-from lrfinder_plugins._batch_search import BatchSizeResult  # noqa: E402
-from lrfinder_plugins._results import RangeTestResult  # noqa: E402
+from lrfinder_plugins.spi import (  # noqa: E402
+    BatchSizeResult,
+    RangeTestResult,
+    search_with_probe,
+)
 
 log = logging.getLogger("lrfinder_plugins")
 

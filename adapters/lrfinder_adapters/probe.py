@@ -26,8 +26,8 @@ from lrfinder_adapters.batch_size import (  # noqa: E402
     _upper_bound,
 )
 from lrfinder_adapters.pytorch import LossFn, check_model_and_optimizer  # noqa: E402
-from lrfinder_plugins import _validate  # noqa: E402
-from lrfinder_plugins._batch_driver import TrialReport  # noqa: E402
+from lrfinder_plugins.spi import TrialReport  # noqa: E402
+from lrfinder_plugins.spi import validate as _validate  # noqa: E402
 
 
 class TorchProbe:

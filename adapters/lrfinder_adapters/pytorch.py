@@ -24,11 +24,14 @@ require("torch", "torch")
 import torch  # noqa: E402
 
 from lrfinder_adapters import _torch_state  # noqa: E402
-from lrfinder_plugins import _validate  # noqa: E402
-from lrfinder_plugins._driver import run_range_test  # noqa: E402
-from lrfinder_plugins._range_test import RangeTest, group_ratios  # noqa: E402
-from lrfinder_plugins._results import RangeTestResult  # noqa: E402
-from lrfinder_plugins.suggest import registered as registered_suggesters  # noqa: E402
+from lrfinder_plugins.spi import (  # noqa: E402
+    RangeTest,
+    RangeTestResult,
+    group_ratios,
+    registered_suggesters,
+    run_range_test,
+)
+from lrfinder_plugins.spi import validate as _validate  # noqa: E402
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

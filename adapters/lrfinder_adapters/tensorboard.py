@@ -34,8 +34,7 @@ from typing import TYPE_CHECKING, Any
 from lrfinder_plugins.hookspecs import hookimpl
 
 if TYPE_CHECKING:
-    from lrfinder_plugins._batch_search import BatchTrial
-    from lrfinder_plugins._observers import Point, SearchInfo
+    from lrfinder_plugins.spi import BatchTrial, Point, SearchInfo
 
 log = logging.getLogger("lrfinder_plugins")
 

@@ -20,9 +20,9 @@ from lrfinder_plugins import (
     hookimpl,
     run_range_test,
 )
-from lrfinder_plugins._driver import MAX_SKIPPED_STEPS
 from lrfinder_plugins._manager import reset_plugin_manager
 from lrfinder_plugins.schedules import exponential
+from lrfinder_plugins.spi import MAX_SKIPPED_STEPS
 from lrfinder_plugins.suggest import make_suggestion
 
 from .curves import result_from_losses, sigmoid_curve
@@ -207,7 +207,7 @@ def test_duplicate_suggester_name_raises_naming_both_plugins() -> None:
 
 
 def test_duplicate_schedule_name_raises_naming_both_plugins() -> None:
-    """A plugin re-registering "linear" makes RangeTest raise, naming both plugins."""
+    """A plugin re-registering "linear" makes the registry lookup raise, naming both plugins."""
 
     class Clash:
         @hookimpl
@@ -216,7 +216,17 @@ def test_duplicate_schedule_name_raises_naming_both_plugins() -> None:
 
     get_plugin_manager().register(Clash(), name="test.clash")
     with pytest.raises(ValueError, match=r"'lrfinder\.schedules'.*'test\.clash'"):
-        RangeTest()
+        RangeTest(mode="a-plugin-schedule")
+
+
+def test_a_built_in_schedule_builds_no_plugin_manager() -> None:
+    """RangeTest with a built-in schedule (or a factory) never asks the plugins."""
+    from lrfinder_plugins import _manager
+
+    _manager.reset_plugin_manager()
+    RangeTest(mode="linear")
+    RangeTest(mode=steps)
+    assert _manager._manager is None
 
 
 def test_registering_none_adds_nothing() -> None:

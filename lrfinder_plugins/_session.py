@@ -1,0 +1,316 @@
+"""Push sessions: the searches as any loop drives them, ours or a framework's.
+
+A session owns every rule of a search that is not the engine's arithmetic: the observers (and
+their isolation), the reduce point between the ranks, skipped steps, stop reasons, the outcome of
+an error on any rank, and the finish log. Whoever owns the loop only does::
+
+    session.start()
+    while not session.finished:
+        set_lr(session.next_lr())           # or: run a trial at session.next_size()
+        session.end_step(outcome_of_step)   # one reduce, then the same decision on every rank
+    result = session.finish()
+
+The pull drivers (:func:`~lrfinder_plugins.run_range_test`,
+:func:`~lrfinder_plugins.run_batch_size_search`) are such loops; so are the Lightning callbacks.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+from lrfinder_plugins._batch_search import BatchSizeResult, BatchSizeSearch, BatchStopReason
+from lrfinder_plugins._observers import Observers, Point, SearchInfo
+from lrfinder_plugins._range_test import RangeTest, StopReason
+from lrfinder_plugins._seams import (
+    LocalReducer,
+    Reducer,
+    StepOutcome,
+    TrialReport,
+    raise_failure,
+)
+
+if TYPE_CHECKING:
+    from lrfinder_plugins._results import RangeTestResult
+
+log = logging.getLogger("lrfinder_plugins")
+
+MAX_SKIPPED_STEPS = 100
+"""Consecutive skipped steps (AMP overflow) after which the test stops as ``non_finite``."""
+
+_LOCAL_POINT = StepOutcome(samples=1.0)
+"""What :meth:`RangeTestSession.end_step` returns for a bare float on one process."""
+
+
+def _observers(search: SearchInfo, reducer: Reducer) -> Observers:
+    # Files, plots and progress are the main process's job: the other ranks hold the same
+    # result, so their observers would only write it again.
+    return Observers(search, enabled=reducer.rank == 0)
+
+
+class RangeTestSession:
+    """An LR range test driven from outside: the caller runs the steps, the session decides.
+
+    Args:
+        test: the engine (its settings are validated already).
+        reducer: where the ranks agree (``None``: a single process).
+        progress: show a progress bar (on rank 0).
+        description: the progress bar's label.
+
+    Example:
+        >>> session = RangeTestSession(RangeTest(start_lr=1e-3, end_lr=1.0, num_iter=3),
+        ...                            progress=False)
+        >>> session.start()
+        >>> while not session.finished:
+        ...     lr = session.next_lr()
+        ...     _ = session.end_step(1.0 / (1.0 + lr))  # the loss of a step at that LR
+        >>> session.finish().stop_reason
+        <StopReason.BUDGET: 'budget'>
+    """
+
+    def __init__(
+        self,
+        test: RangeTest,
+        *,
+        reducer: Reducer | None = None,
+        progress: bool = True,
+        description: str = "LR range test",
+    ) -> None:
+        self.test = test
+        self.reducer: Reducer = reducer if reducer is not None else LocalReducer()
+        self.search = SearchInfo(
+            kind="lr_range_test",
+            total=test.num_iter,
+            progress=progress,
+            description=description,
+            options=test.options(),
+            rank=self.reducer.rank,
+            world_size=self.reducer.world_size,
+        )
+        # Built now, before the caller saves any state: if plugins fail to load, nothing moved.
+        self.observers = _observers(self.search, self.reducer)
+        self._notify = self.observers.wants_steps
+        self._local = type(self.reducer) is LocalReducer
+        self.skipped = 0
+        self.skipped_total = 0
+        self.global_batch: float | None = None
+        self._started = False
+        self._result: RangeTestResult | None = None
+
+    @property
+    def finished(self) -> bool:
+        """True once the test stopped (budget, divergence, non-finite, no data, outside stop)."""
+        return self.test.finished
+
+    def start(self) -> None:
+        """Open the reduce point (collective: every rank calls it) and tell the observers."""
+        self.reducer.open()
+        self._started = True
+        self.observers.started()
+
+    def next_lr(self) -> float:
+        """The LR of the next step (the same on every rank)."""
+        return self.test.next_lr()
+
+    def end_step(self, outcome: StepOutcome | float | None) -> StepOutcome:
+        """Hand in this rank's outcome of the step at :meth:`next_lr`; return every rank's.
+
+        A float is a loss over one sample, ``None`` a skipped step. After the one reduce, every
+        rank records the same point (the sample-weighted mean loss) or skips it, and stops at
+        the same step: NaN/Inf anywhere stops all (``non_finite``), no data left anywhere stops
+        all (``data_exhausted``), an error anywhere makes every rank raise (its own error on
+        the failing rank, :class:`~lrfinder_plugins.RankFailedError` elsewhere).
+        """
+        if self._local and type(outcome) is float:
+            return self._record_local(outcome)  # the common case, without building a record
+        counted = isinstance(outcome, StepOutcome)  # a bare float does not say its samples
+        if isinstance(outcome, StepOutcome):
+            local = outcome
+        else:
+            local = StepOutcome.skipped_step() if outcome is None else StepOutcome.of_loss(outcome)
+        reduced = self.reducer.reduce_step(local)
+        if reduced.errors:
+            raise_failure(self.reducer, local.error)
+        test = self.test
+        if reduced.skipped and not reduced.non_finite:
+            self.skipped += 1
+            self.skipped_total += 1
+            if self.skipped >= MAX_SKIPPED_STEPS:
+                log.warning(
+                    "%d consecutive steps skipped (gradient overflow); stopping", self.skipped
+                )
+                test.stop(StopReason.NON_FINITE)
+        elif reduced.samples > 0 or reduced.non_finite:
+            self.skipped = 0
+            if counted and self.global_batch is None and reduced.samples > 0:
+                self.global_batch = reduced.samples
+            test.record(reduced.loss)
+            if self._notify:
+                i = len(test.losses) - 1
+                self.observers.step_recorded(
+                    Point(i, test.lrs[i], test.losses[i], test.smoothed_losses[i])
+                )
+        if reduced.out_of_data and not test.finished:
+            test.stop(StopReason.DATA_EXHAUSTED)
+        return reduced
+
+    def _record_local(self, loss: float) -> StepOutcome:
+        test = self.test
+        self.skipped = 0
+        test.record(loss)
+        if self._notify:
+            i = len(test.losses) - 1
+            self.observers.step_recorded(
+                Point(i, test.lrs[i], test.losses[i], test.smoothed_losses[i])
+            )
+        return _LOCAL_POINT
+
+    def stop(self, reason: StopReason | str = StopReason.INTERRUPTED) -> None:
+        """End the test from outside (a framework's loop ended, the user interrupted)."""
+        self.test.stop(reason)
+
+    def finish(self) -> RangeTestResult:
+        """Close the reduce point, log, tell the observers; return the result (idempotent).
+
+        A test that has not stopped yet is stopped as ``interrupted`` (an exception or Ctrl-C
+        ended the loop).
+        """
+        if self._result is not None:
+            return self._result
+        self.test.stop(StopReason.INTERRUPTED)
+        try:
+            if self._started:
+                self.reducer.close()
+        finally:
+            result = self.test.result()
+            extra: dict[str, Any] = {"world_size": self.reducer.world_size}
+            if self.global_batch is not None:
+                extra["global_batch"] = round(self.global_batch)
+            if self.skipped_total:
+                extra["skipped_steps"] = self.skipped_total
+            result = replace(result, options={**result.options, **extra})
+            self._result = result
+            log.info("LR range test: %d points, stopped: %s", len(result), result.stop_reason)
+            if self._started:
+                self.observers.finished(result)
+        return result
+
+
+class BatchSizeSession:
+    """A batch-size search driven from outside: the caller runs the trials, the session decides.
+
+    Args:
+        search: the engine.
+        reducer: where the ranks agree (``None``: a single process).
+        progress: show a progress bar (on rank 0).
+        description: the progress bar's label.
+
+    Example:
+        >>> session = BatchSizeSession(BatchSizeSearch(mode="power"), progress=False)
+        >>> session.start()
+        >>> while not session.finished:
+        ...     size = session.next_size()
+        ...     _ = session.end_trial(size, TrialReport(fitted=size <= 16))
+        >>> session.finish().batch_size
+        16
+    """
+
+    def __init__(
+        self,
+        search: BatchSizeSearch,
+        *,
+        reducer: Reducer | None = None,
+        progress: bool = True,
+        description: str = "Batch-size search",
+    ) -> None:
+        self.search = search
+        self.reducer: Reducer = reducer if reducer is not None else LocalReducer()
+        self.info = SearchInfo(
+            kind="batch_size",
+            total=search.max_trials,
+            progress=progress,
+            description=description,
+            options=search.options(),
+            rank=self.reducer.rank,
+            world_size=self.reducer.world_size,
+        )
+        self.observers = _observers(self.info, self.reducer)
+        self._started = False
+        self._result: BatchSizeResult | None = None
+
+    @property
+    def finished(self) -> bool:
+        """True once the search stopped."""
+        return self.search.finished
+
+    def start(self) -> None:
+        """Open the reduce point (collective: every rank calls it) and tell the observers."""
+        self.reducer.open()
+        self._started = True
+        self.observers.started()
+
+    def next_size(self) -> int:
+        """The batch size of the next trial (the same on every rank)."""
+        return self.search.next_size()
+
+    def end_trial(self, size: int, report: TrialReport) -> TrialReport:
+        """Hand in this rank's report of the trial at ``size``; return every rank's.
+
+        The size fitted only if it fitted on every rank; the largest peak, the smallest
+        capacity and the combined profile are recorded, so every rank proposes the same next
+        size. An error that is not an out-of-memory error, on any rank, makes every rank raise.
+        """
+        reduced = self.reducer.reduce_trial(report)
+        if reduced.exception is not None:  # a reducer marks a trial that raised on any rank
+            raise_failure(self.reducer, report.exception)
+        self.search.record(
+            size,
+            reduced.fitted,
+            reduced.peak_bytes,
+            profile=reduced.profile,
+            steps=reduced.steps,
+            seconds=reduced.seconds,
+            capacity_bytes=reduced.capacity_bytes,
+            error=reduced.error,
+        )
+        trial = self.search.trials[-1]
+        log.info(
+            "batch size %d %s (%s)",
+            trial.size,
+            "fits" if trial.fitted else f"does not fit: {trial.error}",
+            trial.role,
+        )
+        self.observers.trial_recorded(trial)
+        return reduced
+
+    def stop(self, reason: BatchStopReason | str = BatchStopReason.INTERRUPTED) -> None:
+        """End the search from outside."""
+        self.search.stop(reason)
+
+    def finish(self) -> BatchSizeResult:
+        """Close the reduce point, log, tell the observers; return the result (idempotent).
+
+        A search that has not stopped yet is stopped as ``interrupted``.
+        """
+        if self._result is not None:
+            return self._result
+        self.search.stop(BatchStopReason.INTERRUPTED)
+        try:
+            if self._started:
+                self.reducer.close()
+        finally:
+            result = self.search.result()
+            result = replace(
+                result, options={**result.options, "world_size": self.reducer.world_size}
+            )
+            self._result = result
+            log.info(
+                "batch-size search: %s after %d trials, stopped: %s",
+                result.batch_size,
+                len(result.trials),
+                result.stop_reason,
+            )
+            if self._started:
+                self.observers.batch_finished(result)
+        return result
