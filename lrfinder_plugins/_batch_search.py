@@ -149,6 +149,17 @@ class BatchSizeResult(JsonFile):
         return sum(not t.fitted for t in self.trials)
 
     @property
+    def world_size(self) -> int:
+        """How many processes searched together (each ran every trial at ``batch_size``)."""
+        return int(self.options.get("world_size", 1))
+
+    @property
+    def global_batch(self) -> int | None:
+        """Samples per optimizer step over every rank: batch size x accumulation x ranks."""
+        effective = self.effective_batch
+        return None if effective is None else effective * self.world_size
+
+    @property
     def effective_batch(self) -> int | None:
         """``batch_size * accumulation_steps`` (the target batch when one was given)."""
         return None if self.batch_size is None else self.batch_size * self.accumulation_steps

@@ -21,7 +21,7 @@ STEP_FIELDS = ("loss_sum", "samples", "non_finite", "skipped", "out_of_data", "e
 Every one of them is reduced by a sum: the flags become counts of ranks."""
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class StepOutcome:
     """What one optimizer step of one rank produced, or (after a reduce) of every rank together.
 
@@ -267,6 +267,8 @@ def raise_failure(reducer: Reducer, local: BaseException | None) -> None:
     :class:`RankFailedError` naming it (chained to its own error, if it had one: typically the
     collective that broke because the failing rank never arrived).
     """
+    if isinstance(local, RankFailedError):
+        local = None  # a reducer's note that another rank failed: not this rank's own error
     failures = reducer.failures()
     first = failures[0] if failures else None
     if local is not None and (first is None or first.rank == reducer.rank):

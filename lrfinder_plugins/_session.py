@@ -131,7 +131,7 @@ class RangeTestSession:
             local = StepOutcome.skipped_step() if outcome is None else StepOutcome.of_loss(outcome)
         reduced = self.reducer.reduce_step(local)
         if reduced.errors:
-            raise_failure(self.reducer, local.error)
+            raise_failure(self.reducer, local.error or reduced.error)
         test = self.test
         if reduced.skipped and not reduced.non_finite:
             self.skipped += 1
@@ -263,7 +263,7 @@ class BatchSizeSession:
         """
         reduced = self.reducer.reduce_trial(report)
         if reduced.exception is not None:  # a reducer marks a trial that raised on any rank
-            raise_failure(self.reducer, report.exception)
+            raise_failure(self.reducer, report.exception or reduced.exception)
         self.search.record(
             size,
             reduced.fitted,

@@ -2,17 +2,15 @@
 
 :func:`find_batch_size` drives a :class:`~lrfinder_plugins.BatchSizeSearch` with real training
 steps, through the engine's batch-size driver and the raw-PyTorch probe
-(:class:`~lrfinder_adapters.probe.TorchProbe`): each trial (:class:`_Trials`) runs
-``steps_per_trial`` optimizer steps at the proposed size, measures the memory of every operation
-(see :mod:`lrfinder_adapters._memory`) and turns an out-of-memory error into an outcome; the
-driver restores the model, optimizer, schedulers, scaler and RNG exactly after every trial.
+(:class:`~lrfinder_adapters.probe.TorchProbe`, whose trials are
+:class:`lrfinder_adapters._trials.Trials`); the driver restores the model, optimizer,
+schedulers, scaler and RNG exactly after every trial.
 """
 
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,8 +20,9 @@ require("torch", "torch")
 
 import torch  # noqa: E402
 
-from lrfinder_adapters import _memory, _oom  # noqa: E402
-from lrfinder_adapters.pytorch import LossFn, TorchStep, find_lr  # noqa: E402
+from lrfinder_adapters._trials import StepFn  # noqa: E402
+from lrfinder_adapters.probe import TorchProbe  # noqa: E402
+from lrfinder_adapters.pytorch import LossFn, find_lr  # noqa: E402
 from lrfinder_plugins.spi import (  # noqa: E402
     BatchSizeResult,
     RangeTestResult,
@@ -31,204 +30,6 @@ from lrfinder_plugins.spi import (  # noqa: E402
 )
 
 log = logging.getLogger("lrfinder_plugins")
-
-STEP_OPTIONS = frozenset(
-    {"max_grad_norm", "amp", "amp_dtype", "scaler", "schedulers", "snapshot", "compute_loss"}
-)
-"""The :class:`~lrfinder_adapters.pytorch.TorchStep` options a batch-size trial accepts."""
-
-StepFn = Callable[[int], Any]
-
-
-@dataclass
-class _Outcome:
-    fitted: bool
-    steps: int
-    phase_peaks: dict[str, int]
-    capacity: int | None
-    seconds: float
-    error: str | None
-    profile: list[int] | None
-
-
-class _Feed:
-    """An endless iterable that yields the batch the trial runner fetched outside the meter."""
-
-    def __init__(self) -> None:
-        self.batch: Any = None
-
-    def __iter__(self) -> Iterator[Any]:
-        while True:
-            batch, self.batch = self.batch, None
-            yield batch
-
-
-class _Trials:
-    """Runs one trial at a given size: ``steps`` optimizer steps, measured, state untouched after."""
-
-    def __init__(
-        self,
-        model: torch.nn.Module,
-        optimizer: torch.optim.Optimizer,
-        loss_fn: LossFn | None,
-        *,
-        dataset: Any,
-        make_loader: Callable[[int], Iterable[Any]] | None,
-        step_fn: StepFn | None,
-        device: torch.device,
-        memory_budget: int | None,
-        loader_options: Mapping[str, Any],
-        step_options: Mapping[str, Any],
-    ) -> None:
-        self.model, self.optimizer, self.loss_fn = model, optimizer, loss_fn
-        self.dataset, self.make_loader, self.step_fn = dataset, make_loader, step_fn
-        self.device, self.memory_budget = device, memory_budget
-        self.loader_options, self.step_options = dict(loader_options), dict(step_options)
-
-    def _loader(self, size: int) -> Iterable[Any]:
-        if self.make_loader is not None:
-            return self.make_loader(size)
-        from torch.utils.data import DataLoader
-
-        options = {"shuffle": False, "drop_last": True, **self.loader_options}
-        return DataLoader(self.dataset, batch_size=size, **options)
-
-    def _steps(
-        self, size: int, meter: _memory.TensorMeter
-    ) -> Generator[Callable[[], Any], None, None]:
-        """One callable per step; each fetches its batch outside the meter, then runs."""
-        if self.step_fn is not None:
-            step_fn = self.step_fn
-            while True:
-                yield lambda: step_fn(size)
-        loader = self._loader(size)
-        feed = _Feed()
-        step = TorchStep(
-            self.model, self.optimizer, self.loss_fn, feed, device=self.device, **self.step_options
-        )
-        batches = _cycle(loader)
-        while True:
-            feed.batch = next(batches)
-            meter.track(_memory._leaves(feed.batch))
-            yield step.run
-
-    def check(self) -> None:
-        """Validate the step options (before anything runs) by building one step."""
-        if self.step_fn is None:
-            TorchStep(
-                self.model,
-                self.optimizer,
-                self.loss_fn,
-                _Feed(),
-                device=self.device,
-                **self.step_options,
-            )
-
-    def run(self, size: int, steps: int) -> _Outcome:
-        """Run a trial; an out-of-memory error is an outcome, any other error propagates.
-
-        Memory is freed after the trial (the previous trial's clean-up serves this one).
-        """
-        meter = _memory.make_meter(self.device, self.memory_budget)
-        meter.track(_memory.state_tensors(self.model, self.optimizer))
-        hooks = [
-            self.optimizer.register_step_pre_hook(lambda *_: meter.mark(_memory.FORWARD_BACKWARD)),
-            self.optimizer.register_step_post_hook(lambda *_: meter.mark(_memory.OPTIMIZER)),
-        ]
-        done, error, capacity = 0, None, None
-        runs = self._steps(size, meter)
-        start = time.perf_counter()
-        try:
-            for _ in range(steps):
-                run = next(runs)
-                meter.begin_step()
-                with meter.active():
-                    run()
-                done += 1
-            meter.mark(_memory.FORWARD_BACKWARD)
-            meter.begin_step()
-        except Exception as exc:
-            if not _oom.is_oom(exc):
-                raise
-            error = _first_line(exc)
-            capacity = meter.capacity_after(exc)
-        finally:
-            for hook in hooks:
-                hook.remove()
-            runs.close()  # drops the step, the loader iterator and the last batch
-        # Out of the except block: the traceback (and the failed step's tensors it pins) is gone.
-        seconds = time.perf_counter() - start
-        _memory.free_memory(self.device)
-        # Read after the clean-up (what the next trial will find); a failure's own bound, when
-        # tighter, wins.
-        reading = meter.capacity()
-        if reading is not None:
-            capacity = reading if capacity is None else min(capacity, reading)
-        return _Outcome(
-            fitted=error is None,
-            steps=done,
-            phase_peaks=meter.reported_peaks,
-            capacity=capacity,
-            seconds=seconds,
-            error=error,
-            profile=meter.profile if error is None else None,
-        )
-
-
-def _cycle(loader: Iterable[Any]) -> Iterator[Any]:
-    while True:
-        empty = True
-        for batch in loader:
-            empty = False
-            yield batch
-        if empty:
-            raise ValueError(
-                "the loader yielded no batches at this batch size; with dataset=, the dataset "
-                "needs at least batch_size samples (drop_last=True)"
-            )
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {text[0] if text else ''}"[:300]
-
-
-def _device(model: torch.nn.Module, device: str | torch.device | None) -> torch.device:
-    if device is None:
-        first = next(model.parameters(), None)
-        return first.device if first is not None else torch.device("cpu")
-    try:
-        return torch.device(device)
-    except (RuntimeError, TypeError) as error:
-        raise ValueError(
-            f"device must name a torch device (e.g. 'cpu', 'cuda:0'), got {device!r}"
-        ) from error
-
-
-def _check_sources(dataset: Any, make_loader: Any, step_fn: Any) -> None:
-    given = [
-        name
-        for name, v in (("dataset", dataset), ("make_loader", make_loader), ("step_fn", step_fn))
-        if v is not None
-    ]
-    if len(given) != 1:
-        raise TypeError(
-            "find_batch_size needs exactly one of dataset=, make_loader= (a function of the "
-            f"batch size returning batches) or step_fn= (a function of the batch size running "
-            f"one training step); got {given or 'none'}"
-        )
-    for name, value in (("make_loader", make_loader), ("step_fn", step_fn)):
-        if value is not None and not callable(value):
-            raise TypeError(
-                f"{name} must be callable (batch_size -> ...), got {type(value).__name__}"
-            )
-
-
-def _upper_bound(dataset: Any) -> int | None:
-    try:
-        return len(dataset)
-    except TypeError:
-        return None  # an iterable-style dataset: no bound
 
 
 def find_batch_size(
@@ -250,6 +51,10 @@ def find_batch_size(
     memory_budget: int | None = None,
     progress: bool = True,
     loader_options: Mapping[str, Any] | None = None,
+    distributed: bool | None = None,
+    process_group: Any = None,
+    all_reduce_grads: bool = False,
+    fault_timeout: float = 30.0,
     **step_options: Any,
 ) -> BatchSizeResult:
     """Find the largest batch size that trains without running out of memory.
@@ -286,6 +91,15 @@ def find_batch_size(
         progress: show a tqdm progress bar (one tick per trial).
         loader_options: extra ``DataLoader`` arguments for ``dataset=`` (``collate_fn``,
             ``num_workers``, ...).
+        distributed: search on every rank of a ``torch.distributed`` process group (``None``:
+            whenever one of more than one process is initialised). Each rank runs each trial
+            at ``batch_size`` per rank; it fits only if it fitted on every rank, and every rank
+            ends on the same answer. ``target_batch`` is then the global batch (per-rank batch
+            x ranks x accumulation steps).
+        process_group: the ranks that search together (``None``: the default group).
+        all_reduce_grads: the model is not wrapped in DDP and the loop averages gradients by
+            hand (accepted so that :func:`tune` can pass it on; trials do not synchronise).
+        fault_timeout: seconds a rank waits for a peer before counting it as failed.
         **step_options: ``TorchStep`` options: ``max_grad_norm``, ``amp``, ``amp_dtype``,
             ``scaler``, ``schedulers``, ``snapshot``, ``compute_loss``.
 
@@ -302,8 +116,6 @@ def find_batch_size(
         >>> result = find_batch_size(model, optimizer, loss_fn, dataset=train_set)  # doctest: +SKIP
         >>> loader = DataLoader(train_set, batch_size=result.batch_size)  # doctest: +SKIP
     """
-    from lrfinder_adapters.probe import TorchProbe
-
     probe = TorchProbe(  # validates, and runs nothing yet
         model,
         optimizer,
@@ -314,8 +126,20 @@ def find_batch_size(
         device=device,
         memory_budget=memory_budget,
         loader_options=loader_options,
+        distributed=distributed,
+        process_group=process_group,
+        all_reduce_grads=all_reduce_grads,
+        fault_timeout=fault_timeout,
         **step_options,
     )
+    world = probe.reducer.world_size
+    if target_batch is not None and world > 1:
+        if isinstance(target_batch, int) and target_batch % world:
+            raise ValueError(
+                f"target_batch={target_batch} is the global batch of {world} ranks and must be "
+                f"a multiple of it; pass e.g. target_batch={target_batch - target_batch % world or world}"
+            )
+        target_batch = target_batch // world
     return search_with_probe(
         probe,
         progress=progress,

@@ -2,7 +2,8 @@
 
 ``lrfinder_plugins.batch_size_search(model, optimizer=..., ...)`` gets one from the
 ``lrfinder.torch`` plugin. Each trial runs real optimizer steps through the same measured trial
-runner as :func:`~lrfinder_adapters.batch_size.find_batch_size`.
+runner as :func:`~lrfinder_adapters.batch_size.find_batch_size`
+(:class:`lrfinder_adapters._trials.Trials`).
 """
 
 from __future__ import annotations
@@ -17,15 +18,19 @@ require("torch", "torch")
 import torch  # noqa: E402
 
 from lrfinder_adapters import _torch_state  # noqa: E402
-from lrfinder_adapters.batch_size import (  # noqa: E402
+from lrfinder_adapters._trials import (  # noqa: E402
     STEP_OPTIONS,
     StepFn,
-    _check_sources,
-    _device,
-    _Trials,
-    _upper_bound,
+    Trials,
+    check_sources,
+    device_of,
+    upper_bound,
 )
-from lrfinder_adapters.pytorch import LossFn, check_model_and_optimizer  # noqa: E402
+from lrfinder_adapters.pytorch import (  # noqa: E402
+    LossFn,
+    check_model_and_optimizer,
+    make_reducer,
+)
 from lrfinder_plugins.spi import TrialReport  # noqa: E402
 from lrfinder_plugins.spi import validate as _validate  # noqa: E402
 
@@ -35,7 +40,9 @@ class TorchProbe:
 
     Args: as :func:`~lrfinder_adapters.batch_size.find_batch_size` (``model``, ``optimizer``,
     ``loss_fn``, one of ``dataset``/``make_loader``/``step_fn``, ``device``, ``memory_budget``,
-    ``loader_options`` and the ``TorchStep`` options).
+    ``loader_options``, the distributed options and the ``TorchStep`` options). Under
+    ``torch.distributed`` every rank runs each trial (a DDP model through its inner module, so
+    no collective runs inside a trial) and the ranks agree on its outcome once per trial.
 
     Example:
         >>> from lrfinder_plugins import batch_size_search  # doctest: +SKIP
@@ -54,10 +61,14 @@ class TorchProbe:
         device: str | torch.device | None = None,
         memory_budget: int | None = None,
         loader_options: Mapping[str, Any] | None = None,
+        distributed: bool | None = None,
+        process_group: Any = None,
+        all_reduce_grads: bool = False,
+        fault_timeout: float = 30.0,
         **step_options: Any,
     ) -> None:
         check_model_and_optimizer(model, optimizer)
-        _check_sources(dataset, make_loader, step_fn)
+        check_sources(dataset, make_loader, step_fn)
         unknown = set(step_options) - STEP_OPTIONS
         if unknown:
             raise TypeError(
@@ -77,20 +88,24 @@ class TorchProbe:
         self.scaler = step_options.get("scaler")
         self.snapshot_to = step_options.get("snapshot", "cpu")
         _validate.one_of("snapshot", self.snapshot_to, ("cpu", "disk"))
-        self.upper_bound = None if dataset is None else _upper_bound(dataset)
-        self._trials = _Trials(
+        self.upper_bound = None if dataset is None else upper_bound(dataset)
+        self._trials = Trials(
             model,
             optimizer,
             loss_fn,
             dataset=dataset,
             make_loader=make_loader,
             step_fn=step_fn,
-            device=_device(model, device),
+            device=device_of(model, device),
             memory_budget=memory_budget,
             loader_options=loader_options or {},
             step_options=step_options,
         )
         self._trials.check()
+        # Every rank runs the same trial; one all-gather per trial makes them agree on it.
+        self.reducer = make_reducer(
+            model, distributed, process_group, all_reduce_grads, fault_timeout
+        )
 
     def snapshot(self) -> _torch_state.TrainingState:
         """Save the model, optimizer, schedulers, scaler and RNG."""

@@ -27,6 +27,8 @@ from lrfinder_adapters import _torch_state  # noqa: E402
 from lrfinder_plugins.spi import (  # noqa: E402
     RangeTest,
     RangeTestResult,
+    Reducer,
+    StepOutcome,
     group_ratios,
     registered_suggesters,
     run_range_test,
@@ -96,6 +98,61 @@ def _to_device(obj: Any, device: torch.device | None) -> Any:
     return obj
 
 
+def _samples(batch: Any) -> int:
+    """How many samples a batch holds: the first dimension of its first tensor (1 if none)."""
+    if isinstance(batch, torch.Tensor):
+        return int(batch.shape[0]) if batch.dim() else 1
+    if isinstance(batch, Mapping):
+        batch = list(batch.values())
+    if isinstance(batch, (list, tuple)):
+        for item in batch:
+            if isinstance(item, torch.Tensor) and item.dim():
+                return int(item.shape[0])
+            if isinstance(item, (list, tuple, Mapping)):
+                return _samples(item)
+    return 1
+
+
+def make_reducer(
+    model: torch.nn.Module,
+    distributed: bool | None,
+    process_group: Any,
+    all_reduce_grads: bool,
+    fault_timeout: float,
+) -> Reducer:
+    from lrfinder_plugins.spi import LocalReducer
+
+    if distributed is not None and not isinstance(distributed, bool):
+        raise TypeError(f"distributed must be True, False or None, got {distributed!r}")
+    if not isinstance(all_reduce_grads, bool):
+        raise TypeError(f"all_reduce_grads must be True or False, got {all_reduce_grads!r}")
+    dist = torch.distributed
+    initialised = dist.is_available() and dist.is_initialized()
+    if distributed and not initialised:
+        raise ValueError(
+            "distributed=True but no torch.distributed process group is initialised; call "
+            "torch.distributed.init_process_group() first (or run under torchrun)"
+        )
+    if (process_group is not None or all_reduce_grads) and not initialised:
+        raise ValueError(
+            "process_group= and all_reduce_grads=True need an initialised torch.distributed "
+            "process group; call torch.distributed.init_process_group() first"
+        )
+    if distributed is False or not initialised or dist.get_world_size(process_group) == 1:
+        _validate.positive_finite("fault_timeout", fault_timeout, "30.0")
+        return LocalReducer()
+    from lrfinder_adapters.distributed import TorchDistributedReducer, ddp_process_group
+
+    ddp_group = ddp_process_group(model)
+    if ddp_group is None and not all_reduce_grads:
+        log.warning(
+            "the model is not wrapped in DistributedDataParallel and all_reduce_grads is "
+            "False: each rank trains its own copy; wrap it in DDP, or pass "
+            "all_reduce_grads=True if your loop averages the gradients by hand"
+        )
+    return TorchDistributedReducer(process_group, fault_timeout=fault_timeout, watch=[ddp_group])
+
+
 def _check_loader(name: str, loader: Any) -> None:
     if not isinstance(loader, Iterable):
         raise TypeError(
@@ -163,6 +220,20 @@ class TorchStep:
         snapshot: where the saved state lives: ``"cpu"`` memory or ``"disk"`` (a temp dir).
         compute_loss: ``compute_loss(model, batch) -> loss`` for any other batch layout (replaces
             the batch/loss conventions above; ``loss_fn`` is then ignored).
+        distributed: search on every rank of a ``torch.distributed`` process group, each step's
+            loss reduced across ranks (``None``: whenever a group of more than one process is
+            initialised).
+        process_group: the ranks that search together (``None``: the default group).
+        all_reduce_grads: average the gradients across ranks before each optimizer step, for a
+            model that is not wrapped in ``DistributedDataParallel`` and a loop that all-reduces
+            by hand.
+        fault_timeout: seconds a rank waits in a collective for a peer before counting it as
+            failed (a step that raised on one rank then ends the search on every rank within
+            about this time).
+        reducer: the reduce point (a :class:`~lrfinder_plugins.Reducer`), to replace the one
+            ``distributed`` builds (e.g. an Accelerate or Lightning strategy's).
+        lookahead: fetch each step's batches at the end of the step before, so every rank knows
+            before the next step whether data is left (``None``: when distributed).
     """
 
     def __init__(
@@ -184,6 +255,12 @@ class TorchStep:
         keep_weights: bool = False,
         snapshot: str = "cpu",
         compute_loss: ComputeLoss | None = None,
+        distributed: bool | None = None,
+        process_group: Any = None,
+        all_reduce_grads: bool = False,
+        fault_timeout: float = 30.0,
+        reducer: Reducer | None = None,
+        lookahead: bool | None = None,
     ) -> None:
         check_model_and_optimizer(model, optimizer)
         if loss_fn is not None and not callable(loss_fn):
@@ -244,7 +321,17 @@ class TorchStep:
         self.ratios = group_ratios([float(g["lr"]) for g in optimizer.param_groups])
         self._tensor_lr = [isinstance(g["lr"], torch.Tensor) for g in optimizer.param_groups]
         self._autocast = self._autocast_factory(amp, amp_dtype)
+        self.reducer = (
+            reducer
+            if reducer is not None
+            else make_reducer(model, distributed, process_group, all_reduce_grads, fault_timeout)
+        )
+        self.process_group = process_group
+        self.all_reduce_grads = all_reduce_grads
+        self.lookahead = (self.reducer.world_size > 1) if lookahead is None else bool(lookahead)
+        self._no_sync = getattr(model, "no_sync", None) if accumulation_steps > 1 else None
         self._batches: Iterator[Any] | None = None
+        self._ahead: list[Any] | None = None
         self._last_scale = 0.0
         # The optimizer's parameters only: those are the ones a scaler unscales before clipping.
         self._clip_params = [p for group in optimizer.param_groups for p in group["params"]]
@@ -278,6 +365,7 @@ class TorchStep:
     def restore(self, snapshot: _torch_state.TrainingState) -> None:
         """Put back everything :meth:`snapshot` saved, bitwise."""
         self._batches = None  # drop the loader iterator (and its workers)
+        self._ahead = None
         _torch_state.restore(
             snapshot, self.model, self.optimizer, schedulers=self.schedulers, scaler=self.scaler
         )
@@ -292,48 +380,95 @@ class TorchStep:
             else:
                 group["lr"] = lr * ratio
 
-    def run(self) -> float | None:
-        """One optimizer step; its mean loss, or ``None`` if the scaler skipped it."""
+    def run(self) -> StepOutcome | None:
+        """One optimizer step: its mean loss and samples, or ``None`` if the scaler skipped it.
+
+        The parts are seams a subclass may replace (the Accelerate adapter does):
+        :meth:`micro_step` (forward and backward of one micro-batch), :meth:`sync_gradients`,
+        :meth:`clip_gradients` and :meth:`optimizer_step`.
+        """
         if self._batches is None:
             self._batches = self._cycle(self.train_loader, "train_loader")
             self._last_scale = self.scaler.get_scale() if self.scaler is not None else 0.0
         optimizer, scaler, steps = self.optimizer, self.scaler, self.accumulation_steps
+        batches = self._ahead if self._ahead is not None else self._fetch()
+        self._ahead = None
         optimizer.zero_grad(set_to_none=True)
         total: torch.Tensor | None = None
-        for _ in range(steps):
-            batch = _to_device(next(self._batches), self.device)
-            try:
-                with self._autocast():
-                    loss = self._loss(batch)
-            except StopIteration as error:
-                # Only the data running out may end the test quietly (as PEP 479 does for
-                # generators): a StopIteration from the user's model or loss is a bug to show.
-                raise RuntimeError("the model or loss function raised StopIteration") from error
-            scaled = loss if steps == 1 else loss / steps
-            (scaled if scaler is None else scaler.scale(scaled)).backward()
+        samples = 0
+        for i, raw in enumerate(batches):
+            batch = _to_device(raw, self.device)
+            samples += _samples(batch)
+            if self._no_sync is not None and i < steps - 1:
+                with self._no_sync():  # DDP: synchronise the gradients once, on the last one
+                    loss = self.micro_step(batch)
+            else:
+                loss = self.micro_step(batch)
             # Sum in float32 at least: bfloat16/float16 losses (AMP) would round the window's sum.
             detached = loss.detach().to(torch.promote_types(loss.dtype, torch.float32))
             total = detached if total is None else total + detached
+        if self.all_reduce_grads:
+            self.sync_gradients()
         if self.max_grad_norm is not None:
-            if scaler is not None:
-                scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(self._clip_params, self.max_grad_norm)
-        if scaler is None:
-            optimizer.step()
-        else:
-            scaler.step(optimizer)
-            scaler.update()
+            self.clip_gradients()
+        self.optimizer_step()
         assert total is not None
         value = total.item() if steps == 1 else total.item() / steps
+        last = False
+        if self.lookahead:
+            try:
+                self._ahead = self._fetch()
+            except StopIteration:
+                last = True
         if scaler is not None:
             # GradScaler lowers its scale exactly when it skipped the step for inf/NaN grads.
             scale = scaler.get_scale()
             skipped, self._last_scale = scale < self._last_scale, scale
             if skipped and math.isfinite(value):
-                return None
+                return StepOutcome(skipped=1, out_of_data=int(last))
         if self.val_loader is not None and math.isfinite(value):
-            return self._validate()
-        return value
+            value = self._validate()
+        return StepOutcome.of_loss(value, samples, last=last)
+
+    def micro_step(self, batch: Any) -> torch.Tensor:
+        """Forward and backward of one micro-batch (already on the device); returns its loss."""
+        try:
+            with self._autocast():
+                loss = self._loss(batch)
+        except StopIteration as error:
+            # Only the data running out may end the test quietly (as PEP 479 does for
+            # generators): a StopIteration from the user's model or loss is a bug to show.
+            raise RuntimeError("the model or loss function raised StopIteration") from error
+        steps = self.accumulation_steps
+        scaled = loss if steps == 1 else loss / steps
+        (scaled if self.scaler is None else self.scaler.scale(scaled)).backward()
+        return loss
+
+    def sync_gradients(self) -> None:
+        """Average the gradients across ranks (``all_reduce_grads=True``: a model without DDP)."""
+        from lrfinder_adapters.distributed import all_reduce_gradients
+
+        all_reduce_gradients(self._clip_params, self.process_group)
+
+    def clip_gradients(self) -> None:
+        """Clip the total gradient norm to ``max_grad_norm`` (unscaled first under AMP)."""
+        assert self.max_grad_norm is not None
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
+        torch.nn.utils.clip_grad_norm_(self._clip_params, self.max_grad_norm)
+
+    def optimizer_step(self) -> None:
+        """Step the optimizer (through the scaler under AMP)."""
+        if self.scaler is None:
+            self.optimizer.step()
+        else:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+
+    def _fetch(self) -> list[Any]:
+        assert self._batches is not None
+        batches = self._batches
+        return [next(batches) for _ in range(self.accumulation_steps)]
 
     # -- helpers -------------------------------------------------------------------------------
     def _autocast_factory(
@@ -456,6 +591,7 @@ class LearningRateFinder:
         self.step_options = step_options
         self.result: RangeTestResult | None = None
         """The last test's result (also after an interrupted test: its points so far)."""
+        self._rank = 0
 
     def find_lr(
         self,
@@ -515,6 +651,7 @@ class LearningRateFinder:
             diverge_threshold=diverge_threshold,
             group_ratios=step.ratios,
         )
+        self._rank = step.reducer.rank
         try:
             self.result = run_range_test(step, test, progress=self.progress)
         except BaseException:
@@ -551,11 +688,14 @@ class LearningRateFinder:
         """Plot the last test: loss against LR (log x-axis), the suggestion in red.
 
         Args:
-            output_path: save the figure as PNG there (parent directories are created).
+            output_path: save the figure as PNG there (parent directories are created); in a
+                distributed test only rank 0 writes it (every rank holds the same result).
             skip_start: points left out at the start (noisy).
             skip_end: points left out at the end (divergence).
             **options: see :func:`lrfinder_plugins.plot.plot_range_test`.
         """
+        if self._rank != 0:
+            output_path = None
         return self._require_result().plot(
             output_path, skip_start=skip_start, skip_end=skip_end, **options
         )

@@ -1,120 +1,24 @@
-"""Fixtures for the raw-PyTorch adapter tests: tiny models and data, and a bitwise state check."""
+"""Fixtures for the raw-PyTorch adapter tests: tiny models and data; the bitwise state check
+(from :mod:`lrfinder_adapters.testing`)."""
 
 from __future__ import annotations
 
-import copy
-import enum
-import random
-import struct
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
-import numpy as np
 import pytest
 import torch
 from torch import nn
 
+# The bitwise state check is public (lrfinder_adapters.testing); the tests import it from here.
+from lrfinder_adapters.testing import (  # noqa: F401
+    assert_state_bitwise_equal,
+    capture_state,
+    rng_state,
+    tensor_bytes,
+)
+
 Batch = tuple[torch.Tensor, torch.Tensor]
-
-
-# -- the bitwise state check -----------------------------------------------------------------------
-def rng_state() -> dict[str, Any]:
-    """Every generator a range test may consume: python ``random``, NumPy, torch CPU."""
-    return {
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),
-        "torch_cpu": torch.get_rng_state(),
-    }
-
-
-def _scaler_state(scaler: Any) -> dict[str, Any]:
-    per_optimizer = {
-        key: copy.deepcopy(dict(value)) for key, value in scaler._per_optimizer_states.items()
-    }
-    return {
-        "state_dict": copy.deepcopy(scaler.state_dict()),
-        "scale": None if scaler._scale is None else scaler._scale.detach().clone(),
-        "growth_tracker": (
-            None if scaler._growth_tracker is None else scaler._growth_tracker.detach().clone()
-        ),
-        "per_optimizer_states": per_optimizer,
-    }
-
-
-def capture_state(
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    *,
-    schedulers: Sequence[Any] = (),
-    scaler: Any = None,
-) -> dict[str, Any]:
-    """A deep copy of everything a range test must leave as it found it."""
-    params = dict(model.named_parameters())
-    return {
-        "params": {name: p.detach().clone() for name, p in params.items()},
-        "requires_grad": {name: p.requires_grad for name, p in params.items()},
-        "grads": {
-            name: None if p.grad is None else p.grad.detach().clone() for name, p in params.items()
-        },
-        "buffers": {name: b.detach().clone() for name, b in model.named_buffers()},
-        "training": {name: m.training for name, m in model.named_modules()},
-        "optimizer": copy.deepcopy(optimizer.state_dict()),
-        "optimizer_attrs": {"_opt_called": optimizer.__dict__.get("_opt_called", "<absent>")},
-        "schedulers": [copy.deepcopy(s.state_dict()) for s in schedulers],
-        "scaler": None if scaler is None else _scaler_state(scaler),
-        "rng": rng_state(),
-    }
-
-
-def tensor_bytes(t: torch.Tensor) -> torch.Tensor:
-    """The raw bytes of ``t`` (so NaN payloads and -0.0 count)."""
-    return t.detach().cpu().contiguous().reshape(-1).view(torch.uint8)
-
-
-def _differences(before: Any, after: Any, path: str) -> Iterator[str]:
-    if isinstance(before, torch.Tensor) or isinstance(after, torch.Tensor):
-        if not (isinstance(before, torch.Tensor) and isinstance(after, torch.Tensor)):
-            yield f"{path}: {type(before).__name__} != {type(after).__name__}"
-        elif (before.dtype, before.shape) != (after.dtype, after.shape):
-            yield f"{path}: {before.dtype}{tuple(before.shape)} != {after.dtype}{tuple(after.shape)}"
-        elif not torch.equal(tensor_bytes(before), tensor_bytes(after)):
-            yield f"{path}: tensor bytes differ:\n  before={before!r}\n  after={after!r}"
-        return
-    if type(before) is not type(after):
-        yield f"{path}: {type(before).__name__} != {type(after).__name__}"
-    elif isinstance(before, np.ndarray):
-        if (before.dtype, before.shape) != (after.dtype, after.shape) or (
-            before.tobytes() != after.tobytes()
-        ):
-            yield f"{path}: array bytes differ"
-    elif isinstance(before, float):
-        if struct.pack("<d", before) != struct.pack("<d", after):
-            yield f"{path}: {before!r} != {after!r} (bitwise)"
-    elif isinstance(before, dict):
-        if list(before) != list(after):
-            yield f"{path}: keys {list(before)} != {list(after)}"
-        for key in before:
-            if key in after:
-                yield from _differences(before[key], after[key], f"{path}[{key!r}]")
-    elif isinstance(before, (list, tuple)):
-        if len(before) != len(after):
-            yield f"{path}: length {len(before)} != {len(after)}"
-        for i, (b, a) in enumerate(zip(before, after)):
-            yield from _differences(b, a, f"{path}[{i}]")
-    elif isinstance(before, (str, int, bool, type(None), enum.Enum, torch.device, torch.dtype)):
-        if before != after:
-            yield f"{path}: {before!r} != {after!r}"
-    elif before is not after:
-        yield f"{path}: {before!r} is not {after!r}"
-
-
-def assert_state_bitwise_equal(before: dict[str, Any], after: dict[str, Any]) -> None:
-    """Fail, listing every difference, unless two :func:`capture_state` results are bitwise equal.
-
-    Tensors compare by dtype, shape and raw bytes; floats by their IEEE bytes.
-    """
-    problems = list(_differences(before, after, "state"))
-    assert not problems, "state changed:\n" + "\n".join(problems)
 
 
 # -- models and data -------------------------------------------------------------------------------

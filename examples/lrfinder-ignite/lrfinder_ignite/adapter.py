@@ -15,14 +15,14 @@ from __future__ import annotations
 
 import copy
 import gc
-import random
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import torch
 from ignite.engine import Engine, Events
 
-from lrfinder_plugins import TrialReport
+from lrfinder_adapters.state import TrainingState, capture, restore
+from lrfinder_plugins.spi import TrialReport, group_ratios
 
 LossOf = Callable[[Any], float]
 FOREVER = 10**9
@@ -64,33 +64,38 @@ def _check(trainer: Any, optimizer: Any, model: Any) -> None:
 
 
 class _SavedState:
-    """What a trainer's iterations change: weights, optimizer, RNG and the engine's state."""
+    """What a trainer's iterations change: the training state and the engine's state.
+
+    The training state is lrfinder-plugins' exact snapshot (:mod:`lrfinder_adapters.state`):
+    parameters, gradients, buffers and train/eval modes, the optimizer's state and param groups,
+    every RNG; copied to CPU memory and restored bitwise, in place (the trainer's process
+    function holds the same model and optimizer objects). Without a model, the parameters the
+    optimizer trains are saved with it. The engine's state (``trainer.state``: iteration,
+    epoch, output, ...) is ignite's own, saved here.
+    """
 
     def __init__(self, trainer: Engine, optimizer: torch.optim.Optimizer, model: Any) -> None:
-        self.model = None if model is None else copy.deepcopy(model.state_dict())
-        self.modes = None if model is None else [m.training for m in model.modules()]
-        self.optimizer = copy.deepcopy(optimizer.state_dict())
-        self.python_rng = random.getstate()
-        self.torch_rng = torch.get_rng_state()
-        self.cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
+        # No model: an empty one, so the optimizer's parameters are saved as ones it trains
+        # outside the model.
+        self.model: torch.nn.Module = torch.nn.Module() if model is None else model
+        self.training: TrainingState = capture(self.model, optimizer)
         self.engine = {
             key: copy.copy(value) if isinstance(value, (dict, list)) else value
             for key, value in vars(trainer.state).items()
         }
 
-    def restore(self, trainer: Engine, optimizer: torch.optim.Optimizer, model: Any) -> None:
-        if model is not None and self.model is not None and self.modes is not None:
-            model.load_state_dict(self.model)
-            for module, mode in zip(model.modules(), self.modes):
-                module.training = mode
-        optimizer.load_state_dict(copy.deepcopy(self.optimizer))
-        random.setstate(self.python_rng)
-        torch.set_rng_state(self.torch_rng)
-        if self.cuda_rng is not None:
-            torch.cuda.set_rng_state_all(self.cuda_rng)
-        state = vars(trainer.state)
-        state.clear()
-        state.update(self.engine)
+    def restore(self, trainer: Engine, optimizer: torch.optim.Optimizer) -> None:
+        """Put the training state back bitwise, then the engine's state."""
+        try:
+            restore(self.training, self.model, optimizer)
+        finally:
+            state = vars(trainer.state)
+            state.clear()
+            state.update(self.engine)
+
+    def close(self) -> None:
+        """Release the snapshot (the drivers call it once the search is over)."""
+        self.training.close()
 
 
 class EngineStep:
@@ -100,8 +105,9 @@ class EngineStep:
         trainer: the ``Engine`` whose process function runs one optimizer step.
         optimizer: the optimizer it steps (the swept LR is set on it; groups keep their ratios).
         data: the training batches, re-iterable (a ``DataLoader``, a list): epochs repeat.
-        model: saved and restored with the optimizer (``None``: only the optimizer, RNG and
-            engine state are restored).
+        model: saved and restored with the optimizer (``None``: the optimizer, the parameters
+            it trains, the RNG and the engine state are restored; no buffers or train/eval
+            modes).
         output_transform: ``engine.state.output`` → the loss as a float (default
             :func:`output_loss`).
 
@@ -126,9 +132,7 @@ class EngineStep:
             raise TypeError("output_transform= must be callable (output -> float)")
         self.trainer, self.optimizer, self.model, self.data = trainer, optimizer, model, data
         self.output_transform = output_transform
-        lrs = [float(group["lr"]) for group in optimizer.param_groups]
-        largest = max(lrs)
-        self.group_ratios = tuple(lr / largest if largest > 0 else 1.0 for lr in lrs)
+        self.group_ratios = group_ratios([float(group["lr"]) for group in optimizer.param_groups])
         self._lr: float | None = None
         self._loss: float | None = None
         self._handles: list[Any] = []
@@ -136,13 +140,15 @@ class EngineStep:
 
     # -- TrainingStep --------------------------------------------------------------------------
     def snapshot(self) -> _SavedState:
-        """Save the weights, optimizer, RNG and engine state."""
+        """Save the weights, optimizer, RNG (CPU copies) and engine state."""
         return _SavedState(self.trainer, self.optimizer, self.model)
 
     def restore(self, snapshot: _SavedState) -> None:
-        """End the test's run of the trainer, then put everything back."""
-        self._end_run()
-        snapshot.restore(self.trainer, self.optimizer, self.model)
+        """End the test's run of the trainer, then put everything back (bitwise, in place)."""
+        try:
+            self._end_run()
+        finally:
+            snapshot.restore(self.trainer, self.optimizer)
 
     def set_lr(self, lr: float) -> None:
         """Use ``lr`` for the next iteration (set by our ``ITERATION_STARTED`` handler)."""
@@ -196,7 +202,8 @@ class EngineProbe:
         trainer: the ``Engine`` whose process function runs one optimizer step.
         optimizer: the optimizer it steps.
         make_loader: ``make_loader(batch_size)`` returning the batches of a trial.
-        model: saved and restored with the optimizer after every trial.
+        model: saved and restored with the optimizer after every trial (``None``: as for
+            :class:`EngineStep`).
 
     Example:
         >>> from lrfinder_plugins import batch_size_search  # doctest: +SKIP
@@ -218,12 +225,12 @@ class EngineProbe:
         self.make_loader = make_loader
 
     def snapshot(self) -> _SavedState:
-        """Save the weights, optimizer, RNG and engine state."""
+        """Save the weights, optimizer, RNG (CPU copies) and engine state."""
         return _SavedState(self.trainer, self.optimizer, self.model)
 
     def restore(self, snapshot: _SavedState) -> None:
         """Put everything back and free what a failed trial left."""
-        snapshot.restore(self.trainer, self.optimizer, self.model)
+        snapshot.restore(self.trainer, self.optimizer)
         gc.collect()
         if torch.cuda.is_initialized():
             torch.cuda.empty_cache()

@@ -1,0 +1,234 @@
+"""One batch-size trial on a plain PyTorch model: real optimizer steps, measured, state untouched.
+
+:class:`Trials` runs ``steps_per_trial`` optimizer steps at a proposed size through a
+:class:`~lrfinder_adapters.pytorch.TorchStep`, measures the memory of every operation (see
+:mod:`lrfinder_adapters._memory`) and turns an out-of-memory error into an outcome. A
+``DistributedDataParallel`` model is run through its inner module, so a trial makes no
+collective call: a size that runs out of memory on one rank only cannot leave the others waiting
+in a gradient all-reduce (the trials' outcomes are agreed once per trial, by the search).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from lrfinder_adapters import _memory, _oom
+from lrfinder_adapters.pytorch import LossFn, TorchStep
+
+STEP_OPTIONS = frozenset(
+    {"max_grad_norm", "amp", "amp_dtype", "scaler", "schedulers", "snapshot", "compute_loss"}
+)
+"""The :class:`~lrfinder_adapters.pytorch.TorchStep` options a batch-size trial accepts."""
+
+StepFn = Callable[[int], Any]
+
+
+@dataclass
+class TrialOutcome:
+    fitted: bool
+    steps: int
+    phase_peaks: dict[str, int]
+    capacity: int | None
+    seconds: float
+    error: str | None
+    profile: list[int] | None
+
+
+class Feed:
+    """An endless iterable that yields the batch the trial runner fetched outside the meter."""
+
+    def __init__(self) -> None:
+        self.batch: Any = None
+
+    def __iter__(self) -> Iterator[Any]:
+        while True:
+            batch, self.batch = self.batch, None
+            yield batch
+
+
+class Trials:
+    """Runs one trial at a given size: ``steps`` optimizer steps, measured, state untouched after."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        loss_fn: LossFn | None,
+        *,
+        dataset: Any,
+        make_loader: Callable[[int], Iterable[Any]] | None,
+        step_fn: StepFn | None,
+        device: torch.device,
+        memory_budget: int | None,
+        loader_options: Mapping[str, Any],
+        step_options: Mapping[str, Any],
+    ) -> None:
+        # The inner module of a DDP wrapper: same parameters, no collective per step.
+        self.model, self.optimizer, self.loss_fn = _unwrap(model), optimizer, loss_fn
+        self.dataset, self.make_loader, self.step_fn = dataset, make_loader, step_fn
+        self.device, self.memory_budget = device, memory_budget
+        self.loader_options, self.step_options = dict(loader_options), dict(step_options)
+
+    def _loader(self, size: int) -> Iterable[Any]:
+        if self.make_loader is not None:
+            return self.make_loader(size)
+        from torch.utils.data import DataLoader
+
+        options = {"shuffle": False, "drop_last": True, **self.loader_options}
+        return DataLoader(self.dataset, batch_size=size, **options)
+
+    def _steps(
+        self, size: int, meter: _memory.TensorMeter
+    ) -> Generator[Callable[[], Any], None, None]:
+        """One callable per step; each fetches its batch outside the meter, then runs."""
+        if self.step_fn is not None:
+            step_fn = self.step_fn
+            while True:
+                yield lambda: step_fn(size)
+        loader = self._loader(size)
+        feed = Feed()
+        step = TorchStep(
+            self.model,
+            self.optimizer,
+            self.loss_fn,
+            feed,
+            device=self.device,
+            distributed=False,
+            lookahead=False,
+            **self.step_options,
+        )
+        batches = cycle(loader)
+        while True:
+            feed.batch = next(batches)
+            meter.track(_memory._leaves(feed.batch))
+            yield step.run
+
+    def check(self) -> None:
+        """Validate the step options (before anything runs) by building one step."""
+        if self.step_fn is None:
+            TorchStep(
+                self.model,
+                self.optimizer,
+                self.loss_fn,
+                Feed(),
+                device=self.device,
+                distributed=False,
+                **self.step_options,
+            )
+
+    def run(self, size: int, steps: int) -> TrialOutcome:
+        """Run a trial; an out-of-memory error is an outcome, any other error propagates.
+
+        Memory is freed after the trial (the previous trial's clean-up serves this one).
+        """
+        meter = _memory.make_meter(self.device, self.memory_budget)
+        meter.track(_memory.state_tensors(self.model, self.optimizer))
+        hooks = [
+            self.optimizer.register_step_pre_hook(lambda *_: meter.mark(_memory.FORWARD_BACKWARD)),
+            self.optimizer.register_step_post_hook(lambda *_: meter.mark(_memory.OPTIMIZER)),
+        ]
+        done, error, capacity = 0, None, None
+        runs = self._steps(size, meter)
+        start = time.perf_counter()
+        try:
+            for _ in range(steps):
+                run = next(runs)
+                meter.begin_step()
+                with meter.active():
+                    run()
+                done += 1
+            meter.mark(_memory.FORWARD_BACKWARD)
+            meter.begin_step()
+        except Exception as exc:
+            if not _oom.is_oom(exc):
+                raise
+            error = _first_line(exc)
+            capacity = meter.capacity_after(exc)
+        finally:
+            for hook in hooks:
+                hook.remove()
+            runs.close()  # drops the step, the loader iterator and the last batch
+        # Out of the except block: the traceback (and the failed step's tensors it pins) is gone.
+        seconds = time.perf_counter() - start
+        _memory.free_memory(self.device)
+        # Read after the clean-up (what the next trial will find); a failure's own bound, when
+        # tighter, wins.
+        reading = meter.capacity()
+        if reading is not None:
+            capacity = reading if capacity is None else min(capacity, reading)
+        return TrialOutcome(
+            fitted=error is None,
+            steps=done,
+            phase_peaks=meter.reported_peaks,
+            capacity=capacity,
+            seconds=seconds,
+            error=error,
+            profile=meter.profile if error is None else None,
+        )
+
+
+def cycle(loader: Iterable[Any]) -> Iterator[Any]:
+    while True:
+        empty = True
+        for batch in loader:
+            empty = False
+            yield batch
+        if empty:
+            raise ValueError(
+                "the loader yielded no batches at this batch size; with dataset=, the dataset "
+                "needs at least batch_size samples (drop_last=True)"
+            )
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0] if text else ''}"[:300]
+
+
+def device_of(model: torch.nn.Module, device: str | torch.device | None) -> torch.device:
+    if device is None:
+        first = next(model.parameters(), None)
+        return first.device if first is not None else torch.device("cpu")
+    try:
+        return torch.device(device)
+    except (RuntimeError, TypeError) as error:
+        raise ValueError(
+            f"device must name a torch device (e.g. 'cpu', 'cuda:0'), got {device!r}"
+        ) from error
+
+
+def check_sources(dataset: Any, make_loader: Any, step_fn: Any) -> None:
+    given = [
+        name
+        for name, v in (("dataset", dataset), ("make_loader", make_loader), ("step_fn", step_fn))
+        if v is not None
+    ]
+    if len(given) != 1:
+        raise TypeError(
+            "find_batch_size needs exactly one of dataset=, make_loader= (a function of the "
+            f"batch size returning batches) or step_fn= (a function of the batch size running "
+            f"one training step); got {given or 'none'}"
+        )
+    for name, value in (("make_loader", make_loader), ("step_fn", step_fn)):
+        if value is not None and not callable(value):
+            raise TypeError(
+                f"{name} must be callable (batch_size -> ...), got {type(value).__name__}"
+            )
+
+
+def upper_bound(dataset: Any) -> int | None:
+    try:
+        return len(dataset)
+    except TypeError:
+        return None  # an iterable-style dataset: no bound
+
+
+def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    if isinstance(model, torch.nn.parallel.DistributedDataParallel):
+        return model.module
+    return model

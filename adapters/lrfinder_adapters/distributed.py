@@ -1,0 +1,264 @@
+"""The ``torch.distributed`` reduce point: one collective per step or trial, no rank left hanging.
+
+:class:`TorchDistributedReducer` is the :class:`~lrfinder_plugins.spi.Reducer` of a search that
+runs on several processes (``torchrun``, a DDP model, a loop that all-reduces gradients by hand):
+
+- **one** ``all_reduce`` (a sum) of one small float64 tensor per range-test step: the loss times
+  its samples, the samples, and one count per flag (non-finite, skipped, out of data, error).
+  Every rank then records the same loss (the sample-weighted mean over ranks) and takes the same
+  decision at the same step. No barrier, nothing else per step.
+- **one** ``all_gather_object`` per batch-size trial, combined by the core's
+  :func:`~lrfinder_plugins.spi.combine_reports` (fitted only if it fitted everywhere, the
+  largest peak, the smallest capacity, the profile's largest value per operation).
+
+Both run on a private gloo group opened for the search (CPU tensors whatever the training
+backend, and never interleaved with the user's collectives), closed at its end.
+
+Faults: a rank whose step raises posts its error to the process group's key-value store (which
+needs no peer), then joins the reduce with its error flag. When the others reach the reduce, they
+read the message and raise :class:`~lrfinder_plugins.spi.RankFailedError` naming that rank, while
+it raises its own error: all of them after restoring their state. When the others are stuck in a
+collective of the step itself (DDP's gradient all-reduce waits for the rank that failed in its
+forward pass), the shortened timeout of the training's process groups (``fault_timeout``, set for
+the search and put back after) ends that wait within seconds instead of the group's 30-minute
+default, and they follow the same path. A process group whose collective timed out cannot be used
+again; the processes exit cleanly instead of hanging.
+"""
+
+from __future__ import annotations
+
+import datetime
+import itertools
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import replace
+from typing import Any
+
+from lrfinder_adapters import require
+
+require("torch", "torch")
+
+import torch  # noqa: E402
+import torch.distributed as dist  # noqa: E402
+
+from lrfinder_plugins.spi import (  # noqa: E402
+    RankError,
+    RankFailedError,
+    StepOutcome,
+    TrialReport,
+    combine_reports,
+    first_line,
+)
+from lrfinder_plugins.spi import validate as _validate  # noqa: E402
+
+log = logging.getLogger("lrfinder_plugins")
+
+DEFAULT_FAULT_TIMEOUT = 30.0
+"""Seconds a rank waits inside a collective for a peer before it counts as failed."""
+
+_searches = itertools.count()
+"""Searches opened by this process: the same sequence on every rank of an SPMD program, so it
+names one search's keys in the shared store."""
+
+
+def is_distributed(process_group: Any = None) -> bool:
+    """Whether a process group with more than one rank is initialised (the search must agree)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return False
+    return dist.get_world_size(process_group) > 1
+
+
+def ddp_process_group(model: Any) -> Any:
+    """The process group a ``DistributedDataParallel`` model reduces its gradients on, or None."""
+    if isinstance(model, torch.nn.parallel.DistributedDataParallel):
+        return model.process_group
+    return None
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The module inside a ``DistributedDataParallel`` wrapper (the model itself otherwise)."""
+    if isinstance(model, torch.nn.parallel.DistributedDataParallel):
+        return model.module
+    return model
+
+
+class TorchDistributedReducer:
+    """The reduce point of a search over the ranks of a ``torch.distributed`` process group.
+
+    Args:
+        process_group: the ranks that search together (``None``: the default group).
+        fault_timeout: seconds a rank may wait in a collective for a peer before that counts as
+            a fault (> 0). The training's process groups (``watch``) use it as their timeout for
+            the length of the search.
+        watch: further process groups whose collectives run inside a step (a DDP model's).
+
+    Raises:
+        RuntimeError: no process group is initialised.
+        ValueError: ``fault_timeout`` is not a positive number.
+
+    Example:
+        >>> reducer = TorchDistributedReducer()  # doctest: +SKIP
+        >>> find_lr(model, optimizer, loss_fn, loader, reducer=reducer)  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        process_group: Any = None,
+        *,
+        fault_timeout: float = DEFAULT_FAULT_TIMEOUT,
+        watch: Iterable[Any] = (),
+    ) -> None:
+        if not (dist.is_available() and dist.is_initialized()):
+            raise RuntimeError(
+                "no torch.distributed process group is initialised; call "
+                "torch.distributed.init_process_group() first (torchrun sets up its environment)"
+            )
+        self.fault_timeout = _validate.positive_finite("fault_timeout", fault_timeout, "30.0")
+        self.group = process_group if process_group is not None else dist.group.WORLD
+        self.rank = dist.get_rank(self.group)
+        self.world_size = dist.get_world_size(self.group)
+        groups = [self.group, *(g for g in watch if g is not None)]
+        self._watch = list({id(g): g for g in groups}.values())
+        self._control: Any = None
+        self._store: Any = None
+        self._prefix = ""
+        self._timeouts: list[tuple[Any, datetime.timedelta]] = []
+
+    # -- lifetime ------------------------------------------------------------------------------
+    def open(self) -> None:
+        """Open the search's gloo group and shorten the training groups' timeouts (collective)."""
+        ranks = dist.get_process_group_ranks(self.group)
+        # Long enough for a peer that is itself waiting out ``fault_timeout`` in a DDP collective.
+        control_timeout = datetime.timedelta(seconds=2 * self.fault_timeout + 30)
+        self._control = dist.new_group(ranks=ranks, backend="gloo", timeout=control_timeout)
+        self._prefix = f"lrfinder/{next(_searches)}/"
+        self._store = _default_store()
+        self._timeouts = _shorten_timeouts(self._watch, self.fault_timeout)
+
+    def close(self) -> None:
+        """Put the training groups' timeouts back and close the search's group."""
+        for backend, timeout in self._timeouts:
+            try:
+                backend.set_timeout(timeout)
+            except Exception:  # a group broken by a fault: nothing to put back
+                log.debug("could not restore a process group's timeout", exc_info=True)
+        self._timeouts = []
+        control, self._control = self._control, None
+        if control is not None:
+            try:
+                dist.destroy_process_group(control)
+            except Exception:
+                log.debug("could not destroy the search's process group", exc_info=True)
+
+    # -- the reduce point ----------------------------------------------------------------------
+    def reduce_step(self, outcome: StepOutcome) -> StepOutcome:
+        """Sum every rank's outcome in one all-reduce (the error, if any, posted first)."""
+        if outcome.error is not None:
+            self._post(outcome.error)
+        values = torch.tensor(outcome.to_vector(), dtype=torch.float64)
+        try:
+            dist.all_reduce(values, group=self._control)
+        except Exception as error:
+            if outcome.error is not None:
+                return outcome  # this rank failed anyway: raise its own error
+            self._post(error)
+            return StepOutcome.failed(error)
+        return StepOutcome.from_vector(values.tolist(), outcome.error)
+
+    def reduce_trial(self, report: TrialReport) -> TrialReport:
+        """Combine every rank's report of one trial (one all-gather)."""
+        failed = report.exception is not None
+        if failed:
+            assert report.exception is not None
+            self._post(report.exception)
+        gathered: list[Any] = [None] * self.world_size
+        try:
+            dist.all_gather_object(
+                gathered, (replace(report, exception=None), failed), group=self._control
+            )
+        except Exception as error:
+            if failed:
+                return report
+            self._post(error)
+            return replace(report, exception=error)
+        combined = combine_reports([r for r, _ in gathered])
+        if any(f for _, f in gathered):
+            failure = self.failures()
+            first = failure[0] if failure else RankError(-1, "a rank failed")
+            exception = report.exception or RankFailedError(first.rank, first.message)
+            return replace(combined, exception=exception)
+        return combined
+
+    def failures(self) -> list[RankError]:
+        """The errors posted in this search, first first (read from the shared store)."""
+        store = self._store
+        if store is None:
+            return []
+        count = int(store.add(self._prefix + "errors", 0))
+        posted = []
+        for i in range(1, count + 1):
+            rank, _, message = store.get(f"{self._prefix}error/{i}").decode().partition("\n")
+            posted.append(RankError(int(rank), message))
+        return posted
+
+    def _post(self, error: BaseException) -> None:
+        store = self._store
+        if store is None:
+            return
+        try:
+            n = store.add(self._prefix + "errors", 1)
+            store.set(f"{self._prefix}error/{n}", f"{self.rank}\n{first_line(error)}")
+        except Exception:  # the store is gone too: the local error is all there is
+            log.debug("could not post an error to the store", exc_info=True)
+
+
+def _default_store() -> Any:
+    # The key-value store the default group was initialised with (torchrun's, or the one of
+    # init_method): reachable without any peer taking part. Private in torch, so optional.
+    getter = getattr(dist.distributed_c10d, "_get_default_store", None)
+    try:
+        return getter() if getter is not None else None
+    except Exception:
+        log.debug("no default store: errors on other ranks are reported without their message")
+        return None
+
+
+def _shorten_timeouts(
+    groups: Sequence[Any], seconds: float
+) -> list[tuple[Any, datetime.timedelta]]:
+    """Set each group's backends' timeout to ``seconds``; return what to put back."""
+    saved = []
+    timeout = datetime.timedelta(seconds=seconds)
+    for group in groups:
+        for device in ("cpu", "cuda"):
+            try:
+                backend = group._get_backend(torch.device(device))
+                previous = backend.options._timeout
+                if previous <= timeout:
+                    continue
+                backend.set_timeout(timeout)
+            except Exception:  # no backend for that device, or one that cannot say
+                continue
+            saved.append((backend, previous))
+    return saved
+
+
+def all_reduce_gradients(parameters: Iterable[torch.Tensor], process_group: Any = None) -> None:
+    """Average the gradients across ranks (for a model that is not wrapped in DDP).
+
+    The gradients are flattened into one buffer per dtype and device, so each is one
+    ``all_reduce``.
+    """
+    world = dist.get_world_size(process_group)
+    buckets: dict[tuple[torch.dtype, torch.device], list[torch.Tensor]] = {}
+    for p in parameters:
+        if p.grad is not None:
+            buckets.setdefault((p.grad.dtype, p.grad.device), []).append(p.grad)
+    for grads in buckets.values():
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        dist.all_reduce(flat, group=process_group)
+        flat.div_(world)
+        offset = 0
+        for g in grads:
+            g.copy_(flat[offset : offset + g.numel()].view_as(g))
+            offset += g.numel()

@@ -1,0 +1,182 @@
+"""Two real processes (torchrun, gloo, CPU): the same search on every rank, faults on one rank.
+
+Three launches in all, each bounded by a timeout so a hang fails fast: one runs every scenario
+that leaves the process group usable, one the exception that strands the other rank inside DDP's
+gradient all-reduce, one Ctrl-C on the launcher.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytestmark = [pytest.mark.distributed, pytest.mark.timeout(900)]
+
+WORKER = Path(__file__).with_name("worker.py")
+LAUNCH_TIMEOUT = 600  # seconds: generous for a busy 2-core machine; a hang still fails
+HEALTHY = ["lr", "nan", "exhausted", "error_after_backward", "batch", "batch_error"]
+
+
+def torchrun(out: Path, *scenarios: str) -> subprocess.Popen[bytes]:
+    """Start ``torchrun --standalone --nproc_per_node 2 worker.py out scenarios...``."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    with (out / "launcher.log").open("wb") as log:  # the launcher keeps its own descriptor
+        return subprocess.Popen(
+            [sys.executable, "-m", "torch.distributed.run", "--standalone",
+             "--nproc_per_node", "2", str(WORKER), str(out), *scenarios],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # a hung launch is killed with all its workers
+        )
+
+
+def finish(process: subprocess.Popen[bytes], out: Path) -> None:
+    """Wait for a launch; kill its whole session and fail if it outlives the timeout."""
+    try:
+        rc = process.wait(timeout=LAUNCH_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+        pytest.fail(f"the launch hung; log:\n{(out / 'launcher.log').read_text()[-4000:]}")
+    assert rc == 0, (out / "launcher.log").read_text()[-4000:]
+
+
+def records(out: Path, scenario: str) -> list[dict[str, Any]]:
+    """Both ranks' records of one scenario (failing if a rank crashed in it)."""
+    found = [json.loads((out / f"{scenario}.{rank}.json").read_text()) for rank in (0, 1)]
+    for rank, record in enumerate(found):
+        assert "crashed" not in record, f"rank {rank}:\n{record['crashed']}"
+    return found
+
+
+@pytest.fixture(scope="module")
+def healthy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """One launch running every scenario that leaves the process group usable."""
+    out = tmp_path_factory.mktemp("healthy")
+    finish(torchrun(out, *HEALTHY), out)
+    yield out
+
+
+def test_range_test_is_equal_on_every_rank(healthy: Path) -> None:
+    """Both ranks record the same points and stop reason, and state the world and global batch."""
+    rank0, rank1 = records(healthy, "lr")
+    assert rank0["lrs"] == rank1["lrs"] and rank0["losses"] == rank1["losses"]
+    assert rank0["stop_reason"] == rank1["stop_reason"] == "budget"
+    assert rank0["world_size"] == 2 and rank0["global_batch"] == 16
+
+
+def test_range_test_equals_one_process_on_the_global_batch(healthy: Path) -> None:
+    """DDP over 2 ranks records what one process records on the whole global batch."""
+    rank0, _ = records(healthy, "lr")
+    single = rank0["single"]
+    assert single["world_size"] == 1 and single["global_batch"] == 16
+    assert single["lrs"] == rank0["lrs"]
+    assert all(math.isclose(a, b, rel_tol=1e-5) for a, b in zip(rank0["losses"], single["losses"]))
+
+
+def test_only_rank_0_writes_the_plot(healthy: Path) -> None:
+    """finder.plot(output_path) on every rank leaves one file, written by rank 0."""
+    assert (healthy / "plot.png").stat().st_size > 0
+    assert json.loads((healthy / "result.json").read_text())["options"]["world_size"] == 2
+
+
+def test_nan_on_one_rank_stops_every_rank_at_that_step(healthy: Path) -> None:
+    """Rank 1's NaN at the 4th step: both ranks stop there as non_finite."""
+    rank0, rank1 = records(healthy, "nan")
+    assert rank0 == rank1
+    assert rank0["stop_reason"] == "non_finite" and len(rank0["losses"]) == 4
+    assert rank0["losses"][-1] == "nan"
+
+
+def test_data_running_out_on_one_rank_stops_every_rank(healthy: Path) -> None:
+    """Rank 1 has 4 batches, rank 0 ten: both stop after 4 points as data_exhausted."""
+    rank0, rank1 = records(healthy, "exhausted")
+    assert rank0 == rank1
+    assert rank0["stop_reason"] == "data_exhausted" and len(rank0["losses"]) == 4
+
+
+def test_an_exception_on_one_rank_is_raised_on_every_rank(healthy: Path) -> None:
+    """The failing rank raises its own error, the other a RankFailedError naming it."""
+    rank0, rank1 = records(healthy, "error_after_backward")
+    assert rank1 == {"type": "ValueError", "message": "bad step on rank 1", "rank": None}
+    assert rank0["type"] == "RankFailedError" and rank0["rank"] == 1
+    assert "ValueError: bad step on rank 1" in rank0["message"]
+
+
+def test_out_of_memory_on_one_rank_counts_on_every_rank(healthy: Path) -> None:
+    """Rank 1's smaller memory decides: equal trials everywhere, the answer fits on rank 1."""
+    rank0, rank1 = records(healthy, "batch")
+    assert rank0 == rank1
+    assert rank0["oom_trials"] >= 1 and rank0["world_size"] == 2
+    assert rank0["global_batch"] == 2 * rank0["batch_size"]
+    assert rank0["batch_size"] == rank0["single_batch_size"]  # one process with rank 1's budget
+
+
+def test_a_trial_error_on_one_rank_is_raised_on_every_rank(healthy: Path) -> None:
+    """A non-OOM error in one rank's trial: it raises its own, the other names it."""
+    rank0, rank1 = records(healthy, "batch_error")
+    assert rank1["type"] == "ValueError" and rank0["type"] == "RankFailedError"
+    assert rank0["rank"] == 1 and "corrupt shard on rank 1" in rank0["message"]
+
+
+def test_an_exception_that_strands_the_other_rank_ends_within_seconds(tmp_path: Path) -> None:
+    """Rank 1 fails in forward while rank 0 waits in DDP's all-reduce: both raise, restored."""
+    finish(torchrun(tmp_path, "error_in_forward"), tmp_path)
+    rank0, rank1 = records(tmp_path, "error_in_forward")
+    assert rank1["type"] == "KeyError" and rank0["type"] == "RankFailedError"
+    assert rank0["rank"] == 1 and "missing column on rank 1" in rank0["message"]
+    assert rank0["seconds"] < 120  # fault_timeout=5: not the process group's 30 minutes
+
+
+def test_ctrl_c_on_the_launcher_leaves_no_process_and_restores(tmp_path: Path) -> None:
+    """SIGINT to torchrun: both workers restore their state, exit, and none is left behind."""
+    process = torchrun(tmp_path, "slow")
+    started = [tmp_path / f"started.{rank}" for rank in (0, 1)]
+    deadline = time.monotonic() + LAUNCH_TIMEOUT
+    while not all(p.exists() for p in started):
+        if process.poll() is not None or time.monotonic() > deadline:
+            os.killpg(process.pid, signal.SIGKILL)
+            pytest.fail((tmp_path / "launcher.log").read_text()[-4000:])
+        time.sleep(0.2)
+    workers = [int(p.read_text()) for p in started]
+    process.send_signal(signal.SIGINT)
+    try:
+        process.wait(timeout=LAUNCH_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        pytest.fail("the launcher did not exit after Ctrl-C")
+    deadline = time.monotonic() + 60
+    while any(Path(f"/proc/{pid}").exists() for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not [pid for pid in workers if Path(f"/proc/{pid}").exists()], "orphan workers"
+    # Each rank restored its state bitwise before raising: its own KeyboardInterrupt, or (when
+    # the other rank's interrupt reached the reduce first) the RankFailedError naming it.
+    raised = [(tmp_path / f"restored.{r}").read_text() for r in (0, 1)]
+    assert set(raised) <= {"KeyboardInterrupt", "RankFailedError"} and "KeyboardInterrupt" in raised
+
+
+def test_the_torchrun_example_runs_on_two_processes(tmp_path: Path) -> None:
+    """examples/ddp/tune_ddp.py under torchrun: rank 0 reports both answers and writes the plot."""
+    example = Path(__file__).parents[2] / "examples" / "ddp" / "tune_ddp.py"
+    done = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         str(example), "--out", str(tmp_path), "--global-batch", "256"],
+        capture_output=True, text=True, timeout=LAUNCH_TIMEOUT, check=False,
+        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert done.stdout.count("✓ Optimal batch size found:") == 1  # rank 0 only
+    assert "× 2 ranks = 256 per step" in done.stdout
+    assert "✓ Suggested learning rate:" in done.stdout
+    assert (tmp_path / "lr_finder_plot.png").stat().st_size > 0

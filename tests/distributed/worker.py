@@ -1,0 +1,294 @@
+"""One rank of the 2-process tests: runs the scenarios named on the command line, writes JSON.
+
+Started by ``torchrun --standalone --nproc_per_node 2 worker.py OUT SCENARIO...`` from
+``test_distributed.py``. Each scenario writes ``OUT/<scenario>.<rank>.json``; an exception a
+scenario expects is caught and recorded, anything else fails the process.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from lrfinder_adapters.batch_size import find_batch_size
+from lrfinder_adapters.pytorch import LearningRateFinder, find_lr
+from lrfinder_adapters.testing import assert_state_bitwise_equal, capture_state
+from lrfinder_plugins import RankFailedError
+
+FEATURES, GLOBAL_BATCH, STEPS = 6, 16, 12
+
+
+def make_model(seed: int = 0) -> nn.Module:
+    """A small MLP without BatchNorm or dropout: DDP over 2 ranks is then the same arithmetic as
+    one process on the whole global batch."""
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return nn.Sequential(nn.Linear(FEATURES, 16), nn.Tanh(), nn.Linear(16, 1))
+
+
+def global_batches(count: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    gen = torch.Generator().manual_seed(1)
+    w = torch.randn(FEATURES, 1, generator=gen)
+    out = []
+    for _ in range(count):
+        x = torch.randn(GLOBAL_BATCH, FEATURES, generator=gen)
+        out.append((x, x @ w + 0.1 * torch.randn(GLOBAL_BATCH, 1, generator=gen)))
+    return out
+
+
+def shard(batches: list[Any], rank: int, world: int) -> list[Any]:
+    return [(x[rank::world], y[rank::world]) for x, y in batches]
+
+
+def ddp(model: nn.Module) -> nn.Module:
+    return nn.parallel.DistributedDataParallel(model)
+
+
+def summary(result: Any) -> dict[str, Any]:
+    return {
+        "lrs": list(result.lrs),
+        "losses": [x if math.isfinite(x) else str(x) for x in result.losses],
+        "stop_reason": str(result.stop_reason),
+        "world_size": result.world_size,
+        "global_batch": result.global_batch,
+    }
+
+
+# -- scenarios ------------------------------------------------------------------------------------
+def scenario_lr(rank: int, world: int) -> dict[str, Any]:
+    """A normal range test; the same test on one process over the whole global batch."""
+    model = ddp(make_model())
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    data = shard(global_batches(STEPS), rank, world)
+    before = capture_state(model, optimizer)
+    finder = LearningRateFinder(model, optimizer, nn.functional.mse_loss, progress=False)
+    finder.find_lr(data, start_lr=1e-4, end_lr=1.0, num_iter=STEPS, diverge_threshold=None)
+    assert_state_bitwise_equal(before, capture_state(model, optimizer))
+    assert finder.result is not None
+    finder.plot(output_path=Path(os.environ["LRF_OUT"]) / "plot.png", skip_start=0, skip_end=0)
+    result_file = finder.result.save_json(Path(os.environ["LRF_OUT"]) / "result.json")
+    single_model = make_model()
+    single = find_lr(
+        single_model,
+        torch.optim.SGD(single_model.parameters(), lr=0.01, momentum=0.9),
+        nn.functional.mse_loss,
+        global_batches(STEPS),
+        start_lr=1e-4,
+        end_lr=1.0,
+        num_iter=STEPS,
+        diverge_threshold=None,
+        distributed=False,
+        progress=False,
+    )
+    return {**summary(finder.result), "single": summary(single), "json": str(result_file)}
+
+
+def scenario_nan(rank: int, world: int) -> dict[str, Any]:
+    """Rank 1's loss is NaN at the 4th step: every rank stops there."""
+    model = ddp(make_model())
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    calls = {"n": 0}
+
+    def compute_loss(m: nn.Module, batch: Any) -> torch.Tensor:
+        calls["n"] += 1
+        loss = nn.functional.mse_loss(m(batch[0]), batch[1])
+        return loss * math.nan if rank == 1 and calls["n"] == 4 else loss
+
+    before = capture_state(model, optimizer)
+    result = find_lr(
+        model, optimizer, None, shard(global_batches(STEPS), rank, world),
+        num_iter=STEPS, compute_loss=compute_loss, progress=False,
+    )
+    assert_state_bitwise_equal(before, capture_state(model, optimizer))
+    return summary(result)
+
+
+def scenario_exhausted(rank: int, world: int) -> dict[str, Any]:
+    """Rank 1 has 4 batches, rank 0 has 10 (one-shot iterators): every rank stops after 4."""
+    model = ddp(make_model())
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    batches = shard(global_batches(10 if rank == 0 else 4), rank, world)
+    before = capture_state(model, optimizer)
+    result = find_lr(
+        model, optimizer, nn.functional.mse_loss, iter(batches), num_iter=STEPS, progress=False
+    )
+    assert_state_bitwise_equal(before, capture_state(model, optimizer))
+    return summary(result)
+
+
+def scenario_error_after_backward(rank: int, world: int) -> dict[str, Any]:
+    """Rank 1 raises in its 3rd optimizer step (after the gradients were synchronised)."""
+    model = ddp(make_model())
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    calls = {"n": 0}
+
+    def hook(*_: Any) -> None:
+        calls["n"] += 1
+        if rank == 1 and calls["n"] == 3:
+            raise ValueError("bad step on rank 1")
+
+    before = capture_state(model, optimizer)
+    handle = optimizer.register_step_pre_hook(hook)
+    try:
+        find_lr(
+            model, optimizer, nn.functional.mse_loss, shard(global_batches(STEPS), rank, world),
+            num_iter=STEPS, progress=False,
+        )
+    except (ValueError, RankFailedError) as error:
+        raised = {"type": type(error).__name__, "message": str(error),
+                  "rank": getattr(error, "rank", None)}
+    else:
+        raised = {"type": None}
+    handle.remove()
+    assert_state_bitwise_equal(before, capture_state(model, optimizer))
+    return raised
+
+
+def scenario_error_in_forward(rank: int, world: int) -> dict[str, Any]:
+    """Rank 1 raises in its 3rd forward pass: rank 0 is left in DDP's gradient all-reduce."""
+    model = ddp(make_model())
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    calls = {"n": 0}
+
+    def compute_loss(m: nn.Module, batch: Any) -> torch.Tensor:
+        calls["n"] += 1
+        if rank == 1 and calls["n"] == 3:
+            raise KeyError("missing column on rank 1")
+        return nn.functional.mse_loss(m(batch[0]), batch[1])
+
+    before = capture_state(model, optimizer)
+    start = time.monotonic()
+    try:
+        find_lr(
+            model, optimizer, None, shard(global_batches(STEPS), rank, world),
+            num_iter=STEPS, compute_loss=compute_loss, fault_timeout=5.0, progress=False,
+        )
+    except (KeyError, RankFailedError) as error:
+        raised = {"type": type(error).__name__, "message": str(error),
+                  "rank": getattr(error, "rank", None)}
+    else:
+        raised = {"type": None}
+    raised["seconds"] = time.monotonic() - start
+    assert_state_bitwise_equal(before, capture_state(model, optimizer))
+    return raised
+
+
+def _dataset(rank: int) -> torch.utils.data.TensorDataset:
+    gen = torch.Generator().manual_seed(2 + rank)
+    x = torch.randn(4096, 64, generator=gen)
+    return torch.utils.data.TensorDataset(x, x[:, :1])
+
+
+def _wide_model() -> nn.Module:
+    with torch.random.fork_rng():
+        torch.manual_seed(3)
+        return nn.Sequential(nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 1))
+
+
+def scenario_batch(rank: int, world: int) -> dict[str, Any]:
+    """Rank 1 has less memory (a smaller budget): its out-of-memory trials count everywhere."""
+    model = ddp(_wide_model())
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    budget = (4 if rank == 0 else 2) * 2**20
+    before = capture_state(model, optimizer)
+    result = find_batch_size(
+        model, optimizer, nn.functional.mse_loss, dataset=_dataset(rank), memory_budget=budget,
+        max_val=4096, progress=False,
+    )
+    assert_state_bitwise_equal(before, capture_state(model, optimizer))
+    # The same search on one process with rank 1's budget (the tighter one).
+    alone = _wide_model()
+    single = find_batch_size(
+        alone, torch.optim.Adam(alone.parameters(), lr=1e-3), nn.functional.mse_loss,
+        dataset=_dataset(rank), memory_budget=2 * 2**20, max_val=4096, progress=False,
+        distributed=False,
+    )
+    return {
+        "batch_size": result.batch_size,
+        "trials": [(t.size, t.fitted, t.peak_bytes) for t in result.trials],
+        "world_size": result.world_size,
+        "global_batch": result.global_batch,
+        "oom_trials": result.oom_trials,
+        "single_batch_size": single.batch_size,
+    }
+
+
+def scenario_batch_error(rank: int, world: int) -> dict[str, Any]:
+    """Rank 1's step function raises (not an out-of-memory error) in the 2nd trial."""
+    model = ddp(_wide_model())
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
+    inner = model.module
+    calls = {"n": 0}
+
+    def step_fn(size: int) -> None:
+        calls["n"] += 1
+        if rank == 1 and calls["n"] == 4:
+            raise ValueError("corrupt shard on rank 1")
+        x = torch.randn(size, 64)
+        optimizer.zero_grad()
+        inner(x).pow(2).mean().backward()
+        optimizer.step()
+
+    before = capture_state(model, optimizer)
+    try:
+        find_batch_size(model, optimizer, step_fn=step_fn, progress=False)
+    except (ValueError, RankFailedError) as error:
+        raised = {"type": type(error).__name__, "message": str(error),
+                  "rank": getattr(error, "rank", None)}
+    else:
+        raised = {"type": None}
+    assert_state_bitwise_equal(before, capture_state(model, optimizer))
+    return raised
+
+
+def scenario_slow(rank: int, world: int) -> dict[str, Any]:
+    """A long range test for the Ctrl-C test: each rank says when it started, then what it saw."""
+    model = ddp(make_model())
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    out = Path(os.environ["LRF_OUT"])
+
+    def compute_loss(m: nn.Module, batch: Any) -> torch.Tensor:
+        (out / f"started.{rank}").write_text(str(os.getpid()))
+        time.sleep(0.2)
+        return nn.functional.mse_loss(m(batch[0]), batch[1])
+
+    before = capture_state(model, optimizer)
+    try:
+        find_lr(
+            model, optimizer, None, shard(global_batches(STEPS), rank, world),
+            num_iter=10_000, compute_loss=compute_loss, diverge_threshold=None, progress=False,
+        )
+    except BaseException as error:
+        assert_state_bitwise_equal(before, capture_state(model, optimizer))
+        (out / f"restored.{rank}").write_text(type(error).__name__)
+        raise
+    return {}
+
+
+def main() -> None:
+    out = Path(sys.argv[1])
+    os.environ["LRF_OUT"] = str(out)
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    for name in sys.argv[2:]:
+        try:
+            record = globals()[f"scenario_{name}"](rank, world)
+        except Exception:
+            record = {"crashed": traceback.format_exc()}
+        (out / f"{name}.{rank}.json").write_text(json.dumps(record))
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
