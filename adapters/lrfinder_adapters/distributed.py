@@ -75,6 +75,22 @@ def ddp_process_group(model: Any) -> Any:
     return None
 
 
+def is_sharded(model: Any) -> bool:
+    """Whether ``model`` is sharded by FSDP (``fully_shard`` or ``FullyShardedDataParallel``):
+    its gradients are then reduced by FSDP itself."""
+    from torch.distributed import fsdp
+
+    kinds = tuple(
+        kind
+        for kind in (
+            getattr(fsdp, "FSDPModule", None),
+            getattr(fsdp, "FullyShardedDataParallel", None),
+        )
+        if kind is not None
+    )
+    return isinstance(model, kinds) or any(isinstance(m, kinds) for m in model.modules())
+
+
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     """The module inside a ``DistributedDataParallel`` wrapper (the model itself otherwise)."""
     if isinstance(model, torch.nn.parallel.DistributedDataParallel):

@@ -141,10 +141,14 @@ def make_reducer(
     if distributed is False or not initialised or dist.get_world_size(process_group) == 1:
         _validate.positive_finite("fault_timeout", fault_timeout, "30.0")
         return LocalReducer()
-    from lrfinder_adapters.distributed import TorchDistributedReducer, ddp_process_group
+    from lrfinder_adapters.distributed import (
+        TorchDistributedReducer,
+        ddp_process_group,
+        is_sharded,
+    )
 
     ddp_group = ddp_process_group(model)
-    if ddp_group is None and not all_reduce_grads:
+    if ddp_group is None and not all_reduce_grads and not is_sharded(model):
         log.warning(
             "the model is not wrapped in DistributedDataParallel and all_reduce_grads is "
             "False: each rank trains its own copy; wrap it in DDP, or pass "

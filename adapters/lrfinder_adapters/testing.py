@@ -137,7 +137,11 @@ def tensor_bytes(t: torch.Tensor) -> torch.Tensor:
         >>> torch.equal(tensor_bytes(torch.tensor([0.0])), tensor_bytes(torch.tensor([-0.0])))
         False
     """
-    return t.detach().cpu().contiguous().reshape(-1).view(torch.uint8)
+    t = t.detach()
+    to_local = getattr(t, "to_local", None)  # a DTensor (FSDP2): this rank's own shard
+    if to_local is not None:
+        t = to_local()
+    return t.cpu().contiguous().reshape(-1).view(torch.uint8)
 
 
 def _differences(before: Any, after: Any, path: str, np: ModuleType | None) -> Iterator[str]:

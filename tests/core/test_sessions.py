@@ -102,7 +102,7 @@ def test_nan_on_the_other_rank_stops_this_one_at_the_same_step() -> None:
 
 
 def test_the_other_rank_running_out_of_data_stops_this_one() -> None:
-    """"No batch left" on any rank ends the test after that step, as data_exhausted."""
+    """ "No batch left" on any rank ends the test after that step, as data_exhausted."""
     reducer = TwoRanks(lambda i: StepOutcome.of_loss(1.0, 4, last=i == 1))
     s = session(reducer)
     drive(s, lambda i: StepOutcome.of_loss(1.0, 4))
@@ -113,7 +113,9 @@ def test_the_other_rank_running_out_of_data_stops_this_one() -> None:
 def test_an_error_on_the_other_rank_raises_here_naming_it() -> None:
     """This rank raises RankFailedError with the failing rank and its message."""
     reducer = TwoRanks(
-        lambda i: StepOutcome.failed(ValueError("bad shard")) if i == 1 else StepOutcome.of_loss(1.0)
+        lambda i: (
+            StepOutcome.failed(ValueError("bad shard")) if i == 1 else StepOutcome.of_loss(1.0)
+        )
     )
     s = session(reducer)
     with pytest.raises(RankFailedError, match="rank 1 failed: ValueError: bad shard") as caught:

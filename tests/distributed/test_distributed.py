@@ -24,7 +24,16 @@ pytestmark = [pytest.mark.distributed, pytest.mark.timeout(900)]
 
 WORKER = Path(__file__).with_name("worker.py")
 LAUNCH_TIMEOUT = 600  # seconds: generous for a busy 2-core machine; a hang still fails
-HEALTHY = ["lr", "nan", "exhausted", "error_after_backward", "batch", "batch_error"]
+HEALTHY = [
+    "lr",
+    "hand_synced",
+    "fsdp",
+    "nan",
+    "exhausted",
+    "error_after_backward",
+    "batch",
+    "batch_error",
+]
 
 
 def torchrun(out: Path, *scenarios: str) -> subprocess.Popen[bytes]:
@@ -32,8 +41,17 @@ def torchrun(out: Path, *scenarios: str) -> subprocess.Popen[bytes]:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     with (out / "launcher.log").open("wb") as log:  # the launcher keeps its own descriptor
         return subprocess.Popen(
-            [sys.executable, "-m", "torch.distributed.run", "--standalone",
-             "--nproc_per_node", "2", str(WORKER), str(out), *scenarios],
+            [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--standalone",
+                "--nproc_per_node",
+                "2",
+                str(WORKER),
+                str(out),
+                *scenarios,
+            ],
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -83,6 +101,21 @@ def test_range_test_equals_one_process_on_the_global_batch(healthy: Path) -> Non
     assert single["world_size"] == 1 and single["global_batch"] == 16
     assert single["lrs"] == rank0["lrs"]
     assert all(math.isclose(a, b, rel_tol=1e-5) for a, b in zip(rank0["losses"], single["losses"]))
+
+
+def test_hand_synced_gradients_over_a_process_group_match_ddp(healthy: Path) -> None:
+    """all_reduce_grads=True on a model without DDP, over process_group=: DDP's points."""
+    ddp_run, _ = records(healthy, "lr")
+    rank0, rank1 = records(healthy, "hand_synced")
+    assert rank0 == rank1 and rank0["world_size"] == 2
+    assert all(math.isclose(a, b, rel_tol=1e-5) for a, b in zip(rank0["losses"], ddp_run["losses"]))
+
+
+def test_an_fsdp2_model_is_restored_shard_by_shard(healthy: Path) -> None:
+    """fully_shard: equal results on both ranks; each restored its own DTensor shards bitwise."""
+    rank0, rank1 = records(healthy, "fsdp")
+    assert rank0["losses"] == rank1["losses"] and rank0["stop_reason"] == "budget"
+    assert rank0["parameter_types"] == ["DTensor"]
 
 
 def test_only_rank_0_writes_the_plot(healthy: Path) -> None:
@@ -170,9 +203,23 @@ def test_the_torchrun_example_runs_on_two_processes(tmp_path: Path) -> None:
     """examples/ddp/tune_ddp.py under torchrun: rank 0 reports both answers and writes the plot."""
     example = Path(__file__).parents[2] / "examples" / "ddp" / "tune_ddp.py"
     done = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         str(example), "--out", str(tmp_path), "--global-batch", "256"],
-        capture_output=True, text=True, timeout=LAUNCH_TIMEOUT, check=False,
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            str(example),
+            "--out",
+            str(tmp_path),
+            "--global-batch",
+            "256",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=LAUNCH_TIMEOUT,
+        check=False,
         env={**os.environ, "PYTHONWARNINGS": "ignore"},
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]

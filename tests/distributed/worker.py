@@ -106,8 +106,13 @@ def scenario_nan(rank: int, world: int) -> dict[str, Any]:
 
     before = capture_state(model, optimizer)
     result = find_lr(
-        model, optimizer, None, shard(global_batches(STEPS), rank, world),
-        num_iter=STEPS, compute_loss=compute_loss, progress=False,
+        model,
+        optimizer,
+        None,
+        shard(global_batches(STEPS), rank, world),
+        num_iter=STEPS,
+        compute_loss=compute_loss,
+        progress=False,
     )
     assert_state_bitwise_equal(before, capture_state(model, optimizer))
     return summary(result)
@@ -141,12 +146,19 @@ def scenario_error_after_backward(rank: int, world: int) -> dict[str, Any]:
     handle = optimizer.register_step_pre_hook(hook)
     try:
         find_lr(
-            model, optimizer, nn.functional.mse_loss, shard(global_batches(STEPS), rank, world),
-            num_iter=STEPS, progress=False,
+            model,
+            optimizer,
+            nn.functional.mse_loss,
+            shard(global_batches(STEPS), rank, world),
+            num_iter=STEPS,
+            progress=False,
         )
     except (ValueError, RankFailedError) as error:
-        raised = {"type": type(error).__name__, "message": str(error),
-                  "rank": getattr(error, "rank", None)}
+        raised = {
+            "type": type(error).__name__,
+            "message": str(error),
+            "rank": getattr(error, "rank", None),
+        }
     else:
         raised = {"type": None}
     handle.remove()
@@ -170,17 +182,81 @@ def scenario_error_in_forward(rank: int, world: int) -> dict[str, Any]:
     start = time.monotonic()
     try:
         find_lr(
-            model, optimizer, None, shard(global_batches(STEPS), rank, world),
-            num_iter=STEPS, compute_loss=compute_loss, fault_timeout=5.0, progress=False,
+            model,
+            optimizer,
+            None,
+            shard(global_batches(STEPS), rank, world),
+            num_iter=STEPS,
+            compute_loss=compute_loss,
+            fault_timeout=5.0,
+            progress=False,
         )
     except (KeyError, RankFailedError) as error:
-        raised = {"type": type(error).__name__, "message": str(error),
-                  "rank": getattr(error, "rank", None)}
+        raised = {
+            "type": type(error).__name__,
+            "message": str(error),
+            "rank": getattr(error, "rank", None),
+        }
     else:
         raised = {"type": None}
     raised["seconds"] = time.monotonic() - start
     assert_state_bitwise_equal(before, capture_state(model, optimizer))
     return raised
+
+
+def scenario_fsdp(rank: int, world: int) -> dict[str, Any]:
+    """An FSDP2 (``fully_shard``) model: each rank restores its own shards bitwise."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    mesh = init_device_mesh("cpu", (world,))
+    model = make_model()
+    for layer in model:
+        if isinstance(layer, nn.Linear):
+            fully_shard(layer, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    data = shard(global_batches(STEPS), rank, world)
+    before = capture_state(model, optimizer)
+    result = find_lr(
+        model,
+        optimizer,
+        nn.functional.mse_loss,
+        data,
+        start_lr=1e-4,
+        end_lr=1.0,
+        num_iter=STEPS,
+        diverge_threshold=None,
+        progress=False,
+    )
+    assert_state_bitwise_equal(before, capture_state(model, optimizer))
+    local = [type(p).__name__ for p in model.parameters()]
+    return {**summary(result), "parameter_types": sorted(set(local))}
+
+
+def scenario_hand_synced(rank: int, world: int) -> dict[str, Any]:
+    """A model without DDP whose loop averages gradients by hand (all_reduce_grads=True), over
+    an explicit process_group: the same points as the DDP run of scenario_lr."""
+    model = make_model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    group = dist.new_group(list(range(world)))
+    data = shard(global_batches(STEPS), rank, world)
+    before = capture_state(model, optimizer)
+    result = find_lr(
+        model,
+        optimizer,
+        nn.functional.mse_loss,
+        data,
+        start_lr=1e-4,
+        end_lr=1.0,
+        num_iter=STEPS,
+        diverge_threshold=None,
+        all_reduce_grads=True,
+        process_group=group,
+        progress=False,
+    )
+    assert_state_bitwise_equal(before, capture_state(model, optimizer))
+    return summary(result)
 
 
 def _dataset(rank: int) -> torch.utils.data.TensorDataset:
@@ -202,15 +278,25 @@ def scenario_batch(rank: int, world: int) -> dict[str, Any]:
     budget = (4 if rank == 0 else 2) * 2**20
     before = capture_state(model, optimizer)
     result = find_batch_size(
-        model, optimizer, nn.functional.mse_loss, dataset=_dataset(rank), memory_budget=budget,
-        max_val=4096, progress=False,
+        model,
+        optimizer,
+        nn.functional.mse_loss,
+        dataset=_dataset(rank),
+        memory_budget=budget,
+        max_val=4096,
+        progress=False,
     )
     assert_state_bitwise_equal(before, capture_state(model, optimizer))
     # The same search on one process with rank 1's budget (the tighter one).
     alone = _wide_model()
     single = find_batch_size(
-        alone, torch.optim.Adam(alone.parameters(), lr=1e-3), nn.functional.mse_loss,
-        dataset=_dataset(rank), memory_budget=2 * 2**20, max_val=4096, progress=False,
+        alone,
+        torch.optim.Adam(alone.parameters(), lr=1e-3),
+        nn.functional.mse_loss,
+        dataset=_dataset(rank),
+        memory_budget=2 * 2**20,
+        max_val=4096,
+        progress=False,
         distributed=False,
     )
     return {
@@ -243,8 +329,11 @@ def scenario_batch_error(rank: int, world: int) -> dict[str, Any]:
     try:
         find_batch_size(model, optimizer, step_fn=step_fn, progress=False)
     except (ValueError, RankFailedError) as error:
-        raised = {"type": type(error).__name__, "message": str(error),
-                  "rank": getattr(error, "rank", None)}
+        raised = {
+            "type": type(error).__name__,
+            "message": str(error),
+            "rank": getattr(error, "rank", None),
+        }
     else:
         raised = {"type": None}
     assert_state_bitwise_equal(before, capture_state(model, optimizer))
@@ -265,8 +354,14 @@ def scenario_slow(rank: int, world: int) -> dict[str, Any]:
     before = capture_state(model, optimizer)
     try:
         find_lr(
-            model, optimizer, None, shard(global_batches(STEPS), rank, world),
-            num_iter=10_000, compute_loss=compute_loss, diverge_threshold=None, progress=False,
+            model,
+            optimizer,
+            None,
+            shard(global_batches(STEPS), rank, world),
+            num_iter=10_000,
+            compute_loss=compute_loss,
+            diverge_threshold=None,
+            progress=False,
         )
     except BaseException as error:
         assert_state_bitwise_equal(before, capture_state(model, optimizer))
