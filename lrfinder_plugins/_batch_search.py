@@ -12,6 +12,9 @@ Modes:
     ``"binsearch"``: doubles until a size runs out of memory, then bisects between the largest
         size that fitted and the smallest that did not, down to one sample (Lightning's
         ``binsearch``).
+    ``"shrink"``: accelerate's ``find_executable_batch_size`` policy: starts at ``init_val`` and,
+        after each size that ran out of memory, tries ``shrink(size)`` (default
+        ``int(0.9 * size)``) until one fits; that size is the answer (no margin, no growing).
     ``"guided"`` (the default): measures the memory in use at every moment of a training step
         at small sizes, fits how each moment grows with the batch (:class:`MemoryModel`), jumps
         just below the predicted limit, then verifies: the next size is one ``margin / 5``
@@ -33,14 +36,14 @@ from __future__ import annotations
 
 import enum
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from lrfinder_plugins import _validate
 from lrfinder_plugins._json_file import JsonFile
 
-MODES = ("guided", "binsearch", "power")
+MODES = ("guided", "binsearch", "power", "shrink")
 """The search policies ``BatchSizeSearch`` knows, the default first."""
 
 FORMAT = "lrfinder-batch-size"
@@ -221,6 +224,10 @@ def _bracket(trials: tuple[BatchTrial, ...] | list[BatchTrial]) -> tuple[int | N
     return max(fits, default=None), oom
 
 
+def _shrink_by_a_tenth(size: int) -> int:
+    return int(size * 0.9)
+
+
 def accumulation_for(target_batch: int, largest: int) -> tuple[int, int]:
     """The per-step batch (at most ``largest``) and accumulation steps whose product is exactly
     ``target_batch``, with as few accumulation steps as possible.
@@ -253,6 +260,7 @@ class BatchSizeSearch:
         upper_bound: sizes above it are useless (the dataset length); ``None``: none.
         target_batch: a global batch to keep: the answer is then split into a per-step batch and
             gradient-accumulation steps whose product is exactly ``target_batch``.
+        shrink: ``mode="shrink"``'s next size after an out-of-memory one (default: 90% of it).
 
     Raises:
         TypeError, ValueError: an argument has the wrong type or value (before anything runs).
@@ -277,8 +285,14 @@ class BatchSizeSearch:
         margin: float = 0.05,
         upper_bound: int | None = None,
         target_batch: int | None = None,
+        shrink: Callable[[int], int] | None = None,
     ) -> None:
         self.mode = _validate.one_of("mode", mode, MODES)
+        if shrink is not None and not callable(shrink):
+            raise TypeError(f"shrink must be callable (size -> smaller size), got {shrink!r}")
+        if shrink is not None and mode != "shrink":
+            raise ValueError(f"shrink= applies to mode='shrink' only, got mode={mode!r}")
+        self.shrink = shrink or _shrink_by_a_tenth
         self.init_val = _validate.int_at_least("init_val", init_val, 1)
         self.max_trials = _validate.int_at_least("max_trials", max_trials, 1)
         self.steps_per_trial = _validate.int_at_least("steps_per_trial", steps_per_trial, 1)
@@ -447,10 +461,14 @@ class BatchSizeSearch:
         largest, oom = _bracket(self.trials)
         if largest is None:
             return None
-        wanted = self._final_size(largest, oom)
-        fits = [t.size for t in self.trials if t.fitted and t.size <= wanted]
-        # Only a tested size is ever answered; below the wanted one if the budget ran out first.
-        size = max(fits, default=min(t.size for t in self.trials if t.fitted))
+        if self.mode == "shrink":  # the first size that ran, as accelerate answers
+            size = largest
+            fits = [size]
+        else:
+            wanted = self._final_size(largest, oom)
+            fits = [t.size for t in self.trials if t.fitted and t.size <= wanted]
+            # Only a tested size is ever answered; below the wanted one if the budget ran out.
+            size = max(fits, default=min(t.size for t in self.trials if t.fitted))
         target = self.target_batch
         if target is None:
             return size, 1
@@ -464,6 +482,8 @@ class BatchSizeSearch:
         self._proposal = None
 
     def _advance(self) -> None:
+        if self.mode == "shrink":
+            return self._advance_shrinking()
         largest, oom = _bracket(self.trials)
         if largest is None and oom == 1:
             return self._finish(BatchStopReason.NOTHING_FITS)
@@ -491,6 +511,24 @@ class BatchSizeSearch:
                 self._proposal = (wanted, "verify")
                 return None
         self._proposal = self._propose(largest, oom)
+        return None
+
+    def _advance_shrinking(self) -> None:
+        last = self.trials[-1]
+        if last.fitted:
+            return self._finish(BatchStopReason.LIMIT_FOUND)
+        if len(self.trials) >= self.max_trials:
+            return self._finish(BatchStopReason.MAX_TRIALS)
+        smaller = self.shrink(last.size)
+        if isinstance(smaller, bool) or not isinstance(smaller, int):
+            raise TypeError(f"shrink({last.size}) must return an int, got {smaller!r}")
+        if smaller < 1:
+            return self._finish(BatchStopReason.NOTHING_FITS)
+        if smaller >= last.size:
+            raise ValueError(
+                f"shrink({last.size}) returned {smaller}: it must return a smaller size"
+            )
+        self._proposal = (smaller, "shrink")
         return None
 
     def _bracketed(self, largest: int, oom: int) -> bool:

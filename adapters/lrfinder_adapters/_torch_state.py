@@ -124,6 +124,8 @@ class TrainingState:
     scaler: dict[str, Any] | None
     rng: RngState
     directory: tempfile.TemporaryDirectory[str] | None = field(default=None, repr=False)
+    extra: dict[str, Any] = field(default_factory=dict, repr=False)
+    """What an adapter saves besides (e.g. the Accelerate adapter: the accelerator's counters)."""
 
     def close(self) -> None:
         """Remove the on-disk copy, if any."""

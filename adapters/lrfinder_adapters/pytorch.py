@@ -388,8 +388,8 @@ class TorchStep:
         """One optimizer step: its mean loss and samples, or ``None`` if the scaler skipped it.
 
         The parts are seams a subclass may replace (the Accelerate adapter does):
-        :meth:`micro_step` (forward and backward of one micro-batch), :meth:`sync_gradients`,
-        :meth:`clip_gradients` and :meth:`optimizer_step`.
+        :meth:`micro_step` (:meth:`forward` and :meth:`backward` of one micro-batch),
+        :meth:`sync_gradients`, :meth:`clip_gradients` and :meth:`optimizer_step`.
         """
         if self._batches is None:
             self._batches = self._cycle(self.train_loader, "train_loader")
@@ -436,17 +436,25 @@ class TorchStep:
 
     def micro_step(self, batch: Any) -> torch.Tensor:
         """Forward and backward of one micro-batch (already on the device); returns its loss."""
+        loss = self.forward(batch)
+        self.backward(loss)
+        return loss
+
+    def forward(self, batch: Any) -> torch.Tensor:
+        """The loss of one micro-batch, under autocast when ``amp`` is on."""
         try:
             with self._autocast():
-                loss = self._loss(batch)
+                return self._loss(batch)
         except StopIteration as error:
             # Only the data running out may end the test quietly (as PEP 479 does for
             # generators): a StopIteration from the user's model or loss is a bug to show.
             raise RuntimeError("the model or loss function raised StopIteration") from error
+
+    def backward(self, loss: torch.Tensor) -> None:
+        """Backward of one micro-batch's loss: divided over the window, scaled under AMP."""
         steps = self.accumulation_steps
         scaled = loss if steps == 1 else loss / steps
         (scaled if self.scaler is None else self.scaler.scale(scaled)).backward()
-        return loss
 
     def sync_gradients(self) -> None:
         """Average the gradients across ranks (``all_reduce_grads=True``: a model without DDP)."""

@@ -36,7 +36,7 @@ HEALTHY = [
 ]
 
 
-def torchrun(out: Path, *scenarios: str) -> subprocess.Popen[bytes]:
+def torchrun(out: Path, *scenarios: str, worker: Path = WORKER) -> subprocess.Popen[bytes]:
     """Start ``torchrun --standalone --nproc_per_node 2 worker.py out scenarios...``."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     with (out / "launcher.log").open("wb") as log:  # the launcher keeps its own descriptor
@@ -48,7 +48,7 @@ def torchrun(out: Path, *scenarios: str) -> subprocess.Popen[bytes]:
                 "--standalone",
                 "--nproc_per_node",
                 "2",
-                str(WORKER),
+                str(worker),
                 str(out),
                 *scenarios,
             ],
@@ -156,6 +156,19 @@ def test_out_of_memory_on_one_rank_counts_on_every_rank(healthy: Path) -> None:
     assert rank0["batch_size"] == rank0["single_batch_size"]  # one process with rank 1's budget
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RLIMIT_AS and /proc: Linux")
+def test_ranks_with_different_real_memory_limits_end_on_one_size_that_fits_everywhere(
+    tmp_path: Path,
+) -> None:
+    """Rank 1 under RLIMIT_AS fails in the CPU allocator for real; rank 0 has no limit. Both end
+    on the same size, and that size runs again on rank 1 under its cap."""
+    finish(torchrun(tmp_path, "batch_rlimit"), tmp_path)
+    rank0, rank1 = records(tmp_path, "batch_rlimit")
+    assert rank0["batch_size"] == rank1["batch_size"] and rank0["trials"] == rank1["trials"]
+    assert rank1["oom_trials"] >= 1 and rank1["capped"]
+    assert rank1["answer_runs_here"] and rank0["answer_runs_here"]
+
+
 def test_a_trial_error_on_one_rank_is_raised_on_every_rank(healthy: Path) -> None:
     """A non-OOM error in one rank's trial: it raises its own, the other names it."""
     rank0, rank1 = records(healthy, "batch_error")
@@ -227,3 +240,38 @@ def test_the_torchrun_example_runs_on_two_processes(tmp_path: Path) -> None:
     assert "× 2 ranks = 256 per step" in done.stdout
     assert "✓ Suggested learning rate:" in done.stdout
     assert (tmp_path / "lr_finder_plot.png").stat().st_size > 0
+
+
+# -- Accelerate: Accelerator(cpu=True) under torchrun ----------------------------------------------
+@pytest.fixture(scope="module")
+def accelerate_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """One launch of every Accelerate scenario."""
+    pytest.importorskip("accelerate")
+    out = tmp_path_factory.mktemp("accelerate")
+    worker = WORKER.with_name("accelerate_worker.py")
+    finish(torchrun(out, "lr", "nan", "batch", "decorator", worker=worker), out)
+    yield out
+
+
+def test_accelerate_range_test_is_equal_on_both_processes(accelerate_run: Path) -> None:
+    """find_lr(accelerator, ...) on 2 processes: the same points, world size 2."""
+    rank0, rank1 = records(accelerate_run, "lr")
+    assert rank0 == rank1 and rank0["world_size"] == 2 and rank0["stop_reason"] == "budget"
+
+
+def test_accelerate_nan_on_one_process_stops_both(accelerate_run: Path) -> None:
+    """Process 1's NaN at its 3rd step stops both there."""
+    rank0, rank1 = records(accelerate_run, "nan")
+    assert rank0 == rank1 and rank0["stop_reason"] == "non_finite" and len(rank0["losses"]) == 3
+
+
+def test_accelerate_processes_with_different_memory_end_on_one_size(accelerate_run: Path) -> None:
+    """Budgets of 4 and 2 MiB: the same trials and answer on both; process 1's OOM counts."""
+    rank0, rank1 = records(accelerate_run, "batch")
+    assert rank0 == rank1 and rank0["oom_trials"] >= 1 and rank0["world_size"] == 2
+
+
+def test_accelerate_decorator_agrees_across_processes(accelerate_run: Path) -> None:
+    """Limits of 90 and 60 calls: both processes try the same sizes and return 60."""
+    rank0, rank1 = records(accelerate_run, "decorator")
+    assert rank0 == rank1 and rank0["answer"] == 60

@@ -340,6 +340,65 @@ def scenario_batch_error(rank: int, world: int) -> dict[str, Any]:
     return raised
 
 
+def scenario_batch_rlimit(rank: int, world: int) -> dict[str, Any]:
+    """Rank 1 runs under RLIMIT_AS (a real allocator failure), rank 0 without a limit: both end
+    on one size, and it really runs on rank 1 under its limit."""
+    import gc
+    import resource
+
+    torch.backends.mkldnn.enabled = False  # oneDNN keeps scratch memory after a failure
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(4, 16384), nn.ReLU(), nn.Linear(16384, 10))
+    optimizer = torch.optim.Adam(model.parameters())
+    gen = torch.Generator().manual_seed(5)
+    data = torch.utils.data.TensorDataset(
+        torch.randn(4096, 4, generator=gen), torch.randint(0, 10, (4096,), generator=gen)
+    )
+    loss_fn = nn.functional.cross_entropy
+
+    def fits(size: int) -> bool:
+        ok = True
+        try:
+            batches = iter(torch.utils.data.DataLoader(data, batch_size=size))
+            for _ in range(3):
+                x, y = next(batches)
+                optimizer.zero_grad(set_to_none=True)
+                loss_fn(model(x), y).backward()
+                optimizer.step()
+        except RuntimeError as error:
+            if "can't allocate memory" not in str(error):
+                raise
+            ok = False
+        optimizer.state.clear()
+        optimizer.zero_grad(set_to_none=True)
+        gc.collect()
+        return ok
+
+    # Warm up first (threads, lazy imports, allocator reservations) and open and close one
+    # search's group, so what the cap leaves is what the trials need.
+    fits(1024)
+    find_batch_size(model, optimizer, loss_fn, dataset=data, max_trials=1, progress=False)
+    if rank == 1:
+        vm_size = next(
+            int(line.split()[1]) * 1024
+            for line in Path("/proc/self/status").read_text().splitlines()
+            if line.startswith("VmSize:")
+        )
+        resource.setrlimit(resource.RLIMIT_AS, (vm_size + 160 * 2**20, resource.RLIM_INFINITY))
+    before = capture_state(model, optimizer)
+    result = find_batch_size(model, optimizer, loss_fn, dataset=data, progress=False)
+    assert_state_bitwise_equal(before, capture_state(model, optimizer))
+    assert result.batch_size is not None
+    return {
+        "batch_size": result.batch_size,
+        "trials": [(t.size, t.fitted) for t in result.trials],
+        "oom_trials": result.oom_trials,
+        "answer_runs_here": fits(result.batch_size),
+        "capped": rank == 1,
+    }
+
+
 def scenario_slow(rank: int, world: int) -> dict[str, Any]:
     """A long range test for the Ctrl-C test: each rank says when it started, then what it saw."""
     model = ddp(make_model())
