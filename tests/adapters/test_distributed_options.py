@@ -99,3 +99,43 @@ def test_lookahead_on_one_process_stops_with_the_data() -> None:
         progress=False,
     )
     assert len(result) == 3 and str(result.stop_reason) == "data_exhausted"
+
+
+@pytest.mark.parametrize("world", [2, 7, 31], ids=lambda w: f"world-{w}")
+def test_two_number_step_form_sums_exactly(world: int) -> None:
+    """pack_step's two numbers, summed over ranks, unpack to the sum of the outcomes."""
+    from lrfinder_adapters.distributed import pack_step, unpack_step
+    from lrfinder_plugins import StepOutcome
+
+    outcomes = [
+        StepOutcome(
+            loss_sum=0.5 * r,
+            samples=8 + r,
+            non_finite=r % 2,
+            skipped=(r // 2) % 2,
+            out_of_data=int(r == world - 1),
+            errors=int(r == 0),
+        )
+        for r in range(world)
+    ]
+    packed = [pack_step(o, world) for o in outcomes]
+    assert all(len(p) == 2 for p in packed)
+    total = unpack_step([sum(column) for column in zip(*packed)])
+    assert total.to_vector() == [sum(column) for column in zip(*(o.to_vector() for o in outcomes))]
+
+
+def test_a_large_world_sends_the_six_number_form() -> None:
+    """32 ranks or more: every field travels on its own."""
+    from lrfinder_adapters.distributed import pack_step
+    from lrfinder_plugins import StepOutcome
+
+    assert len(pack_step(StepOutcome.of_loss(1.0, 4), 32)) == 6
+
+
+def test_samples_the_two_number_form_cannot_hold_are_an_error() -> None:
+    """A fractional sample count raises (the reducer turns it into this rank's failure)."""
+    from lrfinder_adapters.distributed import pack_step
+    from lrfinder_plugins import StepOutcome
+
+    with pytest.raises(ValueError, match="samples must be a whole number"):
+        pack_step(StepOutcome.of_loss(1.0, 2.5), 2)

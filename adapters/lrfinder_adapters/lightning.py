@@ -1,0 +1,631 @@
+"""PyTorch Lightning: the LR range test as Lightning's ``LearningRateFinder`` callback and ``Tuner``.
+
+One import line switches a Lightning user over::
+
+    from lrfinder_adapters.lightning import LearningRateFinder, Tuner
+
+    lr_finder = Tuner(trainer).lr_find(model, datamodule=dm)  # as lightning.pytorch.tuner
+    lr_finder.suggestion()                                     # a float, or None
+    fig = lr_finder.plot(suggest=True)
+    lr_finder.result.suggestions()                             # ours: every method, confidence
+
+    trainer = Trainer(callbacks=[LearningRateFinder(num_training_steps=100)])  # at fit start
+
+How the sweep runs: at ``on_fit_start`` the callback saves the training state (model
+parameters and buffers, every optimizer's state and param groups, the LR schedulers, the grad
+scaler, the random generators, and the trainer's loop progress, ``global_step`` and epoch), then
+runs Lightning's own fit loop for the sweep. The Trainer owns every step, so gradient
+accumulation (one point per optimizer step: the mean loss of the window), gradient clipping and
+the precision plugin behave as in ``fit()``. From the loop's hooks the callback pushes into a
+:class:`~lrfinder_plugins.spi.RangeTestSession`: it sets the session's LR on every param group
+of every optimizer (group ratios kept) before each optimizer step's first batch and hands in the
+step's loss after its last one; the session decides when to stop (budget, divergence,
+non-finite loss), and its observers get the curve.
+
+During the sweep the user's ``max_epochs``, ``max_steps``, ``min_epochs``/``min_steps`` and
+``limit_train_batches`` do not cut it (the data cycles, epoch after epoch), validation is off,
+the LR schedulers are not stepped, the loggers and the other callbacks are detached. Afterwards
+everything is put back in memory (no checkpoint file), so ``fit()`` continues from exactly the
+original state.
+
+Single process only for now: under a multi-process strategy the callback raises (no reduce
+point is wired in yet).
+"""
+
+from __future__ import annotations
+
+from lrfinder_adapters import require
+
+require("lightning", "lightning")
+
+import copy  # noqa: E402
+import logging  # noqa: E402
+import math  # noqa: E402
+import warnings  # noqa: E402
+from collections.abc import Mapping  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import TYPE_CHECKING, Any  # noqa: E402
+
+import lightning.pytorch as pl  # noqa: E402
+import torch  # noqa: E402
+from lightning.pytorch.callbacks import Callback  # noqa: E402
+from lightning.pytorch.utilities.exceptions import _TunerExitException  # noqa: E402
+
+from lrfinder_adapters import state as _state  # noqa: E402
+from lrfinder_plugins.spi import (  # noqa: E402
+    RangeTest,
+    RangeTestResult,
+    RangeTestSession,
+    StopReason,
+    group_ratios,
+)
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+    from lrfinder_plugins import Suggestion
+
+__all__ = ["LRFinderResult", "LearningRateFinder", "Tuner", "find_lr_attr"]
+
+log = logging.getLogger("lrfinder_plugins")
+
+_LR_ATTRS = ("lr", "learning_rate")
+"""The names Lightning looks for, on the module first, then in its ``hparams``."""
+
+
+def _hparams(model: Any) -> Any:
+    return getattr(model, "hparams", None) if hasattr(type(model), "hparams") else None
+
+
+def _has(container: Any, name: str) -> bool:
+    if container is None:
+        return False
+    if isinstance(container, Mapping):
+        return name in container
+    return hasattr(container, name)
+
+
+def find_lr_attr(model: Any, attr_name: str = "") -> tuple[Any, str]:
+    """Where the LR lives: ``(container, name)`` for the first of ``model.lr``,
+    ``model.learning_rate``, ``model.hparams.lr``, ``model.hparams.learning_rate``
+    (or only ``attr_name``, on the module or in its ``hparams``, when given).
+
+    Raises:
+        AttributeError: no such attribute, naming what was looked for and the fix.
+    """
+    names = (attr_name,) if attr_name else _LR_ATTRS
+    hparams = _hparams(model)
+    for container in (model, hparams):
+        for name in names:
+            if _has(container, name):
+                return container, name
+    looked = ", ".join([f"model.{n}" for n in names] + [f"model.hparams.{n}" for n in names])
+    raise AttributeError(
+        f"update_attr=True but {type(model).__name__} has none of {looked}: nowhere to write "
+        "the found LR; add one (e.g. `self.lr = 1e-3` in __init__ and use it in "
+        "configure_optimizers), name yours with attr_name=..., or pass update_attr=False"
+    )
+
+
+def _set_lr_attr(container: Any, name: str, value: float) -> None:
+    if isinstance(container, Mapping):
+        container[name] = value  # type: ignore[index]
+    else:
+        setattr(container, name, value)
+
+
+class LRFinderResult:
+    """The result of a sweep, with the surface of Lightning's ``_LRFinder`` and ours.
+
+    Lightning's: :attr:`results` (``{"lr": [...], "loss": [...]}``, the loss smoothed as the
+    suggestion sees it), :meth:`suggestion` (a float or ``None``), :meth:`plot`. Ours:
+    :attr:`result` (the :class:`~lrfinder_plugins.RangeTestResult`), :meth:`suggestions`,
+    :attr:`confidence`, :meth:`one_cycle`, :meth:`save_json`.
+
+    Args:
+        result: the range test's result.
+        method: the suggestion method :meth:`suggestion` uses (``None``: the default).
+    """
+
+    def __init__(self, result: RangeTestResult, method: str | None = None) -> None:
+        self.result = result
+        self.method = method
+        self.results: dict[str, list[float]] = {
+            "lr": list(result.lrs),
+            "loss": list(result.smoothed_losses),
+        }
+
+    def __repr__(self) -> str:
+        return f"LRFinderResult({len(self.result)} points, stopped: {self.result.stop_reason})"
+
+    def _suggestion(self, **options: Any) -> Suggestion:
+        return self.result.suggestion(self.method, **options)
+
+    def suggestion(
+        self, skip_begin: int | None = None, skip_end: int | None = None
+    ) -> float | None:
+        """The suggested LR as a float, or ``None`` when the curve gives none.
+
+        ``skip_begin``/``skip_end`` are passed to the method when given (``method="lightning"``
+        takes them, as Lightning's own ``suggestion`` does).
+        """
+        options = {
+            k: v for k, v in (("skip_begin", skip_begin), ("skip_end", skip_end)) if v is not None
+        }
+        found = self._suggestion(**options)
+        return float(found.lr) if found.ok else None
+
+    def suggestions(self) -> dict[str, Suggestion]:
+        """Every registered method's suggestion, by name (see ``RangeTestResult.suggestions``)."""
+        return self.result.suggestions()
+
+    @property
+    def confidence(self) -> float:
+        """How clearly the curve shows a usable descent, 0 to 1 (NaN: not assessed)."""
+        return self._suggestion().confidence
+
+    def one_cycle(self, total_steps: int | None = None, **overrides: Any) -> dict[str, Any]:
+        """``OneCycleLR`` keyword arguments derived from the curve (see ``Suggestion.one_cycle``)."""
+        return self._suggestion().one_cycle(total_steps, **overrides)
+
+    def save_json(self, path: str | Path) -> Path:
+        """Save the curve and settings as JSON (load with ``RangeTestResult.load_json``)."""
+        return self.result.save_json(path)
+
+    def plot(self, suggest: bool = False, show: bool = False, ax: Axes | None = None) -> Figure:
+        """Plot loss against LR, as Lightning's ``plot``; ``suggest=True`` marks the suggestion.
+
+        Returns the matplotlib Figure; ``show=True`` also shows it.
+        """
+        marks: bool | str = (self.method or True) if suggest else False
+        fig = self.result.plot(suggest=marks, ax=ax)
+        if show:
+            import matplotlib.pyplot as plt
+
+            plt.show()
+        return fig
+
+
+def _callbacks(trainer: pl.Trainer) -> list[Callback]:
+    # Trainer.callbacks is set up by its callback connector, out of the type checker's sight.
+    return list(getattr(trainer, "callbacks"))  # noqa: B009
+
+
+def _set_callbacks(trainer: pl.Trainer, callbacks: list[Callback]) -> None:
+    setattr(trainer, "callbacks", callbacks)  # noqa: B010
+
+
+class _Saved:
+    """Everything the sweep changes, in memory, and what it detaches from the trainer."""
+
+    def __init__(self, trainer: pl.Trainer, model: pl.LightningModule) -> None:
+        optimizers = list(trainer.optimizers)
+        self.model = model
+        self.optimizers = optimizers
+        self.schedulers = [c.scheduler for c in trainer.lr_scheduler_configs]
+        self.scaler = getattr(trainer.precision_plugin, "scaler", None)
+        self.states: list[Any] = []
+        for i, optimizer in enumerate(optimizers):
+            first = i == 0
+            self.states.append(
+                _state.capture(
+                    model,
+                    optimizer,
+                    schedulers=self.schedulers if first else (),
+                    scaler=self.scaler if first else None,
+                )
+            )
+        if not optimizers:
+            self.rng = _state.RngState.capture()
+        loop = trainer.fit_loop
+        self.loop_state = copy.deepcopy(loop.state_dict())
+        self.attrs: dict[str, Any] = {
+            "max_epochs": loop.max_epochs,
+            "min_epochs": loop.min_epochs,
+        }
+        self.epoch_attrs: dict[str, Any] = {
+            "max_steps": loop.epoch_loop.max_steps,
+            "min_steps": loop.epoch_loop.min_steps,
+        }
+        self.trainer_attrs: dict[str, Any] = {
+            "limit_val_batches": trainer.limit_val_batches,
+            "should_stop": trainer.should_stop,
+        }
+        self.callbacks = _callbacks(trainer)
+        self.loggers = trainer.loggers
+        self.scheduler_configs = trainer.strategy.lr_scheduler_configs
+        connector = trainer._logger_connector
+        self.metrics = {
+            name: copy.copy(getattr(connector, name))
+            for name in ("_callback_metrics", "_logged_metrics", "_progress_bar_metrics")
+            if hasattr(connector, name)
+        }
+
+    def restore(self, trainer: pl.Trainer) -> None:
+        """Put everything back (every part, even if one fails; the first error is raised)."""
+        errors: list[BaseException] = []
+
+        def attempt(part: Any) -> None:
+            try:
+                part()
+            except Exception as error:
+                errors.append(error)
+
+        for i, (optimizer, saved) in enumerate(zip(self.optimizers, self.states)):
+            first = i == 0
+            attempt(
+                lambda o=optimizer, s=saved, f=first: _state.restore(
+                    s,
+                    self.model,
+                    o,
+                    schedulers=self.schedulers if f else (),
+                    scaler=self.scaler if f else None,
+                )
+            )
+        if not self.states:  # (each optimizer's restore puts the generators back otherwise)
+            attempt(self.rng.restore)
+        attempt(lambda: self._restore_trainer(trainer))
+        for saved in self.states:
+            saved.close()
+        if errors:
+            raise errors[0]
+
+    def _restore_trainer(self, trainer: pl.Trainer) -> None:
+        _set_callbacks(trainer, self.callbacks)
+        trainer.loggers = self.loggers
+        trainer.strategy.lr_scheduler_configs = self.scheduler_configs
+        loop = trainer.fit_loop
+        for key, value in self.attrs.items():
+            setattr(loop, key, value)
+        for key, value in self.epoch_attrs.items():
+            setattr(loop.epoch_loop, key, value)
+        for key, value in self.trainer_attrs.items():
+            setattr(trainer, key, value)
+        loop.load_state_dict(copy.deepcopy(self.loop_state))
+        loop.restarting = False  # loading a state dict marks the loops as resuming: they are not
+        # The real fit sets its data up again, as if the sweep had not run.
+        loop._combined_loader = None
+        loop.epoch_loop.val_loop._combined_loader = None
+        if loop._data_fetcher is not None:
+            loop._data_fetcher.teardown()
+            loop._data_fetcher = None
+        connector = trainer._logger_connector
+        for name, value in self.metrics.items():
+            setattr(connector, name, value)
+
+
+class _SweepCallback(Callback):
+    """The only callback attached during the sweep: pushes each optimizer step into the session."""
+
+    def __init__(self, session: RangeTestSession, ratios: list[tuple[float, ...]]) -> None:
+        self.session = session
+        self.ratios = ratios
+        self.window: list[float] = []
+        self.window_open = False
+        self.step_at_start = 0
+        self.batches = 0
+
+    def _set_lr(self, trainer: pl.Trainer, lr: float) -> None:
+        for optimizer, ratios in zip(trainer.optimizers, self.ratios):
+            for group, ratio in zip(optimizer.param_groups, ratios):
+                value = lr * ratio
+                if isinstance(group["lr"], torch.Tensor):
+                    group["lr"].fill_(value)
+                else:
+                    group["lr"] = value
+
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        """Set the session's LR before the first batch of an optimizer step's window."""
+        if self.session.finished:
+            trainer.should_stop = True
+            return
+        if not self.window_open:
+            self._set_lr(trainer, self.session.next_lr())
+            self.step_at_start = trainer.global_step
+            self.window_open = True
+            self.window = []
+
+    def on_train_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
+        """Collect the batch's loss; after an optimizer step, hand the window's mean in."""
+        if not self.window_open:
+            return
+        self.batches += 1
+        loss = _loss_of(outputs)
+        if loss is not None:
+            # Automatic optimisation divides the loss by accumulate_grad_batches: undo it.
+            scale = trainer.accumulate_grad_batches if pl_module.automatic_optimization else 1
+            self.window.append(loss * scale)
+        if trainer.global_step == self.step_at_start:
+            return  # no optimizer step yet: the window goes on
+        self.window_open = False
+        if self.window:
+            self.session.end_step(math.fsum(self.window) / len(self.window))
+        else:
+            self.session.end_step(None)  # a step with no loss to read: not a point
+        if self.session.finished:
+            trainer.should_stop = True
+
+
+def _loss_of(outputs: Any) -> float | None:
+    if isinstance(outputs, torch.Tensor):
+        return float(outputs.detach().float().item())
+    if isinstance(outputs, Mapping) and outputs.get("loss") is not None:
+        value = outputs["loss"]
+        return float(value.detach().float().item() if isinstance(value, torch.Tensor) else value)
+    return None
+
+
+def _ratios(trainer: pl.Trainer) -> tuple[list[tuple[float, ...]], tuple[float, ...]]:
+    """Each optimizer's group ratios against the largest LR of all, and all of them flat."""
+    lrs = [[float(g["lr"]) for g in optimizer.param_groups] for optimizer in trainer.optimizers]
+    flat = group_ratios([lr for group in lrs for lr in group])
+    out: list[tuple[float, ...]] = []
+    i = 0
+    for group in lrs:
+        out.append(tuple(flat[i : i + len(group)]))
+        i += len(group)
+    return out, flat
+
+
+class LearningRateFinder(Callback):
+    """Lightning's ``LearningRateFinder`` callback, running our range test at fit start.
+
+    Args:
+        min_lr: the first LR of the sweep.
+        max_lr: the last LR.
+        num_training_steps: the points to record (one per optimizer step).
+        mode: ``"exponential"`` or ``"linear"`` (or a registered schedule name).
+        early_stop_threshold: stop when the smoothed loss exceeds this many times the best
+            (``None``: never stop early).
+        update_attr: write the suggestion to the model's LR attribute (the first of
+            ``lr``, ``learning_rate``, ``hparams.lr``, ``hparams.learning_rate``) and to the
+            running optimizers' param groups (ratios kept).
+        attr_name: the attribute to write instead (on the module or in its ``hparams``).
+        method: our suggestion method (``None``: the default); see
+            ``lrfinder_plugins.suggest``.
+        plot_path: save the plot there (PNG) after the sweep.
+        smoothing: the loss smoothing of the range test (see ``RangeTest``).
+        progress: show a progress bar (``None``: when the trainer shows one).
+
+    After the sweep, :attr:`optimal_lr` holds an :class:`LRFinderResult`.
+    """
+
+    def __init__(
+        self,
+        min_lr: float = 1e-8,
+        max_lr: float = 1,
+        num_training_steps: int = 100,
+        mode: str = "exponential",
+        early_stop_threshold: float | None = 4.0,
+        update_attr: bool = True,
+        attr_name: str = "",
+        *,
+        method: str | None = None,
+        plot_path: str | Path | None = None,
+        smoothing: float = 0.05,
+        progress: bool | None = None,
+    ) -> None:
+        self._min_lr = min_lr
+        self._max_lr = max_lr
+        self._num_training_steps = num_training_steps
+        self._mode = mode
+        self._early_stop_threshold = early_stop_threshold
+        self._update_attr = update_attr
+        self._attr_name = attr_name
+        self.method = method
+        self.plot_path = plot_path
+        self.smoothing = smoothing
+        self.progress = progress
+        self._early_exit = False
+        self.optimal_lr: LRFinderResult | None = None
+        # Checked now, before any trainer exists: a bad setting raises before anything runs.
+        self._make_test((1.0,))
+
+    def _make_test(self, ratios: tuple[float, ...]) -> RangeTest:
+        return RangeTest(
+            start_lr=self._min_lr,
+            end_lr=self._max_lr,
+            num_iter=self._num_training_steps,
+            mode=self._mode,
+            smoothing=self.smoothing,
+            diverge_threshold=self._early_stop_threshold,
+            group_ratios=ratios,
+        )
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        """Check, before anything runs, that the found LR has somewhere to go."""
+        if stage == "fit" and self._update_attr:
+            find_lr_attr(pl_module, self._attr_name)
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Run the sweep, restore everything; with the Tuner, end the fit here.
+
+        Under ``fast_dev_run`` the sweep is skipped with a warning (as Lightning does) and
+        :attr:`optimal_lr` stays ``None``.
+        """
+        if getattr(trainer, "fast_dev_run", False):  # set by a connector, untyped
+            warnings.warn(
+                "skipping the LR finder: fast_dev_run is on (it runs a handful of batches only)",
+                UserWarning,
+                stacklevel=2,
+            )
+        else:
+            self.lr_find(trainer, pl_module)
+        if self._early_exit:
+            raise _TunerExitException()
+
+    def lr_find(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> LRFinderResult:
+        """Run the sweep in ``trainer``'s fit loop now; the state is restored afterwards."""
+        if trainer.world_size > 1:
+            raise NotImplementedError(
+                f"world_size={trainer.world_size}: lrfinder_adapters.lightning runs on a single "
+                "process for now; run the LR finder with devices=1, then train distributed"
+            )
+        if not trainer.optimizers:
+            raise RuntimeError(
+                "the trainer has no optimizer at fit start: configure_optimizers must return one"
+            )
+        target = find_lr_attr(pl_module, self._attr_name) if self._update_attr else None
+        per_optimizer, flat = _ratios(trainer)
+        progress = (
+            trainer.progress_bar_callback is not None if self.progress is None else self.progress
+        )
+        session = RangeTestSession(self._make_test(flat), progress=progress)
+        saved = _Saved(trainer, pl_module)  # after the session: a plugin failing moved nothing
+        sweep = _SweepCallback(session, per_optimizer)
+        try:
+            self._detach(trainer, sweep)
+            session.start()
+            loop = trainer.fit_loop
+            loop.run()
+            if not session.finished:
+                session.stop(StopReason.DATA_EXHAUSTED)
+        finally:
+            result = session.finish()
+            saved.restore(trainer)
+        found = LRFinderResult(result, self.method)
+        self.optimal_lr = found
+        log.info(
+            "LR finder: %d points over %d batches, stopped: %s",
+            len(result),
+            sweep.batches,
+            result.stop_reason,
+        )
+        if self.plot_path is not None:
+            import matplotlib.pyplot as plt
+
+            plt.close(result.plot(self.plot_path, suggest=self.method or True))
+        if target is not None:
+            self._apply(trainer, target, found, per_optimizer)
+        return found
+
+    def _detach(self, trainer: pl.Trainer, sweep: _SweepCallback) -> None:
+        """Set the trainer up for the sweep only: nothing else runs, nothing cuts it short."""
+        loop = trainer.fit_loop
+        _set_callbacks(trainer, [sweep])
+        trainer.loggers = []
+        trainer.strategy.lr_scheduler_configs = []
+        trainer.limit_val_batches = 0  # no validation inside the sweep
+        trainer.should_stop = False
+        loop.max_epochs = -1  # the data cycles, epoch after epoch, until the session stops
+        loop.min_epochs = None
+        loop.epoch_loop.min_steps = None
+        # No step limit: a point is one optimizer step of the automatic loop, but manual
+        # optimisation counts every optimizer's step in global_step; the session stops the loop.
+        loop.epoch_loop.max_steps = -1
+        loop.restarting = False
+
+    def _apply(
+        self,
+        trainer: pl.Trainer,
+        target: tuple[Any, str],
+        found: LRFinderResult,
+        per_optimizer: list[tuple[float, ...]],
+    ) -> None:
+        lr = found.suggestion()
+        if lr is None:
+            log.warning("LR finder: no suggestion (%s); the LR is unchanged", found)
+            return
+        container, name = target
+        _set_lr_attr(container, name, lr)
+        # The running fit's optimizers were built with the old LR: give them the new one too.
+        for optimizer, ratios in zip(trainer.optimizers, per_optimizer):
+            for group, ratio in zip(optimizer.param_groups, ratios):
+                group["lr"] = lr * ratio
+                if "initial_lr" in group:
+                    group["initial_lr"] = lr * ratio
+        for config in trainer.lr_scheduler_configs:
+            scheduler = config.scheduler
+            groups = scheduler.optimizer.param_groups  # type: ignore[union-attr]
+            if hasattr(scheduler, "base_lrs"):
+                scheduler.base_lrs = [g.get("initial_lr", g["lr"]) for g in groups]
+        log.info("LR finder: learning rate set to %.3g (%s.%s)", lr, type(container).__name__, name)
+
+
+class Tuner:
+    """Lightning's ``Tuner``, with our LR finder: ``Tuner(trainer).lr_find(model, ...)``.
+
+    Args:
+        trainer: the trainer to tune with (left reusable for the real fit).
+    """
+
+    def __init__(self, trainer: pl.Trainer) -> None:
+        self._trainer = trainer
+
+    def lr_find(
+        self,
+        model: pl.LightningModule,
+        train_dataloaders: Any = None,
+        val_dataloaders: Any = None,
+        dataloaders: Any = None,
+        datamodule: pl.LightningDataModule | None = None,
+        method: str = "fit",
+        min_lr: float = 1e-8,
+        max_lr: float = 1,
+        num_training: int = 100,
+        mode: str = "exponential",
+        early_stop_threshold: float | None = 4.0,
+        update_attr: bool = True,
+        attr_name: str = "",
+        **ours: Any,
+    ) -> LRFinderResult | None:
+        """Run the LR range test in ``trainer.fit``'s loop and return its result.
+
+        Returns ``None`` under ``fast_dev_run`` (the sweep is skipped with a warning, as
+        Lightning does).
+
+        Takes Lightning's arguments; ``**ours`` are :class:`LearningRateFinder`'s keyword
+        options (``method`` there is named ``suggest_method`` here, since Lightning's
+        ``method`` is the trainer stage; also ``plot_path``, ``smoothing``, ``progress``).
+        The model, optimizer state, RNG and the trainer's counters are as before; with
+        ``update_attr=True`` the suggestion is written to the model's LR attribute.
+        """
+        if method != "fit":
+            raise ValueError(
+                f"method={method!r}: the LR finder runs in fit only; pass method='fit'"
+            )
+        if dataloaders is not None:
+            raise ValueError(
+                "dataloaders= is for validate/test/predict; pass train_dataloaders= for the "
+                "LR finder"
+            )
+        if train_dataloaders is not None and datamodule is not None:
+            raise ValueError("pass either train_dataloaders= or datamodule=, not both")
+        unknown = set(ours) - {"suggest_method", "plot_path", "smoothing", "progress"}
+        if unknown:
+            raise TypeError(
+                f"unknown option(s) {sorted(unknown)}; lr_find accepts Lightning's arguments "
+                "and suggest_method, plot_path, smoothing, progress"
+            )
+        if update_attr:
+            find_lr_attr(model, attr_name)  # before anything runs
+        options = dict(ours)
+        options["method"] = options.pop("suggest_method", None)
+        callback = LearningRateFinder(
+            min_lr=min_lr,
+            max_lr=max_lr,
+            num_training_steps=num_training,
+            mode=mode,
+            early_stop_threshold=early_stop_threshold,
+            update_attr=update_attr,
+            attr_name=attr_name,
+            **options,
+        )
+        callback._early_exit = True
+        trainer = self._trainer
+        _set_callbacks(trainer, [callback, *_callbacks(trainer)])
+        try:
+            trainer.fit(model, train_dataloaders, val_dataloaders, datamodule)
+        finally:
+            _set_callbacks(trainer, [cb for cb in _callbacks(trainer) if cb is not callback])
+        return callback.optimal_lr

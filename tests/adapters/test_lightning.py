@@ -1,0 +1,496 @@
+"""The Lightning adapter with a real ``lightning.pytorch.Trainer`` (CPU, single process)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytest.importorskip("lightning")
+
+import lightning.pytorch as pl
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from lrfinder_adapters.lightning import LearningRateFinder, LRFinderResult, Tuner
+from lrfinder_adapters.testing import assert_state_bitwise_equal, capture_state
+from lrfinder_plugins import RangeTestResult
+
+pytestmark = [
+    # Lightning's advice for tiny CPU test setups, not faults of the adapter.
+    pytest.mark.filterwarnings("ignore:.*does not have many workers:UserWarning"),
+    pytest.mark.filterwarnings("ignore:.*smaller than the logging interval:UserWarning"),
+    pytest.mark.filterwarnings("ignore:.*GPU available but not used:UserWarning"),
+    # Lightning's pytree helper against a newer torch (a deprecation inside Lightning).
+    pytest.mark.filterwarnings(
+        r"ignore:`isinstance\(treespec, LeafSpec\)` is deprecated:FutureWarning"
+    ),
+]
+
+
+def _data(n: int = 64, seed: int = 0) -> TensorDataset:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 4, generator=g)
+    y = x @ torch.tensor([[0.5], [-0.3], [0.2], [0.4]]) + 0.1 * torch.randn(n, 1, generator=g)
+    return TensorDataset(x, y)
+
+
+class Regressor(pl.LightningModule):
+    """A small MLP regression with an LR attribute, Adam and a StepLR schedule."""
+
+    def __init__(self, lr: float = 1e-3, groups: bool = False) -> None:
+        super().__init__()
+        self.lr = lr
+        self.groups = groups
+        self.body = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh())
+        self.head = torch.nn.Linear(8, 1)
+        self.losses: list[float] = []
+        self.group_lrs: list[list[float]] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(x))
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        loss = torch.nn.functional.mse_loss(self(x), y)
+        self.losses.append(loss.item())
+        self.group_lrs.append([g["lr"] for g in self.trainer.optimizers[0].param_groups])
+        return loss
+
+    def configure_optimizers(self) -> Any:
+        if self.groups:
+            params = [
+                {"params": self.body.parameters(), "lr": self.lr * 0.1},
+                {"params": self.head.parameters(), "lr": self.lr},
+            ]
+        else:
+            params = [{"params": self.parameters()}]
+        optimizer = torch.optim.Adam(params, lr=self.lr)
+        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=3, gamma=0.5)
+        return {"optimizer": optimizer, "lr_scheduler": scheduler}
+
+    def train_dataloader(self) -> DataLoader[Any]:
+        return DataLoader(_data(512), batch_size=32, shuffle=True)
+
+
+class NoLR(Regressor):
+    """No ``lr`` attribute anywhere."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        del self.lr
+
+    def configure_optimizers(self) -> Any:
+        return torch.optim.SGD(self.parameters(), lr=0.01)
+
+
+def _trainer(**kwargs: Any) -> pl.Trainer:
+    options: dict[str, Any] = {
+        "accelerator": "cpu",
+        "devices": 1,
+        "max_epochs": 1,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "logger": False,
+        "enable_checkpointing": False,
+    }
+    options.update(kwargs)
+    return pl.Trainer(**options)
+
+
+def _params(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+class _Probe(pl.Callback):
+    """Captures the full state at fit start; ``prime`` first makes the optimizer state non-trivial."""
+
+    def __init__(self, prime: bool = False) -> None:
+        self.prime = prime
+        self.state: dict[str, Any] = {}
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        optimizers = trainer.optimizers
+        schedulers = [config.scheduler for config in trainer.lr_scheduler_configs]
+        if self.prime:  # one step and one schedule step: Adam moments, a scheduler count
+            x, y = _data(8, seed=1).tensors
+            torch.nn.functional.mse_loss(pl_module(x), y).backward()
+            optimizers[0].step()
+            schedulers[0].step()
+        self.state = {
+            "torch": [
+                capture_state(pl_module, o, schedulers=schedulers if i == 0 else ())
+                for i, o in enumerate(optimizers)
+            ],
+            "global_step": trainer.global_step,
+            "current_epoch": trainer.current_epoch,
+            "loop": trainer.fit_loop.state_dict(),
+        }
+        trainer.should_stop = True  # nothing more of this fit is needed
+
+
+def test_callback_restores_everything_bitwise() -> None:
+    pl.seed_everything(0, verbose=False)
+    before, after = _Probe(prime=True), _Probe()
+    finder = LearningRateFinder(num_training_steps=15, update_attr=False, progress=False)
+    trainer = _trainer(callbacks=[before, finder, after], limit_train_batches=4)
+    model = Regressor()
+    trainer.fit(model)
+    assert finder.optimal_lr is not None and len(finder.optimal_lr.results["lr"]) == 15
+    for saved, now in zip(before.state["torch"], after.state["torch"], strict=True):
+        assert_state_bitwise_equal(saved, now)
+    for key in ("global_step", "current_epoch", "loop"):
+        assert before.state[key] == after.state[key], key
+    assert trainer.limit_val_batches == 1.0 and trainer.max_epochs == 1
+    assert trainer.callbacks[:3] == [before, finder, after]
+
+
+def test_tuner_restores_model_rng_and_counters(tmp_path: Path) -> None:
+    pl.seed_everything(0, verbose=False)
+    model = Regressor()
+    trainer = _trainer(default_root_dir=tmp_path)
+    shadow = torch.optim.SGD(model.parameters(), lr=0.1)  # only to fit capture_state's signature
+    before = capture_state(model, shadow)
+    found = Tuner(trainer).lr_find(model, num_training=20, update_attr=False, progress=False)
+    assert_state_bitwise_equal(before, capture_state(model, shadow))
+    assert (trainer.global_step, trainer.current_epoch) == (0, 0)
+    assert trainer.fit_loop.epoch_progress.current.completed == 0
+    assert not list(tmp_path.rglob("*.ckpt")) and not trainer.should_stop
+    assert isinstance(found, LRFinderResult) and len(found.results["lr"]) == 20
+    assert not any(isinstance(cb, LearningRateFinder) for cb in trainer.callbacks)
+
+
+def test_sweep_is_not_cut_by_max_epochs_or_limit_train_batches() -> None:
+    model = Regressor()
+    trainer = _trainer(limit_train_batches=10, max_epochs=1, max_steps=3)
+    found = Tuner(trainer).lr_find(
+        model, num_training=30, early_stop_threshold=None, update_attr=False, progress=False
+    )
+    assert len(found.results["lr"]) == len(found.results["loss"]) == 30
+    assert len(model.losses) == 30  # one batch per point, across 3 epochs of 10 batches
+    assert found.result.stop_reason == "budget"
+    assert found.results["lr"][0] == pytest.approx(1e-8) and found.results["lr"][-1] == 1.0
+
+
+class _Validating(Regressor):
+    def __init__(self) -> None:
+        super().__init__()
+        self.validated = 0
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        self.validated += 1
+
+    def val_dataloader(self) -> DataLoader[Any]:
+        return DataLoader(_data(8), batch_size=4)
+
+
+def test_fit_after_lr_find_equals_fit_without() -> None:
+    def run(tune: str) -> tuple[dict[str, torch.Tensor], _Validating]:
+        pl.seed_everything(0, verbose=False)
+        model = _Validating()
+        callbacks = []
+        if tune == "callback":
+            callbacks = [
+                LearningRateFinder(num_training_steps=12, update_attr=False, progress=False)
+            ]
+        trainer = _trainer(
+            max_epochs=2, limit_train_batches=5, val_check_interval=2, callbacks=callbacks
+        )
+        if tune == "tuner":
+            Tuner(trainer).lr_find(model, num_training=12, update_attr=False, progress=False)
+            assert model.validated == 0  # no validation inside the sweep
+        model.losses.clear()
+        trainer.fit(model)
+        assert trainer.global_step == 10 and trainer.current_epoch == 2
+        return _params(model), model
+
+    plain, plain_model = run("none")
+    for tune in ("tuner", "callback"):
+        tuned, tuned_model = run(tune)
+        assert plain.keys() == tuned.keys()
+        for key in plain:
+            assert torch.equal(plain[key], tuned[key]), (tune, key)
+        # The same training and validation steps as the plain fit: none inside the sweep.
+        assert tuned_model.validated == plain_model.validated > 0, tune
+        assert tuned_model.losses[-len(plain_model.losses) :] == plain_model.losses, tune
+
+
+def test_lr_lands_in_model_lr_and_in_the_running_optimizer() -> None:
+    model = Regressor(lr=1e-3)
+    found = Tuner(_trainer()).lr_find(model, num_training=60, min_lr=1e-4, progress=False)
+    lr = found.suggestion()
+    assert isinstance(lr, float) and math.isfinite(lr)
+    assert model.lr == lr
+
+    model = Regressor(lr=1e-3)
+    finder = LearningRateFinder(num_training_steps=60, min_lr=1e-4, progress=False)
+    trainer = _trainer(callbacks=[finder], max_steps=1)
+    trainer.fit(model)
+    assert finder.optimal_lr is not None
+    assert model.lr == finder.optimal_lr.suggestion()
+    assert model.group_lrs[-1] == [model.lr]  # the real fit trained with the found LR
+
+
+class _HparamsLR(Regressor):
+    def __init__(self, learning_rate: float = 1e-3) -> None:
+        super().__init__()
+        del self.lr
+        self.save_hyperparameters()
+
+    def configure_optimizers(self) -> Any:
+        return torch.optim.SGD(self.parameters(), lr=self.hparams.learning_rate)
+
+
+def test_lr_lands_in_hparams() -> None:
+    model = _HparamsLR()
+    found = Tuner(_trainer()).lr_find(model, num_training=20, min_lr=1e-5, progress=False)
+    assert model.hparams.learning_rate == found.suggestion()
+
+
+def test_no_lr_attribute_is_a_clear_error_before_anything_runs() -> None:
+    model = NoLR()
+    trainer = _trainer()
+    with pytest.raises(AttributeError, match=r"model\.lr.*attr_name=.*update_attr=False"):
+        Tuner(trainer).lr_find(model)
+    assert model.losses == [] and trainer.global_step == 0
+    with pytest.raises(AttributeError, match=r"model\.my_lr"):
+        Tuner(trainer).lr_find(model, attr_name="my_lr")
+    trainer = _trainer(callbacks=[LearningRateFinder()])
+    with pytest.raises(AttributeError, match=r"model\.lr"):
+        trainer.fit(model)
+    assert model.losses == []
+
+
+def test_accumulation_gives_one_point_per_optimizer_step() -> None:
+    model = Regressor()
+    trainer = _trainer(accumulate_grad_batches=2, limit_train_batches=6)
+    found = Tuner(trainer).lr_find(
+        model, num_training=10, early_stop_threshold=None, update_attr=False, progress=False
+    )
+    assert len(found.results["lr"]) == 10
+    assert len(model.losses) == 20
+    pairs = [(a + b) / 2 for a, b in zip(model.losses[::2], model.losses[1::2])]
+    assert list(found.result.losses) == pytest.approx(pairs, rel=1e-6)
+    lrs = [group[0] for group in model.group_lrs]
+    assert lrs[::2] == lrs[1::2] == list(found.results["lr"])  # one LR per window
+
+
+def test_gradient_clipping_is_applied() -> None:
+    def sweep(**kwargs: Any) -> list[float]:
+        pl.seed_everything(0, verbose=False)
+        model = Regressor()
+        found = Tuner(_trainer(**kwargs)).lr_find(
+            model, num_training=20, min_lr=1e-2, max_lr=10.0, early_stop_threshold=None,
+            update_attr=False, progress=False,
+        )  # fmt: skip
+        assert len(found.results["lr"]) == 20
+        return list(found.result.losses)
+
+    plain, clipped = sweep(), sweep(gradient_clip_val=0.01)
+    assert plain[0] == clipped[0]  # the same first batch
+    assert plain != clipped
+
+
+def test_param_groups_keep_their_ratios() -> None:
+    model = Regressor(groups=True)
+    found = Tuner(_trainer()).lr_find(
+        model, num_training=10, early_stop_threshold=None, update_attr=False, progress=False
+    )
+    assert found.result.group_ratios == pytest.approx((0.1, 1.0))
+    for (body, head), lr in zip(model.group_lrs, found.results["lr"]):
+        assert head == lr and body == pytest.approx(0.1 * lr)
+
+
+def test_lightning_compatible_result_surface(tmp_path: Path) -> None:
+    import matplotlib
+    from matplotlib.figure import Figure
+
+    matplotlib.use("Agg")
+    model = Regressor()
+    found = Tuner(_trainer()).lr_find(
+        model, num_training=30, min_lr=1e-5, update_attr=False, progress=False,
+        plot_path=tmp_path / "lr.png", suggest_method="valley",
+    )  # fmt: skip
+    assert set(found.results) == {"lr", "loss"}
+    assert found.results["loss"] == list(found.result.smoothed_losses)
+    lr = found.suggestion()
+    assert isinstance(lr, float) and lr == found.result.suggestion("valley").lr
+    figure = found.plot(suggest=True)
+    assert isinstance(figure, Figure)
+    assert (tmp_path / "lr.png").stat().st_size > 0
+    assert isinstance(found.result, RangeTestResult)
+    assert "lightning" in found.suggestions()
+    assert 0.0 <= found.confidence <= 1.0
+    assert found.one_cycle(100)["total_steps"] == 100
+    path = found.save_json(tmp_path / "lr.json")
+    assert RangeTestResult.load_json(path).lrs == found.result.lrs
+    import matplotlib.pyplot as plt
+
+    plt.close("all")
+
+
+def test_bad_arguments() -> None:
+    with pytest.raises(ValueError, match="start_lr"):
+        LearningRateFinder(min_lr=1.0, max_lr=0.1)
+    tuner = Tuner(_trainer())
+    with pytest.raises(ValueError, match="method='fit'"):
+        tuner.lr_find(Regressor(), method="validate")
+    with pytest.raises(TypeError, match="unknown option"):
+        tuner.lr_find(Regressor(), bogus=1)
+
+
+def test_train_dataloaders_and_logged_metrics() -> None:
+    class Logging(Regressor):
+        def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+            loss = super().training_step(batch, batch_idx)
+            self.log("train_loss", loss)
+            return loss
+
+    model = Logging()
+    trainer = _trainer()
+    loader = DataLoader(_data(64), batch_size=16)  # handed to fit(), 4 batches an epoch
+    found = Tuner(trainer).lr_find(
+        model, train_dataloaders=loader, num_training=10, early_stop_threshold=None,
+        update_attr=False, progress=False,
+    )  # fmt: skip
+    assert len(found.results["lr"]) == 10
+    assert trainer.callback_metrics == {} and trainer.logged_metrics == {}
+    trainer.fit(model, train_dataloaders=loader)
+    assert trainer.global_step == 4 and "train_loss" in trainer.callback_metrics
+
+
+class TwoOptimizers(Regressor):
+    """Manual optimisation with two optimizers: one point per batch, both swept."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.automatic_optimization = False
+        self.lrs: list[tuple[float, float]] = []
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        body, head = self.optimizers()  # type: ignore[misc]
+        x, y = batch
+        loss = torch.nn.functional.mse_loss(self(x), y)
+        body.zero_grad()
+        head.zero_grad()
+        self.manual_backward(loss)
+        body.step()
+        head.step()
+        self.lrs.append((body.param_groups[0]["lr"], head.param_groups[0]["lr"]))
+        self.losses.append(loss.item())
+        return loss
+
+    def configure_optimizers(self) -> Any:
+        return [
+            torch.optim.SGD(self.body.parameters(), lr=1e-3, momentum=0.9),
+            torch.optim.Adam(self.head.parameters(), lr=1e-2),
+        ]
+
+
+def test_manual_optimization_with_two_optimizers() -> None:
+    pl.seed_everything(0, verbose=False)
+    before, after = _Probe(), _Probe()
+    finder = LearningRateFinder(
+        num_training_steps=12, early_stop_threshold=None, update_attr=False, progress=False
+    )
+    model = TwoOptimizers()
+    _trainer(callbacks=[before, finder, after]).fit(model)
+    assert finder.optimal_lr is not None
+    assert list(finder.optimal_lr.result.losses) == model.losses[:12]
+    assert finder.optimal_lr.result.group_ratios == pytest.approx((0.1, 1.0))
+    for (body, head), lr in zip(model.lrs, finder.optimal_lr.results["lr"]):
+        assert head == lr and body == pytest.approx(0.1 * lr)
+    assert before.state["global_step"] == after.state["global_step"] == 0
+    for saved, now in zip(before.state["torch"], after.state["torch"], strict=True):
+        assert_state_bitwise_equal(saved, now)
+
+
+def test_bf16_mixed_precision() -> None:
+    pl.seed_everything(0, verbose=False)
+    before, after = _Probe(), _Probe()
+    finder = LearningRateFinder(num_training_steps=10, update_attr=False, progress=False)
+    _trainer(precision="bf16-mixed", callbacks=[before, finder, after]).fit(Regressor())
+    assert finder.optimal_lr is not None and len(finder.optimal_lr.result) == 10
+    for saved, now in zip(before.state["torch"], after.state["torch"], strict=True):
+        assert_state_bitwise_equal(saved, now)
+
+
+class _Failing(Regressor):
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        if len(self.losses) == 5:
+            raise RuntimeError("boom in step 6")
+        return super().training_step(batch, batch_idx)
+
+
+def test_an_error_inside_the_sweep_restores_the_state() -> None:
+    model = _Failing()
+    trainer = _trainer()
+    shadow = torch.optim.SGD(model.parameters(), lr=0.1)
+    before = capture_state(model, shadow)
+    with pytest.raises(RuntimeError, match="boom in step 6"):
+        Tuner(trainer).lr_find(model, num_training=20, update_attr=False, progress=False)
+    assert len(model.losses) == 5
+    assert_state_bitwise_equal(before, capture_state(model, shadow))
+    assert trainer.global_step == 0 and trainer.current_epoch == 0
+
+
+class _Stream(torch.utils.data.IterableDataset[Any]):
+    """Three batches a pass, no length."""
+
+    def __iter__(self) -> Any:
+        x, y = _data(48).tensors
+        return iter(list(zip(x.split(16), y.split(16))))
+
+
+def test_iterable_data_without_length_cycles() -> None:
+    model = Regressor()
+    loader = DataLoader(_Stream(), batch_size=None)
+    found = Tuner(_trainer()).lr_find(
+        model, train_dataloaders=loader, num_training=8, early_stop_threshold=None,
+        update_attr=False, progress=False,
+    )  # fmt: skip
+    assert found is not None and len(found.results["lr"]) == 8
+
+
+def test_fast_dev_run_skips_with_a_warning() -> None:
+    with pytest.warns(UserWarning, match="fast_dev_run"):
+        found = Tuner(_trainer(fast_dev_run=True)).lr_find(Regressor(), progress=False)
+    assert found is None
+
+
+class _Recording(pl.loggers.Logger):
+    """A logger that keeps every metrics call."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[dict[str, float]] = []
+
+    @property
+    def name(self) -> str:
+        return "recording"
+
+    @property
+    def version(self) -> int:
+        return 0
+
+    def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        self.calls.append(dict(metrics))
+
+
+def test_loggers_get_no_sweep_steps() -> None:
+    class Logging(Regressor):
+        def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+            loss = super().training_step(batch, batch_idx)
+            self.log("train_loss", loss)
+            return loss
+
+    logger = _Recording()
+    trainer = _trainer(logger=logger, log_every_n_steps=1)
+    found = Tuner(trainer).lr_find(Logging(), num_training=10, update_attr=False, progress=False)
+    assert found is not None and len(found.result) == 10
+    assert logger.calls == [] and trainer.logger is logger
