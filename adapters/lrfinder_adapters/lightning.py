@@ -28,8 +28,10 @@ the LR schedulers are not stepped, the loggers and the other callbacks are detac
 everything is put back in memory (no checkpoint file), so ``fit()`` continues from exactly the
 original state.
 
-Single process only for now: under a multi-process strategy the callback raises (no reduce
-point is wired in yet).
+Under a multi-process strategy (``strategy="ddp"``) the session reduces each point's loss across
+ranks through :class:`~lrfinder_adapters.distributed.TorchDistributedReducer` (the mean over
+ranks; Lightning's own uses rank 0's), so every rank stops at the same step and holds the same
+result.
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ from lrfinder_plugins.spi import (  # noqa: E402
     RangeTest,
     RangeTestResult,
     RangeTestSession,
+    Reducer,
     StopReason,
     group_ratios,
 )
@@ -356,6 +359,16 @@ class _SweepCallback(Callback):
             trainer.should_stop = True
 
 
+def _reducer(trainer: pl.Trainer) -> Reducer | None:
+    """The reduce point of a multi-process strategy (DDP): every rank records the mean loss and
+    stops at the same step; ``None`` (one process) otherwise."""
+    if trainer.world_size <= 1:
+        return None
+    from lrfinder_adapters.distributed import TorchDistributedReducer, ddp_process_group
+
+    return TorchDistributedReducer(watch=[ddp_process_group(trainer.strategy.model)])
+
+
 def _loss_of(outputs: Any) -> float | None:
     if isinstance(outputs, torch.Tensor):
         return float(outputs.detach().float().item())
@@ -466,11 +479,6 @@ class LearningRateFinder(Callback):
 
     def lr_find(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> LRFinderResult:
         """Run the sweep in ``trainer``'s fit loop now; the state is restored afterwards."""
-        if trainer.world_size > 1:
-            raise NotImplementedError(
-                f"world_size={trainer.world_size}: lrfinder_adapters.lightning runs on a single "
-                "process for now; run the LR finder with devices=1, then train distributed"
-            )
         if not trainer.optimizers:
             raise RuntimeError(
                 "the trainer has no optimizer at fit start: configure_optimizers must return one"
@@ -480,7 +488,9 @@ class LearningRateFinder(Callback):
         progress = (
             trainer.progress_bar_callback is not None if self.progress is None else self.progress
         )
-        session = RangeTestSession(self._make_test(flat), progress=progress)
+        session = RangeTestSession(
+            self._make_test(flat), reducer=_reducer(trainer), progress=progress
+        )
         saved = _Saved(trainer, pl_module)  # after the session: a plugin failing moved nothing
         sweep = _SweepCallback(session, per_optimizer)
         try:

@@ -39,6 +39,10 @@ HEALTHY = [
 def torchrun(out: Path, *scenarios: str, worker: Path = WORKER) -> subprocess.Popen[bytes]:
     """Start ``torchrun --standalone --nproc_per_node 2 worker.py out scenarios...``."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    # seed_everything() in an earlier test leaves these behind; Lightning's DDP setup would then
+    # re-seed every RNG inside fit(), before any search starts.
+    for name in ("PL_GLOBAL_SEED", "PL_SEED_WORKERS"):
+        env.pop(name, None)
     with (out / "launcher.log").open("wb") as log:  # the launcher keeps its own descriptor
         return subprocess.Popen(
             [
@@ -275,3 +279,26 @@ def test_accelerate_decorator_agrees_across_processes(accelerate_run: Path) -> N
     """Limits of 90 and 60 calls: both processes try the same sizes and return 60."""
     rank0, rank1 = records(accelerate_run, "decorator")
     assert rank0 == rank1 and rank0["answer"] == 60
+
+
+# -- Lightning: Trainer(strategy="ddp", devices=2) under torchrun -----------------------------------
+@pytest.fixture(scope="module")
+def lightning_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """One launch of the Lightning DDP scenarios."""
+    pytest.importorskip("lightning")
+    out = tmp_path_factory.mktemp("lightning")
+    finish(torchrun(out, "lr", "nan", worker=WORKER.with_name("lightning_worker.py")), out)
+    yield out
+
+
+def test_lightning_lr_find_under_ddp_is_equal_on_both_ranks(lightning_run: Path) -> None:
+    """Tuner.lr_find with strategy='ddp': the same points and suggestion on both ranks."""
+    rank0, rank1 = records(lightning_run, "lr")
+    assert rank0 == rank1 and rank0["world_size"] == 2 and len(rank0["losses"]) == 20
+    assert rank0["global_step"] == 0  # the trainer's counters are back
+
+
+def test_lightning_nan_on_one_rank_stops_both(lightning_run: Path) -> None:
+    """Rank 1's NaN at its 5th step stops both ranks there (Lightning uses rank 0's loss)."""
+    rank0, rank1 = records(lightning_run, "nan")
+    assert rank0 == rank1 and rank0["stop_reason"] == "non_finite" and len(rank0["losses"]) == 5

@@ -1,0 +1,124 @@
+"""One rank of the 2-process Lightning tests: ``Trainer(strategy="ddp", devices=2)`` under torchrun.
+
+Runs the scenarios named on the command line and writes ``OUT/<scenario>.<rank>.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import traceback
+import warnings
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from lrfinder_adapters.lightning import Tuner
+from lrfinder_adapters.testing import assert_state_bitwise_equal, capture_state
+
+
+class Regressor(pl.LightningModule):
+    """A small MLP regression; ``nan_at`` makes rank 1's loss NaN at that training step."""
+
+    def __init__(self, nan_at: int | None = None) -> None:
+        super().__init__()
+        self.lr = 1e-3
+        self.nan_at = nan_at
+        self.net = torch.nn.Sequential(
+            torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1)
+        )
+        self.calls = 0
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        self.calls += 1
+        loss = torch.nn.functional.mse_loss(self.net(x), y)
+        if self.nan_at is not None and self.global_rank == 1 and self.calls == self.nan_at:
+            loss = loss * math.nan
+        return loss
+
+    def configure_optimizers(self) -> Any:
+        return torch.optim.Adam(self.parameters(), lr=self.lr)
+
+    def train_dataloader(self) -> DataLoader[Any]:
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(2048, 4, generator=g)
+        return DataLoader(TensorDataset(x, x.sum(dim=1, keepdim=True)), batch_size=32)
+
+
+def trainer() -> pl.Trainer:
+    return pl.Trainer(
+        accelerator="cpu",
+        devices=2,
+        strategy="ddp",
+        max_epochs=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+
+
+def run(model: Regressor) -> dict[str, Any]:
+    t = trainer()
+    found = Tuner(t).lr_find(model, num_training=20, update_attr=False, early_stop_threshold=None)
+    assert found is not None
+    result = found.result
+    return {
+        "losses": [x if math.isfinite(x) else str(x) for x in result.losses],
+        "lrs": list(result.lrs),
+        "stop_reason": str(result.stop_reason),
+        "world_size": result.world_size,
+        "suggestion": found.suggestion(),
+        "global_step": t.global_step,
+    }
+
+
+def scenario_lr() -> dict[str, Any]:
+    """Tuner.lr_find under DDP: the same points on both ranks, the model restored bitwise."""
+    torch.manual_seed(0)
+    model = Regressor()
+    before = capture_state(model, torch.optim.SGD(model.parameters()))
+    record = run(model)
+    assert_state_bitwise_equal(
+        {k: v for k, v in before.items() if k != "optimizer"},
+        {
+            k: v
+            for k, v in capture_state(model, torch.optim.SGD(model.parameters())).items()
+            if k != "optimizer"
+        },
+    )
+    return record
+
+
+def scenario_nan() -> dict[str, Any]:
+    """Rank 1's loss is NaN at its 5th step: both ranks stop there."""
+    torch.manual_seed(0)
+    return run(Regressor(nan_at=5))
+
+
+def main() -> None:
+    out = Path(sys.argv[1])
+    torch.set_num_threads(1)
+    warnings.simplefilter("ignore")
+    for name in sys.argv[2:]:
+        rank = 0
+        try:
+            record = globals()[f"scenario_{name}"]()
+        except Exception:
+            record = {"crashed": traceback.format_exc()}
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            rank = torch.distributed.get_rank()
+        else:
+            import os
+
+            rank = int(os.environ.get("RANK", 0))
+        (out / f"{name}.{rank}.json").write_text(json.dumps(record))
+
+
+if __name__ == "__main__":
+    main()
