@@ -40,28 +40,39 @@ from lrfinder_adapters import require
 
 require("lightning", "lightning")
 
+import contextlib  # noqa: E402
 import copy  # noqa: E402
 import logging  # noqa: E402
 import math  # noqa: E402
+import time  # noqa: E402
 import warnings  # noqa: E402
-from collections.abc import Mapping  # noqa: E402
+from collections.abc import Iterator, Mapping  # noqa: E402
 from pathlib import Path  # noqa: E402
-from typing import TYPE_CHECKING, Any  # noqa: E402
+from typing import TYPE_CHECKING, Any, NamedTuple  # noqa: E402
 
 import lightning.pytorch as pl  # noqa: E402
 import torch  # noqa: E402
 from lightning.pytorch.callbacks import Callback  # noqa: E402
 from lightning.pytorch.utilities.exceptions import _TunerExitException  # noqa: E402
 
+from lrfinder_adapters import _memory  # noqa: E402
 from lrfinder_adapters import state as _state  # noqa: E402
 from lrfinder_plugins.spi import (  # noqa: E402
+    BatchSizeResult,
+    BatchSizeSearch,
+    BatchSizeSession,
+    NothingFitsError,
     RangeTest,
     RangeTestResult,
     RangeTestSession,
     Reducer,
     StopReason,
+    TrialReport,
+    first_line,
     group_ratios,
+    is_oom,
 )
+from lrfinder_plugins.spi import validate as _validate  # noqa: E402
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -69,7 +80,16 @@ if TYPE_CHECKING:
 
     from lrfinder_plugins import Suggestion
 
-__all__ = ["LRFinderResult", "LearningRateFinder", "Tuner", "find_lr_attr"]
+__all__ = [
+    "BatchSizeFinder",
+    "LRFinderResult",
+    "LearningRateFinder",
+    "TuneResult",
+    "Tuner",
+    "find_batch_size_attr",
+    "find_lr_attr",
+    "tune",
+]
 
 log = logging.getLogger("lrfinder_plugins")
 
@@ -359,6 +379,24 @@ class _SweepCallback(Callback):
             trainer.should_stop = True
 
 
+def _detach(trainer: pl.Trainer, callback: Callback) -> None:
+    """Set the trainer up for a sweep or a trial only: ``callback`` is all that runs, nothing
+    cuts it short (the callback stops the loop)."""
+    loop = trainer.fit_loop
+    _set_callbacks(trainer, [callback])
+    trainer.loggers = []
+    trainer.strategy.lr_scheduler_configs = []
+    trainer.limit_val_batches = 0  # no validation inside the sweep
+    trainer.should_stop = False
+    loop.max_epochs = -1  # the data cycles, epoch after epoch, until the callback stops it
+    loop.min_epochs = None
+    loop.epoch_loop.min_steps = None
+    # No step limit: a point is one optimizer step of the automatic loop, but manual
+    # optimisation counts every optimizer's step in global_step; the callback stops the loop.
+    loop.epoch_loop.max_steps = -1
+    loop.restarting = False
+
+
 def _reducer(trainer: pl.Trainer) -> Reducer | None:
     """The reduce point of a multi-process strategy (DDP): every rank records the mean loss and
     stops at the same step; ``None`` (one process) otherwise."""
@@ -520,20 +558,7 @@ class LearningRateFinder(Callback):
         return found
 
     def _detach(self, trainer: pl.Trainer, sweep: _SweepCallback) -> None:
-        """Set the trainer up for the sweep only: nothing else runs, nothing cuts it short."""
-        loop = trainer.fit_loop
-        _set_callbacks(trainer, [sweep])
-        trainer.loggers = []
-        trainer.strategy.lr_scheduler_configs = []
-        trainer.limit_val_batches = 0  # no validation inside the sweep
-        trainer.should_stop = False
-        loop.max_epochs = -1  # the data cycles, epoch after epoch, until the session stops
-        loop.min_epochs = None
-        loop.epoch_loop.min_steps = None
-        # No step limit: a point is one optimizer step of the automatic loop, but manual
-        # optimisation counts every optimizer's step in global_step; the session stops the loop.
-        loop.epoch_loop.max_steps = -1
-        loop.restarting = False
+        _detach(trainer, sweep)
 
     def _apply(
         self,
@@ -562,6 +587,344 @@ class LearningRateFinder(Callback):
         log.info("LR finder: learning rate set to %.3g (%s.%s)", lr, type(container).__name__, name)
 
 
+_BATCH_OPTIONS = frozenset({"margin", "memory_budget", "max_val", "progress"})
+"""Our keyword options of :class:`BatchSizeFinder` (beyond Lightning's parameters)."""
+
+
+def find_batch_size_attr(
+    model: Any, datamodule: Any = None, batch_arg_name: str = "batch_size"
+) -> list[tuple[Any, str]]:
+    """Every place the batch size lives, as Lightning looks: ``model.<batch_arg_name>``,
+    ``model.hparams``, ``datamodule.<batch_arg_name>``, ``datamodule.hparams`` (all of those
+    that exist get the found size).
+
+    Raises:
+        AttributeError: none exists, naming what was looked for and the fix.
+    """
+    found: list[tuple[Any, str]] = []
+    for owner in (model, datamodule):
+        if owner is None:
+            continue
+        for container in (owner, _hparams(owner)):
+            if _has(container, batch_arg_name):
+                found.append((container, batch_arg_name))
+    if not found:
+        looked = [f"model.{batch_arg_name}", f"model.hparams.{batch_arg_name}"]
+        if datamodule is not None:
+            looked += [f"datamodule.{batch_arg_name}", f"datamodule.hparams.{batch_arg_name}"]
+        raise AttributeError(
+            f"the batch-size search has nowhere to set the batch size: none of "
+            f"{', '.join(looked)} exists; add one (e.g. `self.batch_size = 32` in __init__ and "
+            "use it in train_dataloader) or name yours with batch_arg_name=..."
+        )
+    return found
+
+
+def _set_batch_size(targets: list[tuple[Any, str]], size: int) -> None:
+    for container, name in targets:
+        _set_lr_attr(container, name, size)
+
+
+class _TrialCallback(Callback):
+    """The only callback attached during a trial: counts optimizer steps, stops after ``steps``."""
+
+    def __init__(self, steps: int, meter: _memory.TensorMeter) -> None:
+        self.steps = steps
+        self.meter = meter
+        self.done = 0
+        self.window_open = False
+        self.step_at_start = 0
+
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        """Start a step's profile before the first batch of an optimizer step's window."""
+        if self.done >= self.steps:
+            trainer.should_stop = True
+            return
+        if not self.window_open:
+            self.meter.begin_step()
+            self.step_at_start = trainer.global_step
+            self.window_open = True
+
+    def on_train_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
+        """Count an optimizer step once the window's last batch stepped; stop after the last."""
+        if not self.window_open or trainer.global_step == self.step_at_start:
+            return  # no optimizer step yet: the window goes on
+        self.window_open = False
+        self.done += 1
+        if self.done >= self.steps:
+            trainer.should_stop = True
+
+
+class BatchSizeFinder(Callback):
+    """Lightning's ``BatchSizeFinder`` callback, running our batch-size search at fit start.
+
+    Each trial sets the proposed size where Lightning looks (every one of ``model.<name>``,
+    ``model.hparams``, ``datamodule.<name>``, ``datamodule.hparams`` that exists), rebuilds the
+    train dataloader and runs ``steps_per_trial`` optimizer steps through Lightning's own fit
+    loop (no validation, no loggers, not cut by the trainer's limits), measured as the torch
+    probe measures (:mod:`lrfinder_adapters._memory`). An out-of-memory error (classified by
+    :func:`lrfinder_plugins.spi.is_oom`), or live tensor memory over ``memory_budget``, means the
+    size does not fit. After every trial the full state is put back (weights, optimizers,
+    schedulers, RNG, loop progress). Under DDP every rank runs each trial on the inner module
+    (no collective inside a trial) and the ranks agree on its outcome once per trial: the size
+    fits only if it fits on every rank.
+
+    Args:
+        mode: ``"power"`` (Lightning's default: double until out of memory), ``"binsearch"``
+            (then bisect) or ``"guided"`` (ours: extrapolates the measured memory).
+        steps_per_trial: optimizer steps per trial.
+        init_val: the first size tried.
+        max_trials: the most trials.
+        batch_arg_name: the attribute that holds the batch size.
+        margin: the share of the limit kept free (see ``BatchSizeSearch``).
+        memory_budget: bytes of live tensor memory a trial may use; over it counts as out of
+            memory (``None``: the device's real limit).
+        max_val: the largest size tried (``None``: no limit).
+        progress: show a progress bar (``None``: when the trainer shows one).
+
+    Raises:
+        NothingFitsError: even the smallest size ran out of memory.
+
+    After the search, :attr:`optimal_batch_size` holds the size (an int) and :attr:`result` the
+    :class:`~lrfinder_plugins.BatchSizeResult`; the size is set in the attribute(s), and the
+    fit's dataloaders are rebuilt at it.
+    """
+
+    SUPPORTED_MODES = ("power", "binsearch", "guided")
+
+    def __init__(
+        self,
+        mode: str = "power",
+        steps_per_trial: int = 3,
+        init_val: int = 2,
+        max_trials: int = 25,
+        batch_arg_name: str = "batch_size",
+        *,
+        margin: float = 0.05,
+        memory_budget: int | None = None,
+        max_val: int | None = 8192,
+        progress: bool | None = None,
+    ) -> None:
+        self._mode = _validate.one_of("mode", mode, self.SUPPORTED_MODES)
+        self._steps_per_trial = steps_per_trial
+        self._init_val = init_val
+        self._max_trials = max_trials
+        self._batch_arg_name = batch_arg_name
+        self.margin = margin
+        self.memory_budget = (
+            None
+            if memory_budget is None
+            else _validate.int_at_least("memory_budget", memory_budget, 1)
+        )
+        self.max_val = max_val
+        self.progress = progress
+        self._early_exit = False
+        self.optimal_batch_size: int | None = None
+        self.result: BatchSizeResult | None = None
+        # Checked now, before any trainer exists: a bad setting raises before anything runs.
+        self._make_search(None)
+
+    def _make_search(self, upper_bound: int | None) -> BatchSizeSearch:
+        return BatchSizeSearch(
+            mode=self._mode,
+            init_val=self._init_val,
+            max_trials=self._max_trials,
+            steps_per_trial=self._steps_per_trial,
+            max_val=self.max_val,
+            margin=self.margin,
+            upper_bound=upper_bound,
+        )
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        """Check, before anything runs, that the batch size has somewhere to go."""
+        if stage == "fit":
+            self._targets(trainer, pl_module)
+
+    def _targets(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> list[tuple[Any, str]]:
+        if not trainer.fit_loop._data_source.is_module():
+            raise ValueError(
+                "the batch-size search cannot resize dataloaders passed straight to fit(): "
+                "build the train dataloader in the LightningModule's or the datamodule's "
+                f"train_dataloader() from its {self._batch_arg_name} attribute"
+            )
+        datamodule = getattr(trainer, "datamodule", None)  # set by a connector, untyped
+        return find_batch_size_attr(pl_module, datamodule, self._batch_arg_name)
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Run the search, restore everything, set the size; with the Tuner, end the fit here.
+
+        Under ``fast_dev_run`` the search is skipped with a warning and
+        :attr:`optimal_batch_size` stays ``None``.
+        """
+        if getattr(trainer, "fast_dev_run", False):  # set by a connector, untyped
+            warnings.warn(
+                "skipping the batch-size finder: fast_dev_run is on (it runs a handful of "
+                "batches only)",
+                UserWarning,
+                stacklevel=2,
+            )
+        else:
+            self.scale_batch_size(trainer, pl_module)
+        if self._early_exit:
+            raise _TunerExitException()
+
+    def scale_batch_size(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> int:
+        """Run the search in ``trainer``'s fit loop now; the state is restored after each trial."""
+        targets = self._targets(trainer, pl_module)
+        container, name = targets[0]
+        original = container[name] if isinstance(container, Mapping) else getattr(container, name)
+        progress = (
+            trainer.progress_bar_callback is not None if self.progress is None else self.progress
+        )
+        session = BatchSizeSession(
+            self._make_search(self._dataset_length(trainer)),
+            reducer=_reducer(trainer),
+            progress=progress,
+        )
+        done = False
+        try:
+            session.start()
+            while not session.finished:
+                size = session.next_size()
+                session.end_trial(size, self._trial(trainer, pl_module, targets, size))
+            done = True
+        finally:
+            result = session.finish()
+            if not done:
+                _set_batch_size(targets, original)
+        self.result = result
+        if result.batch_size is None:
+            _set_batch_size(targets, original)
+            last = result.trials[-1].error if result.trials else "no trials"
+            raise NothingFitsError(
+                f"even a batch of {min(t.size for t in result.trials)} ran out of memory "
+                f"({last}); use a smaller model, mixed precision or a larger memory_budget",
+                result,
+            )
+        self.optimal_batch_size = result.batch_size
+        _set_batch_size(targets, result.batch_size)
+        # The fit's dataloaders are rebuilt at the found size (the restore dropped them).
+        loop = trainer.fit_loop
+        loop._combined_loader = None
+        loop.epoch_loop.val_loop._combined_loader = None
+        log.info("batch-size finder: batch size set to %d (%s)", result.batch_size, name)
+        return result.batch_size
+
+    @staticmethod
+    def _dataset_length(trainer: pl.Trainer) -> int | None:
+        """The train dataset's length (no size above it is tried); ``None`` when unknown."""
+        loop = trainer.fit_loop
+        loop._combined_loader = None
+        rng = _state.RngState.capture()  # setting the data up draws a sampler seed: not kept
+        try:
+            loop.setup_data()
+            combined = loop._combined_loader
+            return None if combined is None else int(combined._dataset_length())
+        except (NotImplementedError, TypeError):
+            return None  # iterable-style data: no bound
+        finally:
+            loop._combined_loader = None
+            rng.restore()
+
+    def _trial(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        targets: list[tuple[Any, str]],
+        size: int,
+    ) -> TrialReport:
+        """One trial at ``size`` in the fit loop; an out-of-memory error is a report."""
+        _set_batch_size(targets, size)
+        saved = _Saved(trainer, pl_module)
+        meter = _memory.make_meter(pl_module.device, self.memory_budget)
+        trial = _TrialCallback(self._steps_per_trial, meter)
+        hooks: list[Any] = []
+        error: str | None = None
+        exception: Exception | None = None
+        capacity: int | None = None
+        loop = trainer.fit_loop
+        start = time.perf_counter()
+        try:
+            _detach(trainer, trial)
+            for optimizer in trainer.optimizers:
+                hooks.append(
+                    optimizer.register_step_pre_hook(
+                        lambda *_: meter.mark(_memory.FORWARD_BACKWARD)
+                    )
+                )
+                hooks.append(
+                    optimizer.register_step_post_hook(lambda *_: meter.mark(_memory.OPTIMIZER))
+                )
+                meter.track(_memory.state_tensors(pl_module, optimizer))
+            loop._combined_loader = None  # rebuilt at this size
+            loop.setup_data()
+            with _local_steps(trainer, pl_module), meter.active():
+                loop.run()
+            meter.mark(_memory.FORWARD_BACKWARD)
+            meter.begin_step()
+        except Exception as exc:
+            if is_oom(exc):
+                error = first_line(exc)
+                capacity = meter.capacity_after(exc)
+            else:
+                exception = exc
+        finally:
+            for hook in hooks:
+                hook.remove()
+            saved.restore(trainer)
+        seconds = time.perf_counter() - start
+        _memory.free_memory(pl_module.device)
+        if exception is None and error is None and trial.done < self._steps_per_trial:
+            exception = ValueError(
+                f"the train dataloader yielded no batches at batch size {size}; it needs at "
+                "least one batch per trial (drop_last=True drops a dataset smaller than a batch)"
+            )
+        if exception is not None:
+            return TrialReport(fitted=False, steps=trial.done, exception=exception)
+        reading = meter.capacity()
+        if reading is not None:
+            capacity = reading if capacity is None else min(capacity, reading)
+        return TrialReport(
+            fitted=error is None,
+            steps=trial.done,
+            peak_bytes=meter.reported_peaks or None,
+            profile=None if error is not None or meter.profile is None else tuple(meter.profile),
+            capacity_bytes=capacity,
+            seconds=seconds,
+            error=error,
+        )
+
+
+@contextlib.contextmanager
+def _local_steps(trainer: pl.Trainer, pl_module: pl.LightningModule) -> Iterator[None]:
+    """Under DDP, a trial makes no collective call: the steps run on the inner module (no
+    gradient all-reduce, as the torch probe does) and the epoch loop skips its per-batch SIGTERM
+    broadcast, so a size that runs out of memory on one rank only cannot leave the others
+    waiting; the ranks agree once per trial instead (the session's reduce point)."""
+    strategy = trainer.strategy
+    wrapped = strategy.model
+    if not isinstance(wrapped, torch.nn.parallel.DistributedDataParallel):
+        yield
+        return
+    epoch_loop = trainer.fit_loop.epoch_loop
+    strategy.model = pl_module
+    epoch_loop._broadcast_sigterm_tensor = lambda: None  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        del epoch_loop._broadcast_sigterm_tensor  # the class's method again
+        strategy.model = wrapped
+
+
 class Tuner:
     """Lightning's ``Tuner``, with our LR finder: ``Tuner(trainer).lr_find(model, ...)``.
 
@@ -571,6 +934,24 @@ class Tuner:
 
     def __init__(self, trainer: pl.Trainer) -> None:
         self._trainer = trainer
+
+    def _fit_once(
+        self,
+        callback: LearningRateFinder | BatchSizeFinder,
+        model: pl.LightningModule,
+        train_dataloaders: Any,
+        val_dataloaders: Any,
+        datamodule: pl.LightningDataModule | None,
+    ) -> None:
+        """``trainer.fit`` with ``callback`` first, ended by it once it searched (as Lightning's
+        Tuner does); the trainer's callbacks are as before afterwards."""
+        callback._early_exit = True
+        trainer = self._trainer
+        _set_callbacks(trainer, [callback, *_callbacks(trainer)])
+        try:
+            trainer.fit(model, train_dataloaders, val_dataloaders, datamodule)
+        finally:
+            _set_callbacks(trainer, [cb for cb in _callbacks(trainer) if cb is not callback])
 
     def lr_find(
         self,
@@ -631,11 +1012,133 @@ class Tuner:
             attr_name=attr_name,
             **options,
         )
-        callback._early_exit = True
-        trainer = self._trainer
-        _set_callbacks(trainer, [callback, *_callbacks(trainer)])
-        try:
-            trainer.fit(model, train_dataloaders, val_dataloaders, datamodule)
-        finally:
-            _set_callbacks(trainer, [cb for cb in _callbacks(trainer) if cb is not callback])
+        self._fit_once(callback, model, train_dataloaders, val_dataloaders, datamodule)
         return callback.optimal_lr
+
+    def scale_batch_size(
+        self,
+        model: pl.LightningModule,
+        train_dataloaders: Any = None,
+        val_dataloaders: Any = None,
+        dataloaders: Any = None,
+        datamodule: pl.LightningDataModule | None = None,
+        method: str = "fit",
+        mode: str = "power",
+        steps_per_trial: int = 3,
+        init_val: int = 2,
+        max_trials: int = 25,
+        batch_arg_name: str = "batch_size",
+        **ours: Any,
+    ) -> int | None:
+        """Find the largest batch size that fits, in ``trainer.fit``'s loop; return it (an int).
+
+        Returns ``None`` under ``fast_dev_run`` (the search is skipped with a warning).
+
+        Takes Lightning's arguments; ``**ours`` are :class:`BatchSizeFinder`'s keyword options
+        (``margin``, ``memory_budget``, ``max_val``, ``progress``). The found size is set in the
+        batch-size attribute(s); the model, optimizer state, RNG and the trainer's counters are
+        as before.
+
+        Raises:
+            AttributeError: no batch-size attribute (before anything runs).
+            NothingFitsError: even the smallest size ran out of memory.
+        """
+        if method != "fit":
+            raise ValueError(
+                f"method={method!r}: the batch-size search runs in fit only; pass method='fit'"
+            )
+        if dataloaders is not None or train_dataloaders is not None:
+            raise ValueError(
+                "the batch-size search cannot resize dataloaders passed in: build the train "
+                "dataloader in the LightningModule's or the datamodule's train_dataloader() from "
+                f"its {batch_arg_name} attribute"
+            )
+        unknown = set(ours) - _BATCH_OPTIONS
+        if unknown:
+            raise TypeError(
+                f"unknown option(s) {sorted(unknown)}; scale_batch_size accepts Lightning's "
+                f"arguments and {', '.join(sorted(_BATCH_OPTIONS))}"
+            )
+        find_batch_size_attr(model, datamodule, batch_arg_name)  # before anything runs
+        callback = BatchSizeFinder(
+            mode=mode,
+            steps_per_trial=steps_per_trial,
+            init_val=init_val,
+            max_trials=max_trials,
+            batch_arg_name=batch_arg_name,
+            **ours,
+        )
+        self._fit_once(callback, model, None, val_dataloaders, datamodule)
+        return callback.optimal_batch_size
+
+
+class TuneResult(NamedTuple):
+    """What :func:`tune` found: the batch size first, then the LR finder's result at it."""
+
+    batch_size: int | None
+    lr_finder: LRFinderResult | None
+
+
+_TUNE_BATCH = frozenset(
+    {"steps_per_trial", "init_val", "max_trials", "batch_arg_name"} | _BATCH_OPTIONS - {"progress"}
+)
+_TUNE_LR = frozenset(
+    {
+        "min_lr",
+        "max_lr",
+        "num_training",
+        "early_stop_threshold",
+        "update_attr",
+        "attr_name",
+        "suggest_method",
+        "plot_path",
+        "smoothing",
+    }
+)
+
+
+def tune(
+    trainer: pl.Trainer,
+    model: pl.LightningModule,
+    datamodule: pl.LightningDataModule | None = None,
+    lr: bool = True,
+    batch_size: bool = True,
+    **options: Any,
+) -> TuneResult:
+    """Find the batch size first, then the LR at that batch size; return both.
+
+    ``options`` go to :meth:`Tuner.scale_batch_size` (``steps_per_trial``, ``init_val``,
+    ``max_trials``, ``batch_arg_name``, ``margin``, ``memory_budget``, ``max_val``; its mode as
+    ``batch_size_mode``) and to :meth:`Tuner.lr_find` (``min_lr``, ``max_lr``,
+    ``num_training``, ``early_stop_threshold``, ``update_attr``, ``attr_name``,
+    ``suggest_method``, ``plot_path``, ``smoothing``; its mode as ``lr_mode``); ``progress``
+    to both. Both searches restore the training state, so ``trainer.fit`` afterwards starts
+    from the original state with the found values.
+
+    Example:
+        >>> found = tune(trainer, model, memory_budget=2**30)  # doctest: +SKIP
+        >>> found.batch_size, found.lr_finder.suggestion()  # doctest: +SKIP
+    """
+    allowed = _TUNE_BATCH | _TUNE_LR | {"batch_size_mode", "lr_mode", "progress"}
+    unknown = set(options) - allowed
+    if unknown:
+        raise TypeError(f"unknown option(s) {sorted(unknown)}; tune accepts {sorted(allowed)}")
+    batch = {k: v for k, v in options.items() if k in _TUNE_BATCH}
+    rate = {k: v for k, v in options.items() if k in _TUNE_LR}
+    if "batch_size_mode" in options:
+        batch["mode"] = options["batch_size_mode"]
+    if "lr_mode" in options:
+        rate["mode"] = options["lr_mode"]
+    if "progress" in options:
+        batch["progress"] = rate["progress"] = options["progress"]
+    # Both checks before anything runs: a missing attribute fails before the first trial.
+    if batch_size:
+        find_batch_size_attr(model, datamodule, batch.get("batch_arg_name", "batch_size"))
+    if lr and rate.get("update_attr", True):
+        find_lr_attr(model, rate.get("attr_name", ""))
+    tuner = Tuner(trainer)
+    found_size = (
+        tuner.scale_batch_size(model, datamodule=datamodule, **batch) if batch_size else None
+    )
+    found_lr = tuner.lr_find(model, datamodule=datamodule, **rate) if lr else None
+    return TuneResult(found_size, found_lr)

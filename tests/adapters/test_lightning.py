@@ -14,7 +14,14 @@ import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from lrfinder_adapters.lightning import LearningRateFinder, LRFinderResult, Tuner
+from lrfinder_adapters.lightning import (
+    BatchSizeFinder,
+    LearningRateFinder,
+    LRFinderResult,
+    Tuner,
+    TuneResult,
+    tune,
+)
 from lrfinder_adapters.testing import assert_state_bitwise_equal, capture_state
 from lrfinder_plugins import RangeTestResult
 
@@ -207,14 +214,14 @@ def test_fit_after_lr_find_equals_fit_without() -> None:
         return _params(model), model
 
     plain, plain_model = run("none")
-    for tune in ("tuner", "callback"):
-        tuned, tuned_model = run(tune)
+    for kind in ("tuner", "callback"):
+        tuned, tuned_model = run(kind)
         assert plain.keys() == tuned.keys()
         for key in plain:
-            assert torch.equal(plain[key], tuned[key]), (tune, key)
+            assert torch.equal(plain[key], tuned[key]), (kind, key)
         # The same training and validation steps as the plain fit: none inside the sweep.
-        assert tuned_model.validated == plain_model.validated > 0, tune
-        assert tuned_model.losses[-len(plain_model.losses) :] == plain_model.losses, tune
+        assert tuned_model.validated == plain_model.validated > 0, kind
+        assert tuned_model.losses[-len(plain_model.losses) :] == plain_model.losses, kind
 
 
 def test_lr_lands_in_model_lr_and_in_the_running_optimizer() -> None:
@@ -494,3 +501,185 @@ def test_loggers_get_no_sweep_steps() -> None:
     found = Tuner(trainer).lr_find(Logging(), num_training=10, update_attr=False, progress=False)
     assert found is not None and len(found.result) == 10
     assert logger.calls == [] and trainer.logger is logger
+
+
+# -- the batch-size finder -------------------------------------------------------------------
+
+BUDGET = 20_000
+"""Live tensor bytes a trial may use: the tiny regressor fits about 160 samples under it."""
+
+
+class Sized(Regressor):
+    """The regressor with a ``batch_size`` attribute its train dataloader reads."""
+
+    def __init__(self, batch_size: int = 4, fail_above: int | None = None) -> None:
+        super().__init__()
+        self.batch_size = batch_size
+        self.fail_above = fail_above
+        self.shapes: list[int] = []
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        self.shapes.append(batch[0].shape[0])
+        if self.fail_above is not None and batch[0].shape[0] > self.fail_above:
+            raise RuntimeError("boom: not an out-of-memory error")
+        return super().training_step(batch, batch_idx)
+
+    def train_dataloader(self) -> DataLoader[Any]:
+        return DataLoader(_data(512), batch_size=self.batch_size, shuffle=True, drop_last=True)
+
+
+class _Data(pl.LightningDataModule):
+    """A datamodule holding the batch size in its ``hparams`` only."""
+
+    def __init__(self, batch_size: int = 4) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+
+    def train_dataloader(self) -> DataLoader[Any]:
+        return DataLoader(_data(512), batch_size=self.hparams.batch_size, drop_last=True)
+
+
+def test_found_batch_size_fits_the_budget_and_lands_in_the_model() -> None:
+    model = Sized()
+    trainer = _trainer()
+    found = Tuner(trainer).scale_batch_size(
+        model, mode="binsearch", init_val=32, memory_budget=BUDGET, progress=False
+    )
+    assert type(found) is int  # Lightning's contract: the size as an int
+    assert model.batch_size == found
+    finder = BatchSizeFinder(mode="binsearch", init_val=32, memory_budget=BUDGET, progress=False)
+    finder._early_exit = True
+    _trainer(callbacks=[finder]).fit(Sized())
+    result = finder.result
+    assert result is not None and finder.optimal_batch_size == found
+    assert result.smallest_oom is not None and found < result.smallest_oom
+    assert any(t.size == found and t.fitted for t in result.trials)  # verified, not assumed
+    assert all(
+        t.peak_bytes is not None and t.peak_bytes <= BUDGET for t in result.trials if t.fitted
+    )
+    assert not any(isinstance(cb, BatchSizeFinder) for cb in trainer.callbacks)
+
+
+def test_power_mode_then_fit_trains_at_the_found_size() -> None:
+    model = Sized()
+    finder = BatchSizeFinder(memory_budget=BUDGET, progress=False)  # mode="power", as Lightning
+    trainer = _trainer(callbacks=[finder], limit_train_batches=2)
+    trainer.fit(model)
+    found = finder.optimal_batch_size
+    assert found is not None and found & (found - 1) == 0  # power: a power of two
+    result = finder.result
+    assert result is not None and result.smallest_oom == 2 * found
+    assert model.batch_size == found
+    assert model.shapes[-2:] == [found, found]  # the fit's dataloader was rebuilt at it
+    assert trainer.global_step == 2  # the fit itself ran from step 0
+
+
+def test_scale_batch_size_restores_everything_bitwise() -> None:
+    pl.seed_everything(0, verbose=False)
+    before, after = _Probe(prime=True), _Probe()
+    finder = BatchSizeFinder(memory_budget=BUDGET, progress=False)
+    trainer = _trainer(callbacks=[before, finder, after], limit_train_batches=4)
+    trainer.fit(Sized())
+    assert finder.optimal_batch_size is not None
+    for saved, now in zip(before.state["torch"], after.state["torch"], strict=True):
+        assert_state_bitwise_equal(saved, now)
+    for key in ("global_step", "current_epoch", "loop"):
+        assert before.state[key] == after.state[key], key
+    assert trainer.limit_val_batches == 1.0 and trainer.max_epochs == 1
+    assert trainer.callbacks[:3] == [before, finder, after]
+
+
+def test_tuner_scale_batch_size_restores_model_and_counters(tmp_path: Path) -> None:
+    pl.seed_everything(0, verbose=False)
+    model = Sized()
+    trainer = _trainer(default_root_dir=tmp_path)
+    shadow = torch.optim.SGD(model.parameters(), lr=0.1)  # only to fit capture_state's signature
+    before = capture_state(model, shadow)
+    Tuner(trainer).scale_batch_size(model, memory_budget=BUDGET, progress=False)
+    assert_state_bitwise_equal(before, capture_state(model, shadow))
+    assert (trainer.global_step, trainer.current_epoch) == (0, 0)
+    assert trainer.fit_loop.epoch_progress.current.completed == 0
+    assert not list(tmp_path.rglob("*.ckpt")) and not trainer.should_stop
+
+
+def test_no_batch_size_attribute_is_a_clear_error_before_anything_runs() -> None:
+    model = Regressor()
+    with pytest.raises(AttributeError, match=r"model\.batch_size.*batch_arg_name="):
+        Tuner(_trainer()).scale_batch_size(model)
+    with pytest.raises(AttributeError, match=r"model\.my_bs"):
+        Tuner(_trainer()).scale_batch_size(Sized(), batch_arg_name="my_bs")
+    with pytest.raises(AttributeError, match=r"model\.batch_size"):
+        _trainer(callbacks=[BatchSizeFinder()]).fit(model)
+    assert model.losses == []
+
+
+def test_batch_size_in_datamodule_hparams() -> None:
+    data = _Data()
+    model = Regressor()
+    found = Tuner(_trainer()).scale_batch_size(
+        model, datamodule=data, memory_budget=BUDGET, progress=False
+    )
+    assert isinstance(found, int) and found > 4
+    assert data.hparams.batch_size == found
+
+
+def test_a_trial_error_that_is_not_oom_propagates_and_restores() -> None:
+    model = Sized(fail_above=8)
+    trainer = _trainer()
+    before = _params(model)
+    with pytest.raises(RuntimeError, match="boom"):
+        Tuner(trainer).scale_batch_size(model, progress=False)
+    assert model.batch_size == 4  # the original size, not the failing one
+    after = _params(model)
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert trainer.global_step == 0
+
+
+def test_bad_batch_size_arguments() -> None:
+    with pytest.raises(ValueError, match="mode"):
+        BatchSizeFinder(mode="sideways")
+    with pytest.raises(TypeError, match="init_val"):
+        BatchSizeFinder(init_val=1.5)  # type: ignore[arg-type]
+    tuner = Tuner(_trainer())
+    with pytest.raises(TypeError, match="unknown option"):
+        tuner.scale_batch_size(Sized(), budget=5)
+    with pytest.raises(ValueError, match="train_dataloader"):
+        tuner.scale_batch_size(Sized(), train_dataloaders=DataLoader(_data()))
+    with pytest.raises(ValueError, match="method='fit'"):
+        tuner.scale_batch_size(Sized(), method="validate")
+    model = Sized()
+    with pytest.raises(ValueError, match="passed straight to fit"):
+        _trainer(callbacks=[BatchSizeFinder()]).fit(model, DataLoader(_data()))
+    assert model.shapes == []  # refused before anything ran
+
+
+def test_tune_finds_the_batch_size_first_then_the_lr_at_it() -> None:
+    model = Sized()
+    found = tune(
+        _trainer(), model, memory_budget=BUDGET, num_training=10, update_attr=False, progress=False
+    )
+    assert isinstance(found, TuneResult)
+    batch_size, lr_finder = found
+    assert isinstance(batch_size, int) and model.batch_size == batch_size
+    assert isinstance(lr_finder, LRFinderResult) and len(lr_finder.results["lr"]) == 10
+    # The trials ran first (several sizes), the LR sweep's 10 steps last, all at the found size.
+    assert len(set(model.shapes[:-10])) > 1
+    assert model.shapes[-10:] == [batch_size] * 10
+    only_lr = tune(
+        _trainer(), Sized(), batch_size=False, num_training=5, update_attr=False, progress=False
+    )
+    assert only_lr.batch_size is None and only_lr.lr_finder is not None
+    with pytest.raises(TypeError, match="unknown option"):
+        tune(_trainer(), Sized(), mode="power")
+
+
+def test_guided_mode_extrapolates_the_measured_memory() -> None:
+    finder = BatchSizeFinder(mode="guided", memory_budget=BUDGET, progress=False)
+    finder._early_exit = True
+    _trainer(callbacks=[finder]).fit(Sized())
+    result = finder.result
+    assert result is not None and finder.optimal_batch_size == result.batch_size
+    assert any(t.role == "jump" for t in result.trials)  # a prediction from the profile
+    assert any(t.size == result.batch_size and t.fitted for t in result.trials)
+    assert result.smallest_oom is None or result.batch_size < result.smallest_oom
+    assert len(result.trials) < 10  # fewer than power + bisection need

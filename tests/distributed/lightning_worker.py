@@ -101,6 +101,57 @@ def scenario_nan() -> dict[str, Any]:
     return run(Regressor(nan_at=5))
 
 
+class Sized(Regressor):
+    """The regressor with a ``batch_size`` attribute its train dataloader reads."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.batch_size = 4
+        self.shapes: list[int] = []
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        self.shapes.append(batch[0].shape[0])
+        return super().training_step(batch, batch_idx)
+
+    def train_dataloader(self) -> DataLoader[Any]:
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(2048, 4, generator=g)
+        data = TensorDataset(x, x.sum(dim=1, keepdim=True))
+        return DataLoader(data, batch_size=self.batch_size)
+
+
+BUDGETS = (100_000, 20_000)
+"""Each rank's memory_budget: rank 1's is the smaller, so rank 1 decides the size."""
+
+
+def scenario_batch() -> dict[str, Any]:
+    """Tuner.scale_batch_size under DDP, rank 1 with a smaller budget: the same size on both."""
+    import os
+
+    torch.manual_seed(0)
+    rank = int(os.environ.get("RANK", 0))
+    model = Sized()
+    before = capture_state(model, torch.optim.SGD(model.parameters()))
+    t = trainer()
+    finder_options = {"memory_budget": BUDGETS[rank], "progress": False}
+    found = Tuner(t).scale_batch_size(model, mode="binsearch", init_val=32, **finder_options)
+    assert_state_bitwise_equal(
+        {k: v for k, v in before.items() if k != "optimizer"},
+        {
+            k: v
+            for k, v in capture_state(model, torch.optim.SGD(model.parameters())).items()
+            if k != "optimizer"
+        },
+    )
+    return {
+        "found": found,
+        "type": type(found).__name__,
+        "batch_size": model.batch_size,
+        "global_step": t.global_step,
+        "sizes": sorted(set(model.shapes)),
+    }
+
+
 def main() -> None:
     out = Path(sys.argv[1])
     torch.set_num_threads(1)
