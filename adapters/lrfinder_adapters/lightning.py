@@ -66,6 +66,7 @@ from lrfinder_plugins.spi import (  # noqa: E402
     RangeTestResult,
     RangeTestSession,
     Reducer,
+    StepOutcome,
     StopReason,
     TrialReport,
     first_line,
@@ -397,14 +398,16 @@ def _detach(trainer: pl.Trainer, callback: Callback) -> None:
     loop.restarting = False
 
 
-def _reducer(trainer: pl.Trainer) -> Reducer | None:
+def _reducer(trainer: pl.Trainer, fault_timeout: float = 30.0) -> Reducer | None:
     """The reduce point of a multi-process strategy (DDP): every rank records the mean loss and
     stops at the same step; ``None`` (one process) otherwise."""
     if trainer.world_size <= 1:
         return None
     from lrfinder_adapters.distributed import TorchDistributedReducer, ddp_process_group
 
-    return TorchDistributedReducer(watch=[ddp_process_group(trainer.strategy.model)])
+    return TorchDistributedReducer(
+        fault_timeout=fault_timeout, watch=[ddp_process_group(trainer.strategy.model)]
+    )
 
 
 def _loss_of(outputs: Any) -> float | None:
@@ -447,6 +450,9 @@ class LearningRateFinder(Callback):
         plot_path: save the plot there (PNG) after the sweep.
         smoothing: the loss smoothing of the range test (see ``RangeTest``).
         progress: show a progress bar (``None``: when the trainer shows one).
+        fault_timeout: under DDP, seconds a rank waits in a collective for a peer before that
+            counts as a fault (a step that raised on one rank then ends the sweep on every rank:
+            the failing rank raises its error, the others ``RankFailedError`` naming it).
 
     After the sweep, :attr:`optimal_lr` holds an :class:`LRFinderResult`.
     """
@@ -465,6 +471,7 @@ class LearningRateFinder(Callback):
         plot_path: str | Path | None = None,
         smoothing: float = 0.05,
         progress: bool | None = None,
+        fault_timeout: float = 30.0,
     ) -> None:
         self._min_lr = min_lr
         self._max_lr = max_lr
@@ -477,6 +484,7 @@ class LearningRateFinder(Callback):
         self.plot_path = plot_path
         self.smoothing = smoothing
         self.progress = progress
+        self.fault_timeout = fault_timeout
         self._early_exit = False
         self.optimal_lr: LRFinderResult | None = None
         # Checked now, before any trainer exists: a bad setting raises before anything runs.
@@ -527,7 +535,7 @@ class LearningRateFinder(Callback):
             trainer.progress_bar_callback is not None if self.progress is None else self.progress
         )
         session = RangeTestSession(
-            self._make_test(flat), reducer=_reducer(trainer), progress=progress
+            self._make_test(flat), reducer=_reducer(trainer, self.fault_timeout), progress=progress
         )
         saved = _Saved(trainer, pl_module)  # after the session: a plugin failing moved nothing
         sweep = _SweepCallback(session, per_optimizer)
@@ -535,7 +543,13 @@ class LearningRateFinder(Callback):
             self._detach(trainer, sweep)
             session.start()
             loop = trainer.fit_loop
-            loop.run()
+            try:
+                loop.run()
+            except (Exception, KeyboardInterrupt) as error:
+                # Through the reduce point, as the pull driver does: every rank learns of it and
+                # raises (this one its own error, the others RankFailedError naming this rank).
+                session.end_step(StepOutcome.failed(error))
+                raise
             if not session.finished:
                 session.stop(StopReason.DATA_EXHAUSTED)
         finally:
@@ -992,11 +1006,17 @@ class Tuner:
             )
         if train_dataloaders is not None and datamodule is not None:
             raise ValueError("pass either train_dataloaders= or datamodule=, not both")
-        unknown = set(ours) - {"suggest_method", "plot_path", "smoothing", "progress"}
+        unknown = set(ours) - {
+            "suggest_method",
+            "plot_path",
+            "smoothing",
+            "progress",
+            "fault_timeout",
+        }
         if unknown:
             raise TypeError(
                 f"unknown option(s) {sorted(unknown)}; lr_find accepts Lightning's arguments "
-                "and suggest_method, plot_path, smoothing, progress"
+                "and suggest_method, plot_path, smoothing, progress, fault_timeout"
             )
         if update_attr:
             find_lr_attr(model, attr_name)  # before anything runs

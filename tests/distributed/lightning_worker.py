@@ -24,10 +24,11 @@ from lrfinder_adapters.testing import assert_state_bitwise_equal, capture_state
 class Regressor(pl.LightningModule):
     """A small MLP regression; ``nan_at`` makes rank 1's loss NaN at that training step."""
 
-    def __init__(self, nan_at: int | None = None) -> None:
+    def __init__(self, nan_at: int | None = None, raise_at: int | None = None) -> None:
         super().__init__()
         self.lr = 1e-3
         self.nan_at = nan_at
+        self.raise_at = raise_at
         self.net = torch.nn.Sequential(
             torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1)
         )
@@ -36,6 +37,8 @@ class Regressor(pl.LightningModule):
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         x, y = batch
         self.calls += 1
+        if self.raise_at is not None and self.global_rank == 1 and self.calls == self.raise_at:
+            raise KeyError("missing column on rank 1")  # before backward: rank 0 waits in DDP
         loss = torch.nn.functional.mse_loss(self.net(x), y)
         if self.nan_at is not None and self.global_rank == 1 and self.calls == self.nan_at:
             loss = loss * math.nan
@@ -150,6 +153,39 @@ def scenario_batch() -> dict[str, Any]:
         "global_step": t.global_step,
         "sizes": sorted(set(model.shapes)),
     }
+
+
+def scenario_error() -> dict[str, Any]:
+    """Rank 1's training_step raises at its 3rd step while rank 0 waits in DDP's all-reduce:
+    both raise within about fault_timeout, rank 0 naming rank 1; both models restored."""
+    import time
+
+    from lrfinder_plugins import RankFailedError
+
+    torch.manual_seed(0)
+    model = Regressor(raise_at=3)
+    optimizer = torch.optim.SGD(model.parameters())
+    before = capture_state(model, optimizer)
+    start = time.monotonic()
+    try:
+        Tuner(trainer()).lr_find(
+            model, num_training=20, update_attr=False, early_stop_threshold=None, fault_timeout=5.0
+        )
+    except (KeyError, RankFailedError) as error:
+        raised: dict[str, Any] = {
+            "type": type(error).__name__,
+            "message": str(error),
+            "rank": getattr(error, "rank", None),
+        }
+    else:
+        raised = {"type": None}
+    raised["seconds"] = time.monotonic() - start
+    after = capture_state(model, optimizer)
+    assert_state_bitwise_equal(
+        {k: v for k, v in before.items() if k not in ("optimizer", "rng")},
+        {k: v for k, v in after.items() if k not in ("optimizer", "rng")},
+    )
+    return raised
 
 
 def main() -> None:

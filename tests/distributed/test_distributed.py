@@ -320,3 +320,13 @@ def test_lightning_scale_batch_size_under_ddp_agrees_on_both_ranks(lightning_run
     # Rank 1's 20 kB of live tensors hold about 160 samples of this model (rank 0's 100 kB
     # far more): rank 1's limit decided for both.
     assert 32 <= rank0["found"] < 200
+
+
+def test_lightning_error_on_one_rank_ends_the_sweep_on_both(tmp_path: Path) -> None:
+    """Rank 1's training_step raises while rank 0 waits in DDP: both raise, rank 0 names rank 1."""
+    pytest.importorskip("lightning")
+    finish(torchrun(tmp_path, "error", worker=WORKER.with_name("lightning_worker.py")), tmp_path)
+    rank0, rank1 = records(tmp_path, "error")
+    assert rank1["type"] == "KeyError" and rank0["type"] == "RankFailedError"
+    assert rank0["rank"] == 1 and "missing column on rank 1" in rank0["message"]
+    assert rank0["seconds"] < 120  # fault_timeout=5: not the process group's 30 minutes
