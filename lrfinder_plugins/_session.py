@@ -123,12 +123,15 @@ class RangeTestSession:
         the failing rank, :class:`~lrfinder_plugins.RankFailedError` elsewhere).
         """
         if self._local and type(outcome) is float:
-            return self._record_local(outcome)  # the common case, without building a record
+            self._record(outcome)  # the common case, without building a record
+            return _LOCAL_POINT
         counted = isinstance(outcome, StepOutcome)  # a bare float does not say its samples
         if isinstance(outcome, StepOutcome):
             local = outcome
+        elif outcome is None:
+            local = StepOutcome.skipped_step()
         else:
-            local = StepOutcome.skipped_step() if outcome is None else StepOutcome.of_loss(outcome)
+            local = StepOutcome.of_loss(outcome)
         reduced = self.reducer.reduce_step(local)
         if reduced.errors:
             raise_failure(self.reducer, local.error or reduced.error)
@@ -142,20 +145,14 @@ class RangeTestSession:
                 )
                 test.stop(StopReason.NON_FINITE)
         elif reduced.samples > 0 or reduced.non_finite:
-            self.skipped = 0
             if counted and self.global_batch is None and reduced.samples > 0:
                 self.global_batch = reduced.samples
-            test.record(reduced.loss)
-            if self._notify:
-                i = len(test.losses) - 1
-                self.observers.step_recorded(
-                    Point(i, test.lrs[i], test.losses[i], test.smoothed_losses[i])
-                )
+            self._record(reduced.loss)
         if reduced.out_of_data and not test.finished:
             test.stop(StopReason.DATA_EXHAUSTED)
         return reduced
 
-    def _record_local(self, loss: float) -> StepOutcome:
+    def _record(self, loss: float) -> None:
         test = self.test
         self.skipped = 0
         test.record(loss)
@@ -164,7 +161,6 @@ class RangeTestSession:
             self.observers.step_recorded(
                 Point(i, test.lrs[i], test.losses[i], test.smoothed_losses[i])
             )
-        return _LOCAL_POINT
 
     def stop(self, reason: StopReason | str = StopReason.INTERRUPTED) -> None:
         """End the test from outside (a framework's loop ended, the user interrupted)."""

@@ -18,7 +18,9 @@ from typing import Any
 import torch
 
 from lrfinder_adapters import _memory, _oom
+from lrfinder_adapters.distributed import unwrap
 from lrfinder_adapters.pytorch import LossFn, TorchStep
+from lrfinder_plugins.spi import first_line
 
 STEP_OPTIONS = frozenset(
     {"max_grad_norm", "amp", "amp_dtype", "scaler", "schedulers", "snapshot", "compute_loss"}
@@ -69,7 +71,7 @@ class Trials:
         step_options: Mapping[str, Any],
     ) -> None:
         # The inner module of a DDP wrapper: same parameters, no collective per step.
-        self.model, self.optimizer, self.loss_fn = _unwrap(model), optimizer, loss_fn
+        self.model, self.optimizer, self.loss_fn = unwrap(model), optimizer, loss_fn
         self.dataset, self.make_loader, self.step_fn = dataset, make_loader, step_fn
         self.device, self.memory_budget = device, memory_budget
         self.loader_options, self.step_options = dict(loader_options), dict(step_options)
@@ -147,7 +149,7 @@ class Trials:
         except Exception as exc:
             if not _oom.is_oom(exc):
                 raise
-            error = _first_line(exc)
+            error = first_line(exc)
             capacity = meter.capacity_after(exc)
         finally:
             for hook in hooks:
@@ -183,11 +185,6 @@ def cycle(loader: Iterable[Any]) -> Iterator[Any]:
                 "the loader yielded no batches at this batch size; with dataset=, the dataset "
                 "needs at least batch_size samples (drop_last=True)"
             )
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {text[0] if text else ''}"[:300]
 
 
 def device_of(model: torch.nn.Module, device: str | torch.device | None) -> torch.device:
@@ -226,9 +223,3 @@ def upper_bound(dataset: Any) -> int | None:
         return len(dataset)
     except TypeError:
         return None  # an iterable-style dataset: no bound
-
-
-def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    if isinstance(model, torch.nn.parallel.DistributedDataParallel):
-        return model.module
-    return model

@@ -39,6 +39,7 @@ from lrfinder_adapters.distributed import (  # noqa: E402
     DEFAULT_FAULT_TIMEOUT,
     TorchDistributedReducer,
     ddp_process_group,
+    per_rank_target,
 )
 from lrfinder_adapters.probe import TorchProbe  # noqa: E402
 from lrfinder_adapters.pytorch import LossFn, TorchStep  # noqa: E402
@@ -334,18 +335,7 @@ def find_batch_size(
         >>> found = find_batch_size(accelerator, model, optimizer, loss_fn, dataset=train_set)  # doctest: +SKIP
     """
     _check_accelerator(accelerator)
-    world = accelerator.num_processes
-    if target_batch is not None and world > 1:
-        if (
-            isinstance(target_batch, int)
-            and not isinstance(target_batch, bool)
-            and target_batch % world
-        ):
-            raise ValueError(
-                f"target_batch={target_batch} is the global batch of {world} processes and must "
-                f"be a multiple of it; pass e.g. target_batch={max(world, target_batch - target_batch % world)}"
-            )
-        target_batch = target_batch // world
+    target_batch = per_rank_target(target_batch, accelerator.num_processes)
     schedulers = [getattr(s, "scheduler", s) for s in step_options.pop("schedulers", ())]
     probe = TorchProbe(
         model,

@@ -21,6 +21,7 @@ require("torch", "torch")
 import torch  # noqa: E402
 
 from lrfinder_adapters._trials import StepFn  # noqa: E402
+from lrfinder_adapters.distributed import per_rank_target  # noqa: E402
 from lrfinder_adapters.probe import TorchProbe  # noqa: E402
 from lrfinder_adapters.pytorch import LossFn, find_lr  # noqa: E402
 from lrfinder_plugins.spi import (  # noqa: E402
@@ -132,14 +133,6 @@ def find_batch_size(
         fault_timeout=fault_timeout,
         **step_options,
     )
-    world = probe.reducer.world_size
-    if target_batch is not None and world > 1:
-        if isinstance(target_batch, int) and target_batch % world:
-            raise ValueError(
-                f"target_batch={target_batch} is the global batch of {world} ranks and must be "
-                f"a multiple of it; pass e.g. target_batch={target_batch - target_batch % world or world}"
-            )
-        target_batch = target_batch // world
     return search_with_probe(
         probe,
         progress=progress,
@@ -149,7 +142,7 @@ def find_batch_size(
         steps_per_trial=steps_per_trial,
         max_val=max_val,
         margin=margin,
-        target_batch=target_batch,
+        target_batch=per_rank_target(target_batch, probe.reducer.world_size),
     )
 
 

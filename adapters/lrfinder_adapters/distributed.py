@@ -116,11 +116,25 @@ def unpack_step(values: Sequence[float], error: BaseException | None = None) -> 
     )
 
 
-def is_distributed(process_group: Any = None) -> bool:
-    """Whether a process group with more than one rank is initialised (the search must agree)."""
-    if not (dist.is_available() and dist.is_initialized()):
-        return False
-    return dist.get_world_size(process_group) > 1
+def per_rank_target(target_batch: int | None, world_size: int) -> int | None:
+    """The per-rank share of a global ``target_batch`` (per-rank batch x ranks x accumulation).
+
+    Raises:
+        TypeError, ValueError: not a positive int, or not a multiple of ``world_size``.
+
+    Example:
+        >>> per_rank_target(1024, 4)
+        256
+    """
+    if target_batch is None or world_size == 1:
+        return target_batch
+    target_batch = _validate.int_at_least("target_batch", target_batch, 1)
+    if target_batch % world_size:
+        raise ValueError(
+            f"target_batch={target_batch} is the global batch of {world_size} ranks and must be a "
+            f"multiple of it; pass e.g. target_batch={max(world_size, target_batch - target_batch % world_size)}"
+        )
+    return target_batch // world_size
 
 
 def ddp_process_group(model: Any) -> Any:

@@ -139,3 +139,32 @@ def test_samples_the_two_number_form_cannot_hold_are_an_error() -> None:
 
     with pytest.raises(ValueError, match="samples must be a whole number"):
         pack_step(StepOutcome.of_loss(1.0, 2.5), 2)
+
+
+@pytest.mark.parametrize(
+    ("target", "world", "expected"),
+    [(None, 4, None), (1024, 1, 1024), (1024, 4, 256)],
+    ids=["no-target", "one-rank", "four-ranks"],
+)
+def test_a_global_target_batch_is_split_over_the_ranks(
+    target: int | None, world: int, expected: int | None
+) -> None:
+    """per_rank_target divides the global batch by the world size."""
+    from lrfinder_adapters.distributed import per_rank_target
+
+    assert per_rank_target(target, world) == expected
+
+
+@pytest.mark.parametrize(
+    ("target", "error", "match"),
+    [(1001, ValueError, r"multiple of it; pass e\.g\. target_batch=1000"), ("64", TypeError, "")],
+    ids=["not-a-multiple", "not-an-int"],
+)
+def test_a_bad_global_target_batch_names_the_fix(
+    target: object, error: type[Exception], match: str
+) -> None:
+    """A target that is no int, or not a multiple of the ranks, fails naming target_batch."""
+    from lrfinder_adapters.distributed import per_rank_target
+
+    with pytest.raises(error, match=f"target_batch.*{match}"):
+        per_rank_target(target, 8)  # type: ignore[arg-type]
