@@ -46,13 +46,14 @@ import logging  # noqa: E402
 import math  # noqa: E402
 import time  # noqa: E402
 import warnings  # noqa: E402
-from collections.abc import Iterator, Mapping  # noqa: E402
+from collections.abc import Iterable, Iterator, Mapping, Sequence  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import TYPE_CHECKING, Any, NamedTuple  # noqa: E402
 
 import lightning.pytorch as pl  # noqa: E402
 import torch  # noqa: E402
 from lightning.pytorch.callbacks import Callback  # noqa: E402
+from lightning.pytorch.loops.loop import _Loop  # noqa: E402
 from lightning.pytorch.utilities.exceptions import _TunerExitException  # noqa: E402
 
 from lrfinder_adapters import _memory  # noqa: E402
@@ -211,6 +212,22 @@ class LRFinderResult:
         return fig
 
 
+def _milestones(milestones: Sequence[int]) -> frozenset[int]:
+    """The epochs of a ``milestones=`` option, checked: positive ints (epoch 0 is fit start)."""
+    if isinstance(milestones, (str, bytes)) or not isinstance(milestones, Iterable):
+        raise TypeError(
+            f"milestones must be a sequence of epochs, got {milestones!r}; e.g. milestones=(5, 10)"
+        )
+    epochs = list(milestones)
+    for epoch in epochs:
+        if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 1:
+            raise ValueError(
+                f"milestones must hold epochs >= 1 (the search already runs at fit start), got "
+                f"{epoch!r} in {milestones!r}; e.g. milestones=(5, 10)"
+            )
+    return frozenset(epochs)
+
+
 def _callbacks(trainer: pl.Trainer) -> list[Callback]:
     # Trainer.callbacks is set up by its callback connector, out of the type checker's sight.
     return list(getattr(trainer, "callbacks"))  # noqa: B009
@@ -218,6 +235,83 @@ def _callbacks(trainer: pl.Trainer) -> list[Callback]:
 
 def _set_callbacks(trainer: pl.Trainer, callbacks: list[Callback]) -> None:
     setattr(trainer, "callbacks", callbacks)  # noqa: B010
+
+
+_LOOP_FLAGS = (
+    "_restarting",
+    "_loaded_from_state_dict",
+    "_resuming_from_checkpoint",
+    "_restart_stage",
+)
+"""What a loop's ``load_state_dict`` changes beyond its progress (the loop thinks it resumes)."""
+
+
+def _loops(loop: Any) -> Iterator[Any]:
+    """``loop`` and every loop inside it, as Lightning's loops find their children."""
+    yield loop
+    for value in vars(loop).values():
+        if isinstance(value, _Loop):
+            yield from _loops(value)
+
+
+def _flags(loop: Any) -> dict[str, Any]:
+    return {name: loop.__dict__[name] for name in _LOOP_FLAGS if name in loop.__dict__}
+
+
+class _TrainData:
+    """The fit loop's train data as a search found it, put aside while the search builds its own.
+
+    At fit start there is none yet (the real fit builds it afterwards). Mid-fit (a search from
+    ``on_train_epoch_start``) the running epoch's dataloaders, their iterator (with the batch
+    Lightning prefetched) and the limits derived from them are kept untouched, so the epoch goes
+    on exactly as it would have without the search.
+    """
+
+    def __init__(self, trainer: pl.Trainer) -> None:
+        loop = trainer.fit_loop
+        self.loop = loop
+        self.combined_loader = loop._combined_loader
+        self.data_fetcher = loop._data_fetcher
+        self.val_loader = loop.epoch_loop.val_loop._combined_loader
+        self.max_batches = loop.max_batches
+        self.reload_epoch = loop._last_train_dl_reload_epoch
+        self.val_check_batch = trainer.val_check_batch
+        loop._combined_loader = None
+        loop._data_fetcher = None
+
+    @property
+    def mid_fit(self) -> bool:
+        """True when the fit loop was already iterating its data (a search between epochs)."""
+        return self.combined_loader is not None
+
+    def put_back(self, trainer: pl.Trainer) -> None:
+        """Drop what the search built; the fit loop's own data is back as it was."""
+        loop = self.loop
+        if loop._data_fetcher is not None and loop._data_fetcher is not self.data_fetcher:
+            loop._data_fetcher.teardown()
+        loop._combined_loader = self.combined_loader
+        loop._data_fetcher = self.data_fetcher
+        loop.epoch_loop.val_loop._combined_loader = self.val_loader
+        loop.max_batches = self.max_batches
+        loop._last_train_dl_reload_epoch = self.reload_epoch
+        trainer.val_check_batch = self.val_check_batch
+
+    def rebuild(self, trainer: pl.Trainer) -> None:
+        """After a new batch size: the fit's dataloaders are built again at it (mid-fit: now, so
+        the running epoch iterates them; at fit start: by the fit itself)."""
+        from lightning.fabric.utilities.data import _set_sampler_epoch
+
+        loop = self.loop
+        if loop._data_fetcher is not None:
+            loop._data_fetcher.teardown()
+        loop._combined_loader = None
+        loop._data_fetcher = None
+        loop.epoch_loop.val_loop._combined_loader = None
+        if self.mid_fit:
+            loop.setup_data()
+            if loop._combined_loader is not None:
+                for loader in loop._combined_loader.flattened:
+                    _set_sampler_epoch(loader, loop.epoch_progress.current.processed)
 
 
 class _Saved:
@@ -244,6 +338,7 @@ class _Saved:
             self.rng = _state.RngState.capture()
         loop = trainer.fit_loop
         self.loop_state = copy.deepcopy(loop.state_dict())
+        self.loop_flags = [(each, _flags(each)) for each in _loops(loop)]
         self.attrs: dict[str, Any] = {
             "max_epochs": loop.max_epochs,
             "min_epochs": loop.min_epochs,
@@ -265,6 +360,7 @@ class _Saved:
             for name in ("_callback_metrics", "_logged_metrics", "_progress_bar_metrics")
             if hasattr(connector, name)
         }
+        self.data = _TrainData(trainer)  # last: the search builds its own data from here on
 
     def restore(self, trainer: pl.Trainer) -> None:
         """Put everything back (every part, even if one fails; the first error is raised)."""
@@ -307,13 +403,12 @@ class _Saved:
         for key, value in self.trainer_attrs.items():
             setattr(trainer, key, value)
         loop.load_state_dict(copy.deepcopy(self.loop_state))
-        loop.restarting = False  # loading a state dict marks the loops as resuming: they are not
-        # The real fit sets its data up again, as if the sweep had not run.
-        loop._combined_loader = None
-        loop.epoch_loop.val_loop._combined_loader = None
-        if loop._data_fetcher is not None:
-            loop._data_fetcher.teardown()
-            loop._data_fetcher = None
+        # Loading a state dict marks every loop as restarting from a checkpoint: they are not.
+        for each, flags in self.loop_flags:
+            each.__dict__.update(flags)
+        # The fit's own data as before: none at fit start (the fit builds it, as if no search
+        # had run), the running epoch's untouched mid-fit.
+        self.data.put_back(trainer)
         connector = trainer._logger_connector
         for name, value in self.metrics.items():
             setattr(connector, name, value)
@@ -453,8 +548,14 @@ class LearningRateFinder(Callback):
         fault_timeout: under DDP, seconds a rank waits in a collective for a peer before that
             counts as a fault (a step that raised on one rank then ends the sweep on every rank:
             the failing rank raises its error, the others ``RankFailedError`` naming it).
+        milestones: epochs at whose start the sweep runs again, mid-fit (Lightning's
+            fine-tuning pattern, which also works as in its docs: a subclass that calls
+            :meth:`lr_find` from ``on_train_epoch_start``). Each sweep starts from the weights
+            of that moment, records its points, and the epoch then goes on from exactly the
+            state before the sweep (same weights, same batches), at the found LR.
 
-    After the sweep, :attr:`optimal_lr` holds an :class:`LRFinderResult`.
+    After the sweep, :attr:`optimal_lr` holds an :class:`LRFinderResult` (the latest) and
+    :attr:`history` every sweep's, by the epoch it ran at.
     """
 
     def __init__(
@@ -472,7 +573,9 @@ class LearningRateFinder(Callback):
         smoothing: float = 0.05,
         progress: bool | None = None,
         fault_timeout: float = 30.0,
+        milestones: Sequence[int] = (),
     ) -> None:
+        self.milestones = _milestones(milestones)
         self._min_lr = min_lr
         self._max_lr = max_lr
         self._num_training_steps = num_training_steps
@@ -487,6 +590,7 @@ class LearningRateFinder(Callback):
         self.fault_timeout = fault_timeout
         self._early_exit = False
         self.optimal_lr: LRFinderResult | None = None
+        self.history: dict[int, LRFinderResult] = {}
         # Checked now, before any trainer exists: a bad setting raises before anything runs.
         self._make_test((1.0,))
 
@@ -523,8 +627,17 @@ class LearningRateFinder(Callback):
         if self._early_exit:
             raise _TunerExitException()
 
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Sweep again at the start of each epoch in :attr:`milestones` (not under the Tuner)."""
+        if trainer.current_epoch in self.milestones and not self._early_exit:
+            self.lr_find(trainer, pl_module)
+
     def lr_find(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> LRFinderResult:
-        """Run the sweep in ``trainer``'s fit loop now; the state is restored afterwards."""
+        """Run the sweep in ``trainer``'s fit loop now; the state is restored afterwards.
+
+        At fit start or mid-fit (e.g. from ``on_train_epoch_start``): the running epoch's data
+        is left as it was, and the sweep iterates a dataloader of its own.
+        """
         if not trainer.optimizers:
             raise RuntimeError(
                 "the trainer has no optimizer at fit start: configure_optimizers must return one"
@@ -557,6 +670,7 @@ class LearningRateFinder(Callback):
             saved.restore(trainer)
         found = LRFinderResult(result, self.method)
         self.optimal_lr = found
+        self.history[trainer.current_epoch] = found
         log.info(
             "LR finder: %d points over %d batches, stopped: %s",
             len(result),
@@ -704,6 +818,9 @@ class BatchSizeFinder(Callback):
             memory (``None``: the device's real limit).
         max_val: the largest size tried (``None``: no limit).
         progress: show a progress bar (``None``: when the trainer shows one).
+        milestones: epochs at whose start the search runs again, mid-fit (as a subclass calling
+            :meth:`scale_batch_size` from ``on_train_epoch_start`` does); the epoch then
+            iterates dataloaders rebuilt at the found size, from the state before the search.
 
     Raises:
         NothingFitsError: even the smallest size ran out of memory.
@@ -727,7 +844,9 @@ class BatchSizeFinder(Callback):
         memory_budget: int | None = None,
         max_val: int | None = 8192,
         progress: bool | None = None,
+        milestones: Sequence[int] = (),
     ) -> None:
+        self.milestones = _milestones(milestones)
         self._mode = _validate.one_of("mode", mode, self.SUPPORTED_MODES)
         self._steps_per_trial = steps_per_trial
         self._init_val = init_val
@@ -791,30 +910,42 @@ class BatchSizeFinder(Callback):
         if self._early_exit:
             raise _TunerExitException()
 
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Search again at the start of each epoch in :attr:`milestones` (not under the Tuner)."""
+        if trainer.current_epoch in self.milestones and not self._early_exit:
+            self.scale_batch_size(trainer, pl_module)
+
     def scale_batch_size(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> int:
-        """Run the search in ``trainer``'s fit loop now; the state is restored after each trial."""
+        """Run the search in ``trainer``'s fit loop now; the state is restored after each trial.
+
+        At fit start or mid-fit (e.g. from ``on_train_epoch_start``: the running epoch then
+        iterates dataloaders rebuilt at the found size)."""
         targets = self._targets(trainer, pl_module)
         container, name = targets[0]
         original = container[name] if isinstance(container, Mapping) else getattr(container, name)
         progress = (
             trainer.progress_bar_callback is not None if self.progress is None else self.progress
         )
-        session = BatchSizeSession(
-            self._make_search(self._dataset_length(trainer)),
-            reducer=_reducer(trainer),
-            progress=progress,
-        )
-        done = False
+        outer = _TrainData(trainer)  # the trials build their own data; the fit's is kept
         try:
-            session.start()
-            while not session.finished:
-                size = session.next_size()
-                session.end_trial(size, self._trial(trainer, pl_module, targets, size))
-            done = True
+            session = BatchSizeSession(
+                self._make_search(self._dataset_length(trainer)),
+                reducer=_reducer(trainer),
+                progress=progress,
+            )
+            done = False
+            try:
+                session.start()
+                while not session.finished:
+                    size = session.next_size()
+                    session.end_trial(size, self._trial(trainer, pl_module, targets, size))
+                done = True
+            finally:
+                result = session.finish()
+                if not done:
+                    _set_batch_size(targets, original)
         finally:
-            result = session.finish()
-            if not done:
-                _set_batch_size(targets, original)
+            outer.put_back(trainer)
         self.result = result
         if result.batch_size is None:
             _set_batch_size(targets, original)
@@ -826,10 +957,7 @@ class BatchSizeFinder(Callback):
             )
         self.optimal_batch_size = result.batch_size
         _set_batch_size(targets, result.batch_size)
-        # The fit's dataloaders are rebuilt at the found size (the restore dropped them).
-        loop = trainer.fit_loop
-        loop._combined_loader = None
-        loop.epoch_loop.val_loop._combined_loader = None
+        outer.rebuild(trainer)  # the fit's dataloaders, at the found size
         log.info("batch-size finder: batch size set to %d (%s)", result.batch_size, name)
         return result.batch_size
 
@@ -837,8 +965,8 @@ class BatchSizeFinder(Callback):
     def _dataset_length(trainer: pl.Trainer) -> int | None:
         """The train dataset's length (no size above it is tried); ``None`` when unknown."""
         loop = trainer.fit_loop
-        loop._combined_loader = None
         rng = _state.RngState.capture()  # setting the data up draws a sampler seed: not kept
+        data = _TrainData(trainer)
         try:
             loop.setup_data()
             combined = loop._combined_loader
@@ -846,7 +974,7 @@ class BatchSizeFinder(Callback):
         except (NotImplementedError, TypeError):
             return None  # iterable-style data: no bound
         finally:
-            loop._combined_loader = None
+            data.put_back(trainer)
             rng.restore()
 
     def _trial(
@@ -879,8 +1007,7 @@ class BatchSizeFinder(Callback):
                     optimizer.register_step_post_hook(lambda *_: meter.mark(_memory.OPTIMIZER))
                 )
                 meter.track(_memory.state_tensors(pl_module, optimizer))
-            loop._combined_loader = None  # rebuilt at this size
-            loop.setup_data()
+            loop.setup_data()  # the train dataloader, at this size
             with _local_steps(trainer, pl_module), meter.active():
                 loop.run()
             meter.mark(_memory.FORWARD_BACKWARD)

@@ -224,6 +224,78 @@ def test_fit_after_lr_find_equals_fit_without() -> None:
         assert tuned_model.losses[-len(plain_model.losses) :] == plain_model.losses, kind
 
 
+class _DocsPattern(LearningRateFinder):
+    """Lightning's documented fine-tuning pattern, unchanged but for the import."""
+
+    def __init__(self, milestones: tuple[int, ...], *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.epochs = milestones
+
+    def on_fit_start(self, *args: Any, **kwargs: Any) -> None:
+        return
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.current_epoch in self.epochs or trainer.current_epoch == 0:
+            self.lr_find(trainer, pl_module)
+
+
+@pytest.mark.parametrize("how", ["milestones", "docs-subclass"])
+def test_a_sweep_mid_fit_records_points_and_the_fit_goes_on_unchanged(how: str) -> None:
+    def run(finder: LearningRateFinder | None) -> tuple[dict[str, torch.Tensor], Regressor, int]:
+        pl.seed_everything(0, verbose=False)
+        model = Regressor()  # shuffled data: the batches of every epoch come from the RNG
+        trainer = _trainer(
+            max_epochs=3, limit_train_batches=6, callbacks=[finder] if finder else []
+        )
+        trainer.fit(model)
+        return _params(model), model, trainer.global_step
+
+    plain, plain_model, plain_steps = run(None)
+    options: dict[str, Any] = {"num_training_steps": 9, "update_attr": False, "progress": False}
+    finder = (
+        LearningRateFinder(milestones=(1, 2), **options)
+        if how == "milestones"
+        else _DocsPattern((1, 2), **options)
+    )
+    tuned, tuned_model, steps = run(finder)
+    assert sorted(finder.history) == [0, 1, 2]
+    for epoch, found in finder.history.items():
+        assert len(found.results["lr"]) == 9, epoch  # Lightning's records none after epoch 0
+    # Each sweep started from that epoch's weights: the curves differ.
+    assert finder.history[0].results["loss"] != finder.history[2].results["loss"]
+    # The fit itself is the fit without the finder: same steps, same batches, same weights.
+    assert steps == plain_steps == 18
+    # Each epoch: the sweep's 9 steps, then the epoch's 6 real ones, as in the plain fit.
+    losses = tuned_model.losses
+    assert len(losses) == 3 * (9 + 6)
+    assert [x for e in range(3) for x in losses[15 * e + 9 : 15 * e + 15]] == plain_model.losses
+    for key in plain:
+        assert torch.equal(plain[key], tuned[key]), key
+
+
+def test_a_mid_fit_sweep_sets_the_lr_for_the_rest_of_the_fit() -> None:
+    model = Regressor(lr=1e-3)
+    finder = LearningRateFinder(num_training_steps=40, min_lr=1e-4, milestones=(1,), progress=False)
+    trainer = _trainer(max_epochs=2, limit_train_batches=4, callbacks=[finder])
+    trainer.fit(model)
+    lr = finder.history[1].suggestion()
+    assert lr is not None and model.lr == lr
+    assert model.group_lrs[-1] == [lr]  # the last real step ran at the epoch-1 suggestion
+
+
+def test_bad_milestones() -> None:
+    for bad, kind in [
+        ((0, 2), ValueError),
+        ("12", TypeError),
+        ((1.5,), ValueError),
+        (3, TypeError),
+    ]:
+        with pytest.raises(kind, match="milestones"):
+            LearningRateFinder(milestones=bad)  # type: ignore[arg-type]
+        with pytest.raises(kind, match="milestones"):
+            BatchSizeFinder(milestones=bad)  # type: ignore[arg-type]
+
+
 def test_lr_lands_in_model_lr_and_in_the_running_optimizer() -> None:
     model = Regressor(lr=1e-3)
     found = Tuner(_trainer()).lr_find(model, num_training=60, min_lr=1e-4, progress=False)
@@ -572,6 +644,28 @@ def test_power_mode_then_fit_trains_at_the_found_size() -> None:
     assert model.batch_size == found
     assert model.shapes[-2:] == [found, found]  # the fit's dataloader was rebuilt at it
     assert trainer.global_step == 2  # the fit itself ran from step 0
+
+
+def test_a_mid_fit_search_rebuilds_the_running_fit_at_the_new_size() -> None:
+    finder = BatchSizeFinder(memory_budget=BUDGET, milestones=(1,), progress=False)
+
+    class Tighten(pl.Callback):  # less memory from epoch 1 on: the search must find less
+        first: int | None = None
+
+        def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+            if trainer.current_epoch == 0:
+                self.first = finder.optimal_batch_size
+                finder.memory_budget = BUDGET // 4
+
+    tighten = Tighten()
+    model = Sized()
+    trainer = _trainer(callbacks=[finder, tighten], max_epochs=2, limit_train_batches=2)
+    trainer.fit(model)
+    first, second = tighten.first, finder.optimal_batch_size
+    assert first is not None and second is not None and second < first
+    assert model.batch_size == second
+    assert model.shapes[-2:] == [second, second]  # epoch 1 iterated loaders rebuilt at it
+    assert trainer.global_step == 4 and trainer.current_epoch == 2
 
 
 def test_scale_batch_size_restores_everything_bitwise() -> None:
