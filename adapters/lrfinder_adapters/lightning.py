@@ -475,6 +475,39 @@ class _SweepCallback(Callback):
             trainer.should_stop = True
 
 
+def _log_once(trainer: pl.Trainer, found: LRFinderResult) -> None:
+    """Give the trainer's loggers the sweep once, after it (none of its steps): the suggestion
+    and its confidence as metrics at the current step, the curve as ``lr_finder-epoch<E>.json``
+    in a logger's ``log_dir``, and the plot as a figure where the logger takes one
+    (TensorBoard). Rank 0 only."""
+    if not trainer.loggers or not trainer.is_global_zero:
+        return
+    epoch = trainer.current_epoch
+    with warnings.catch_warnings():  # a low confidence is logged as the metric, not warned
+        warnings.simplefilter("ignore")
+        suggestion = found._suggestion()
+    metrics: dict[str, float] = {
+        "lr_finder/points": float(len(found.result)),
+        "lr_finder/confidence": float(suggestion.confidence),
+    }
+    if suggestion.ok:
+        metrics["lr_finder/suggested_lr"] = float(suggestion.lr)
+    for logger in trainer.loggers:
+        logger.log_metrics(metrics, step=trainer.global_step)
+        log_dir = getattr(logger, "log_dir", None)
+        if isinstance(log_dir, (str, Path)):
+            Path(log_dir).mkdir(parents=True, exist_ok=True)
+            found.result.save_json(Path(log_dir) / f"lr_finder-epoch{epoch}.json")
+        add_figure = getattr(getattr(logger, "experiment", None), "add_figure", None)
+        if callable(add_figure):
+            try:
+                figure = found.plot(suggest=True)
+            except ImportError:  # matplotlib is an extra: the metrics and the JSON still went
+                continue
+            add_figure("lr_finder", figure, global_step=trainer.global_step, close=True)
+        logger.save()
+
+
 def _detach(trainer: pl.Trainer, callback: Callback) -> None:
     """Set the trainer up for a sweep or a trial only: ``callback`` is all that runs, nothing
     cuts it short (the callback stops the loop)."""
@@ -548,6 +581,11 @@ class LearningRateFinder(Callback):
         fault_timeout: under DDP, seconds a rank waits in a collective for a peer before that
             counts as a fault (a step that raised on one rank then ends the sweep on every rank:
             the failing rank raises its error, the others ``RankFailedError`` naming it).
+        log_to_loggers: after the sweep, give the trainer's loggers the suggestion and its
+            confidence (metrics ``lr_finder/suggested_lr``, ``lr_finder/confidence``,
+            ``lr_finder/points``), the curve (``lr_finder-epoch<E>.json`` in a logger's
+            ``log_dir``) and the plot (as a figure, TensorBoard), once; the sweep's own steps
+            never reach them.
         milestones: epochs at whose start the sweep runs again, mid-fit (Lightning's
             fine-tuning pattern, which also works as in its docs: a subclass that calls
             :meth:`lr_find` from ``on_train_epoch_start``). Each sweep starts from the weights
@@ -573,9 +611,13 @@ class LearningRateFinder(Callback):
         smoothing: float = 0.05,
         progress: bool | None = None,
         fault_timeout: float = 30.0,
+        log_to_loggers: bool = True,
         milestones: Sequence[int] = (),
     ) -> None:
         self.milestones = _milestones(milestones)
+        if not isinstance(log_to_loggers, bool):
+            raise TypeError(f"log_to_loggers must be True or False, got {log_to_loggers!r}")
+        self.log_to_loggers = log_to_loggers
         self._min_lr = min_lr
         self._max_lr = max_lr
         self._num_training_steps = num_training_steps
@@ -677,12 +719,14 @@ class LearningRateFinder(Callback):
             sweep.batches,
             result.stop_reason,
         )
-        if self.plot_path is not None:
+        if self.plot_path is not None and trainer.is_global_zero:
             import matplotlib.pyplot as plt
 
             plt.close(result.plot(self.plot_path, suggest=self.method or True))
         if target is not None:
             self._apply(trainer, target, found, per_optimizer)
+        if self.log_to_loggers:
+            _log_once(trainer, found)
         return found
 
     def _detach(self, trainer: pl.Trainer, sweep: _SweepCallback) -> None:
@@ -1139,11 +1183,12 @@ class Tuner:
             "smoothing",
             "progress",
             "fault_timeout",
+            "log_to_loggers",
         }
         if unknown:
             raise TypeError(
                 f"unknown option(s) {sorted(unknown)}; lr_find accepts Lightning's arguments "
-                "and suggest_method, plot_path, smoothing, progress, fault_timeout"
+                "and suggest_method, plot_path, smoothing, progress, fault_timeout, log_to_loggers"
             )
         if update_attr:
             find_lr_attr(model, attr_name)  # before anything runs

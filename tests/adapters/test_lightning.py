@@ -572,7 +572,38 @@ def test_loggers_get_no_sweep_steps() -> None:
     trainer = _trainer(logger=logger, log_every_n_steps=1)
     found = Tuner(trainer).lr_find(Logging(), num_training=10, update_attr=False, progress=False)
     assert found is not None and len(found.result) == 10
-    assert logger.calls == [] and trainer.logger is logger
+    assert trainer.logger is logger
+    # Once, after the sweep: the suggestion, not a training metric of any sweep step.
+    assert len(logger.calls) == 1
+    (call,) = logger.calls
+    assert set(call) == {"lr_finder/points", "lr_finder/confidence", "lr_finder/suggested_lr"}
+    assert call["lr_finder/points"] == 10
+    assert call["lr_finder/suggested_lr"] == found.suggestion()
+
+
+def test_tensorboard_and_csv_loggers_get_the_curve_once(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    pytest.importorskip("tensorboard")
+    tb = pl.loggers.TensorBoardLogger(tmp_path, name="tb")
+    csv = pl.loggers.CSVLogger(tmp_path, name="csv")
+    trainer = _trainer(logger=[tb, csv], max_epochs=1, limit_train_batches=2)
+    finder = LearningRateFinder(
+        num_training_steps=30, min_lr=1e-4, update_attr=False, progress=False
+    )
+    trainer.callbacks = [finder, *trainer.callbacks]
+    trainer.fit(Regressor())
+    assert finder.optimal_lr is not None
+    for logger in (tb, csv):
+        saved = RangeTestResult.load_json(Path(logger.log_dir) / "lr_finder-epoch0.json")
+        assert saved.losses == finder.optimal_lr.result.losses
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(tb.log_dir, size_guidance={"images": 0, "scalars": 0})
+    events.Reload()
+    assert events.Tags()["images"] == ["lr_finder"]
+    assert [e.step for e in events.Scalars("lr_finder/points")] == [0]
+    metrics = (Path(csv.log_dir) / "metrics.csv").read_text().splitlines()
+    assert metrics[0].split(",").count("lr_finder/points") == 1 and len(metrics) == 2  # one row
 
 
 # -- the batch-size finder -------------------------------------------------------------------
