@@ -33,6 +33,77 @@ from lrfinder_plugins.spi import (  # noqa: E402
 log = logging.getLogger("lrfinder_plugins")
 
 
+_LOADER_OPTIONS = (
+    "num_workers",
+    "collate_fn",
+    "pin_memory",
+    "timeout",
+    "worker_init_fn",
+    "multiprocessing_context",
+    "generator",
+    "persistent_workers",
+    "pin_memory_device",
+    "in_order",
+)
+"""The ``DataLoader`` settings a resized copy keeps (those this torch's DataLoader has)."""
+
+
+def resize_dataloader(loader: Any, batch_size: int) -> torch.utils.data.DataLoader[Any]:
+    """A copy of ``loader`` that yields batches of ``batch_size``, all else the same.
+
+    The copy shares the dataset, the sampler (so shuffling draws as the original would), the
+    collate function, workers, pinning, ``drop_last`` and the generator. For a loader passed
+    straight to ``Trainer.fit`` (Lightning's own batch-size finder refuses these) and for an
+    iterable-style dataset (batched by the loader).
+
+    Raises:
+        TypeError: not a plain ``torch.utils.data.DataLoader`` (a subclass may take other
+            arguments: build it at the new size yourself).
+        ValueError: the loader does not batch (``batch_size=None``) or a custom
+            ``batch_sampler`` decides the batches, so there is no batch size to change.
+
+    Example:
+        >>> bigger = resize_dataloader(DataLoader(dataset, batch_size=32, shuffle=True), 256)  # doctest: +SKIP
+    """
+    from torch.utils.data import BatchSampler, DataLoader, IterableDataset
+
+    from lrfinder_plugins.spi import validate
+
+    batch_size = validate.int_at_least("batch_size", batch_size, 1)
+    if type(loader) is not DataLoader:
+        raise TypeError(
+            f"the batch-size search can resize a torch.utils.data.DataLoader only, got "
+            f"{type(loader).__name__}; build the loader in train_dataloader() from a batch_size "
+            "attribute (or pass a plain DataLoader)"
+        )
+    if loader.batch_size is None and type(loader.batch_sampler) is not BatchSampler:
+        what = (
+            "batch_size=None (the dataset yields whole batches)"
+            if loader.batch_sampler is None
+            else f"a custom batch_sampler ({type(loader.batch_sampler).__name__})"
+        )
+        raise ValueError(
+            f"this DataLoader has {what}, so it has no batch size to change; give it a "
+            "batch_size (and a sampler) instead, or build it in train_dataloader() from a "
+            "batch_size attribute"
+        )
+    options = {name: getattr(loader, name) for name in _LOADER_OPTIONS if hasattr(loader, name)}
+    if loader.num_workers > 0:
+        options["prefetch_factor"] = loader.prefetch_factor
+    sampler, drop_last = loader.sampler, loader.drop_last
+    batch_sampler = loader.batch_sampler
+    if loader.batch_size is None and isinstance(batch_sampler, BatchSampler):
+        sampler, drop_last = batch_sampler.sampler, batch_sampler.drop_last  # passed explicitly
+    iterable = isinstance(loader.dataset, IterableDataset)
+    return DataLoader(
+        loader.dataset,
+        batch_size=batch_size,
+        sampler=None if iterable else sampler,
+        drop_last=drop_last,
+        **options,
+    )
+
+
 def find_batch_size(
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,

@@ -792,6 +792,33 @@ def find_batch_size_attr(
     return found
 
 
+class _FitLoader:
+    """The batch size of a train dataloader passed straight to ``fit()``: setting it swaps the
+    fit's loader for a copy at that size (:func:`~lrfinder_adapters.batch_size.resize_dataloader`).
+    """
+
+    def __init__(self, source: Any) -> None:
+        from lrfinder_adapters.batch_size import resize_dataloader
+
+        self.source = source
+        self.original = source.instance
+        self._resize = resize_dataloader
+        self.loader = self.original
+        resize_dataloader(self.original, 1)  # a loader it cannot resize fails now, before any trial
+
+    @property
+    def batch_size(self) -> int:
+        """The batch size of the loader the fit iterates now."""
+        size = self.loader.batch_size
+        return int(size if size is not None else self.loader.batch_sampler.batch_size)
+
+    @batch_size.setter
+    def batch_size(self, size: int) -> None:
+        original = self.original.batch_size or self.original.batch_sampler.batch_size
+        self.loader = self.original if size == original else self._resize(self.original, size)
+        self.source.instance = self.loader
+
+
 def _set_batch_size(targets: list[tuple[Any, str]], size: int) -> None:
     for container, name in targets:
         _set_lr_attr(container, name, size)
@@ -907,6 +934,7 @@ class BatchSizeFinder(Callback):
         self._early_exit = False
         self.optimal_batch_size: int | None = None
         self.result: BatchSizeResult | None = None
+        self._fit_loader: _FitLoader | None = None
         # Checked now, before any trainer exists: a bad setting raises before anything runs.
         self._make_search(None)
 
@@ -927,14 +955,20 @@ class BatchSizeFinder(Callback):
             self._targets(trainer, pl_module)
 
     def _targets(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> list[tuple[Any, str]]:
-        if not trainer.fit_loop._data_source.is_module():
-            raise ValueError(
-                "the batch-size search cannot resize dataloaders passed straight to fit(): "
-                "build the train dataloader in the LightningModule's or the datamodule's "
-                f"train_dataloader() from its {self._batch_arg_name} attribute"
-            )
+        source = trainer.fit_loop._data_source
+        if not source.is_module():
+            # A dataloader passed straight to fit(): the trials and the fit use resized copies.
+            if self._fit_loader is None or self._fit_loader.source is not source:
+                self._fit_loader = _FitLoader(source)
+            return [(self._fit_loader, "batch_size")]
         datamodule = getattr(trainer, "datamodule", None)  # set by a connector, untyped
         return find_batch_size_attr(pl_module, datamodule, self._batch_arg_name)
+
+    @property
+    def train_dataloader(self) -> Any:
+        """With a dataloader passed straight to ``fit()``: the copy of it at the found size
+        (the fit goes on with it; after the Tuner, pass it to your ``fit``); else ``None``."""
+        return None if self._fit_loader is None else self._fit_loader.loader
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Run the search, restore everything, set the size; with the Tuner, end the fit here.
@@ -1119,6 +1153,9 @@ class Tuner:
 
     def __init__(self, trainer: pl.Trainer) -> None:
         self._trainer = trainer
+        self.train_dataloader: Any = None
+        """After :meth:`scale_batch_size` with ``train_dataloaders=``: that loader at the found
+        size (Lightning's Tuner refuses such loaders), to pass to ``fit``."""
 
     def _fit_once(
         self,
@@ -1228,30 +1265,39 @@ class Tuner:
 
         Takes Lightning's arguments; ``**ours`` are :class:`BatchSizeFinder`'s keyword options
         (``margin``, ``memory_budget``, ``max_val``, ``progress``). The found size is set in the
-        batch-size attribute(s); the model, optimizer state, RNG and the trainer's counters are
-        as before.
+        batch-size attribute(s); with ``train_dataloaders=`` (a plain ``DataLoader``), the trials
+        run on resized copies of it and :attr:`train_dataloader` holds the copy at the found
+        size. The model, optimizer state, RNG and the trainer's counters are as before.
 
         Raises:
             AttributeError: no batch-size attribute (before anything runs).
+            TypeError, ValueError: a ``train_dataloaders`` it cannot resize (before anything runs).
             NothingFitsError: even the smallest size ran out of memory.
         """
         if method != "fit":
             raise ValueError(
                 f"method={method!r}: the batch-size search runs in fit only; pass method='fit'"
             )
-        if dataloaders is not None or train_dataloaders is not None:
+        if dataloaders is not None:
             raise ValueError(
-                "the batch-size search cannot resize dataloaders passed in: build the train "
-                "dataloader in the LightningModule's or the datamodule's train_dataloader() from "
-                f"its {batch_arg_name} attribute"
+                "dataloaders= is for validate/test/predict; pass train_dataloaders= for the "
+                "batch-size search"
             )
+        if train_dataloaders is not None and datamodule is not None:
+            raise ValueError("pass either train_dataloaders= or datamodule=, not both")
         unknown = set(ours) - _BATCH_OPTIONS
         if unknown:
             raise TypeError(
                 f"unknown option(s) {sorted(unknown)}; scale_batch_size accepts Lightning's "
                 f"arguments and {', '.join(sorted(_BATCH_OPTIONS))}"
             )
-        find_batch_size_attr(model, datamodule, batch_arg_name)  # before anything runs
+        # Before anything runs: somewhere to put the size, or a loader that can be resized.
+        if train_dataloaders is None:
+            find_batch_size_attr(model, datamodule, batch_arg_name)
+        else:
+            from lrfinder_adapters.batch_size import resize_dataloader
+
+            resize_dataloader(train_dataloaders, 1)
         callback = BatchSizeFinder(
             mode=mode,
             steps_per_trial=steps_per_trial,
@@ -1260,15 +1306,22 @@ class Tuner:
             batch_arg_name=batch_arg_name,
             **ours,
         )
-        self._fit_once(callback, model, None, val_dataloaders, datamodule)
+        self._fit_once(callback, model, train_dataloaders, val_dataloaders, datamodule)
+        self.train_dataloader = callback.train_dataloader
         return callback.optimal_batch_size
 
 
-class TuneResult(NamedTuple):
-    """What :func:`tune` found: the batch size first, then the LR finder's result at it."""
-
+class _TuneFields(NamedTuple):
     batch_size: int | None
     lr_finder: LRFinderResult | None
+
+
+class TuneResult(_TuneFields):
+    """What :func:`tune` found: the batch size first, then the LR finder's result at it
+    (``size, lr_finder = tune(...)``); with ``train_dataloaders=``, :attr:`train_dataloader` is
+    that loader at the found size (to pass to ``fit``)."""
+
+    train_dataloader: Any = None
 
 
 _TUNE_BATCH = frozenset(
@@ -1295,6 +1348,8 @@ def tune(
     datamodule: pl.LightningDataModule | None = None,
     lr: bool = True,
     batch_size: bool = True,
+    *,
+    train_dataloaders: Any = None,
     **options: Any,
 ) -> TuneResult:
     """Find the batch size first, then the LR at that batch size; return both.
@@ -1305,7 +1360,10 @@ def tune(
     ``num_training``, ``early_stop_threshold``, ``update_attr``, ``attr_name``,
     ``suggest_method``, ``plot_path``, ``smoothing``; its mode as ``lr_mode``); ``progress``
     to both. Both searches restore the training state, so ``trainer.fit`` afterwards starts
-    from the original state with the found values.
+    from the original state with the found values. ``train_dataloaders``: a plain
+    ``DataLoader`` to tune on instead of the model's or datamodule's ``train_dataloader()``;
+    the LR sweep then runs on its copy at the found batch size, returned as
+    :attr:`TuneResult.train_dataloader`.
 
     Example:
         >>> found = tune(trainer, model, memory_budget=2**30)  # doctest: +SKIP
@@ -1324,13 +1382,24 @@ def tune(
     if "progress" in options:
         batch["progress"] = rate["progress"] = options["progress"]
     # Both checks before anything runs: a missing attribute fails before the first trial.
-    if batch_size:
+    if batch_size and train_dataloaders is None:
         find_batch_size_attr(model, datamodule, batch.get("batch_arg_name", "batch_size"))
     if lr and rate.get("update_attr", True):
         find_lr_attr(model, rate.get("attr_name", ""))
     tuner = Tuner(trainer)
-    found_size = (
-        tuner.scale_batch_size(model, datamodule=datamodule, **batch) if batch_size else None
+    loader = train_dataloaders
+    found_size = None
+    if batch_size:
+        found_size = tuner.scale_batch_size(
+            model, train_dataloaders=loader, datamodule=datamodule, **batch
+        )
+        if loader is not None and tuner.train_dataloader is not None:
+            loader = tuner.train_dataloader
+    found_lr = (
+        tuner.lr_find(model, train_dataloaders=loader, datamodule=datamodule, **rate)
+        if lr
+        else None
     )
-    found_lr = tuner.lr_find(model, datamodule=datamodule, **rate) if lr else None
-    return TuneResult(found_size, found_lr)
+    found = TuneResult(found_size, found_lr)
+    found.train_dataloader = loader
+    return found

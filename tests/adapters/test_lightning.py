@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -768,14 +769,12 @@ def test_bad_batch_size_arguments() -> None:
     tuner = Tuner(_trainer())
     with pytest.raises(TypeError, match="unknown option"):
         tuner.scale_batch_size(Sized(), budget=5)
-    with pytest.raises(ValueError, match="train_dataloader"):
-        tuner.scale_batch_size(Sized(), train_dataloaders=DataLoader(_data()))
+    with pytest.raises(ValueError, match="train_dataloaders="):
+        tuner.scale_batch_size(Sized(), dataloaders=DataLoader(_data()))
+    with pytest.raises(ValueError, match="not both"):
+        tuner.scale_batch_size(Sized(), train_dataloaders=DataLoader(_data()), datamodule=_Data())
     with pytest.raises(ValueError, match="method='fit'"):
         tuner.scale_batch_size(Sized(), method="validate")
-    model = Sized()
-    with pytest.raises(ValueError, match="passed straight to fit"):
-        _trainer(callbacks=[BatchSizeFinder()]).fit(model, DataLoader(_data()))
-    assert model.shapes == []  # refused before anything ran
 
 
 def test_tune_finds_the_batch_size_first_then_the_lr_at_it() -> None:
@@ -796,6 +795,90 @@ def test_tune_finds_the_batch_size_first_then_the_lr_at_it() -> None:
     assert only_lr.batch_size is None and only_lr.lr_finder is not None
     with pytest.raises(TypeError, match="unknown option"):
         tune(_trainer(), Sized(), mode="power")
+
+
+def _loader(batch_size: int = 4, **options: Any) -> DataLoader[Any]:
+    return DataLoader(_data(512), batch_size=batch_size, shuffle=True, drop_last=True, **options)
+
+
+class _Stream(torch.utils.data.IterableDataset):  # type: ignore[type-arg]
+    """Samples from a stream with no length: the loader batches them."""
+
+    def __init__(self) -> None:
+        self.x, self.y = _data(512).tensors
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        return iter(zip(self.x, self.y))
+
+
+def test_a_loader_passed_to_fit_is_resized_by_the_callback_and_the_fit_uses_it() -> None:
+    reference = Tuner(_trainer()).scale_batch_size(Sized(), memory_budget=BUDGET, progress=False)
+    for loader in (_loader(), DataLoader(_Stream(), batch_size=4)):
+        model = Sized()  # its batch_size attribute is not what the fit iterates here
+        finder = BatchSizeFinder(memory_budget=BUDGET, progress=False)
+        trainer = _trainer(callbacks=[finder], limit_train_batches=2)
+        trainer.fit(model, train_dataloaders=loader)
+        found = finder.optimal_batch_size
+        assert found == reference  # the same memory per sample as through the attribute
+        assert finder.train_dataloader is not None and finder.train_dataloader.batch_size == found
+        assert model.shapes[-2:] == [found, found] and trainer.global_step == 2
+        assert loader.batch_size == 4 and model.batch_size == 4  # the user's objects untouched
+
+
+def test_tuner_and_tune_take_a_train_dataloader() -> None:
+    loader = _loader()
+    model = Sized()
+    tuner = Tuner(_trainer())
+    found = tuner.scale_batch_size(
+        model, train_dataloaders=loader, memory_budget=BUDGET, progress=False
+    )
+    assert isinstance(found, int) and tuner.train_dataloader.batch_size == found
+    assert loader.batch_size == 4 and tuner.train_dataloader.dataset is loader.dataset
+    model = Sized()
+    result = tune(
+        _trainer(),
+        model,
+        train_dataloaders=loader,
+        memory_budget=BUDGET,
+        num_training=6,
+        update_attr=False,
+        progress=False,
+    )
+    size, lr_finder = result  # still a pair
+    assert size == found and lr_finder is not None and len(lr_finder.results["lr"]) == 6
+    assert result.train_dataloader.batch_size == size
+    assert model.shapes[-6:] == [size] * 6  # the LR sweep ran on the resized loader
+
+
+class _OwnLoader(DataLoader):  # type: ignore[type-arg]
+    pass
+
+
+@pytest.mark.parametrize(
+    ("loader", "error", "match"),
+    [
+        (DataLoader(_data(64), batch_size=None), ValueError, "batch_size=None"),
+        (
+            DataLoader(_data(64), batch_sampler=[[0, 1], [2, 3]]),
+            ValueError,
+            "custom batch_sampler",
+        ),
+        (_OwnLoader(_data(64), batch_size=4), TypeError, "_OwnLoader"),
+    ],
+)
+def test_a_loader_that_cannot_be_resized_is_refused_before_anything_runs(
+    loader: Any, error: type[Exception], match: str
+) -> None:
+    model = Sized()
+    before = _params(model)
+    trainer = _trainer()
+    with pytest.raises(error, match=match):
+        Tuner(trainer).scale_batch_size(model, train_dataloaders=loader, progress=False)
+    assert model.shapes == [] and trainer.global_step == 0
+    assert all(torch.equal(before[k], v) for k, v in _params(model).items())
+    with pytest.raises(error, match=match):
+        _trainer(callbacks=[BatchSizeFinder(progress=False)]).fit(model, train_dataloaders=loader)
+    assert model.shapes == []
 
 
 def test_guided_mode_extrapolates_the_measured_memory() -> None:
