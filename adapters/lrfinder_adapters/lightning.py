@@ -212,6 +212,19 @@ class LRFinderResult:
         return fig
 
 
+def _check_strategy(trainer: Any) -> None:
+    """Refuse, before anything runs, a strategy whose engine owns state we cannot put back."""
+    from lightning.pytorch.strategies import DeepSpeedStrategy
+
+    if isinstance(trainer.strategy, DeepSpeedStrategy):
+        raise ValueError(
+            f"strategy={type(trainer.strategy).__name__}: DeepSpeed's engine owns the optimizer "
+            "step, the loss scale and the ZeRO-partitioned optimizer state, which the search "
+            "cannot save and put back exactly; tune the same model under strategy='ddp' (or "
+            "'fsdp'), then train with DeepSpeed at the found values"
+        )
+
+
 def _milestones(milestones: Sequence[int]) -> frozenset[int]:
     """The epochs of a ``milestones=`` option, checked: positive ints (epoch 0 is fit start)."""
     if isinstance(milestones, (str, bytes)) or not isinstance(milestones, Iterable):
@@ -648,9 +661,11 @@ class LearningRateFinder(Callback):
         )
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        """Check, before anything runs, that the found LR has somewhere to go."""
-        if stage == "fit" and self._update_attr:
-            find_lr_attr(pl_module, self._attr_name)
+        """Check, before anything runs, the strategy and that the found LR has somewhere to go."""
+        if stage == "fit":
+            _check_strategy(trainer)
+            if self._update_attr:
+                find_lr_attr(pl_module, self._attr_name)
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Run the sweep, restore everything; with the Tuner, end the fit here.
@@ -950,8 +965,9 @@ class BatchSizeFinder(Callback):
         )
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        """Check, before anything runs, that the batch size has somewhere to go."""
+        """Check, before anything runs, the strategy and that the batch size has somewhere to go."""
         if stage == "fit":
+            _check_strategy(trainer)
             self._targets(trainer, pl_module)
 
     def _targets(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> list[tuple[Any, str]]:

@@ -891,3 +891,16 @@ def test_guided_mode_extrapolates_the_measured_memory() -> None:
     assert any(t.size == result.batch_size and t.fitted for t in result.trials)
     assert result.smallest_oom is None or result.batch_size < result.smallest_oom
     assert len(result.trials) < 10  # fewer than power + bisection need
+
+
+def test_a_deepspeed_strategy_is_refused_before_anything_runs() -> None:
+    from types import SimpleNamespace
+
+    from lightning.pytorch.strategies import DeepSpeedStrategy
+
+    # DeepSpeed itself is not installed here: an instance of Lightning's strategy class, unset.
+    trainer = SimpleNamespace(strategy=DeepSpeedStrategy.__new__(DeepSpeedStrategy))
+    model = Sized()
+    for callback in (LearningRateFinder(progress=False), BatchSizeFinder(progress=False)):
+        with pytest.raises(ValueError, match="strategy='ddp'"):
+            callback.setup(trainer, model, "fit")  # type: ignore[arg-type]
