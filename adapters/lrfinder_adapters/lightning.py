@@ -774,7 +774,7 @@ class LearningRateFinder(Callback):
         log.info("LR finder: learning rate set to %.3g (%s.%s)", lr, type(container).__name__, name)
 
 
-_BATCH_OPTIONS = frozenset({"margin", "memory_budget", "max_val", "progress"})
+_BATCH_OPTIONS = frozenset({"margin", "memory_budget", "max_val", "progress", "target_batch"})
 """Our keyword options of :class:`BatchSizeFinder` (beyond Lightning's parameters)."""
 
 
@@ -904,6 +904,9 @@ class BatchSizeFinder(Callback):
             memory (``None``: the device's real limit).
         max_val: the largest size tried (``None``: no limit).
         progress: show a progress bar (``None``: when the trainer shows one).
+        target_batch: a global batch to keep (per-rank batch x ranks x accumulation): the
+            found size is then the largest per-rank batch that fits and divides it, and
+            ``trainer.accumulate_grad_batches`` is set to make up the rest.
         milestones: epochs at whose start the search runs again, mid-fit (as a subclass calling
             :meth:`scale_batch_size` from ``on_train_epoch_start`` does); the epoch then
             iterates dataloaders rebuilt at the found size, from the state before the search.
@@ -931,8 +934,14 @@ class BatchSizeFinder(Callback):
         max_val: int | None = 8192,
         progress: bool | None = None,
         milestones: Sequence[int] = (),
+        target_batch: int | None = None,
     ) -> None:
         self.milestones = _milestones(milestones)
+        self.target_batch = (
+            None
+            if target_batch is None
+            else _validate.int_at_least("target_batch", target_batch, 1)
+        )
         self._mode = _validate.one_of("mode", mode, self.SUPPORTED_MODES)
         self._steps_per_trial = steps_per_trial
         self._init_val = init_val
@@ -953,8 +962,11 @@ class BatchSizeFinder(Callback):
         # Checked now, before any trainer exists: a bad setting raises before anything runs.
         self._make_search(None)
 
-    def _make_search(self, upper_bound: int | None) -> BatchSizeSearch:
+    def _make_search(self, upper_bound: int | None, world_size: int = 1) -> BatchSizeSearch:
+        from lrfinder_adapters.distributed import per_rank_target
+
         return BatchSizeSearch(
+            target_batch=per_rank_target(self.target_batch, world_size),
             mode=self._mode,
             init_val=self._init_val,
             max_trials=self._max_trials,
@@ -1023,7 +1035,7 @@ class BatchSizeFinder(Callback):
         outer = _TrainData(trainer)  # the trials build their own data; the fit's is kept
         try:
             session = BatchSizeSession(
-                self._make_search(self._dataset_length(trainer)),
+                self._make_search(self._dataset_length(trainer), trainer.world_size),
                 reducer=_reducer(trainer),
                 progress=progress,
             )
@@ -1051,6 +1063,14 @@ class BatchSizeFinder(Callback):
             )
         self.optimal_batch_size = result.batch_size
         _set_batch_size(targets, result.batch_size)
+        if self.target_batch is not None:
+            # The global batch kept: per-rank batch x ranks x accumulation == target_batch.
+            trainer.accumulate_grad_batches = result.accumulation_steps
+            log.info(
+                "batch-size finder: accumulate_grad_batches set to %d (global batch %d)",
+                result.accumulation_steps,
+                result.batch_size * result.accumulation_steps * trainer.world_size,
+            )
         outer.rebuild(trainer)  # the fit's dataloaders, at the found size
         log.info("batch-size finder: batch size set to %d (%s)", result.batch_size, name)
         return result.batch_size
@@ -1280,7 +1300,8 @@ class Tuner:
         Returns ``None`` under ``fast_dev_run`` (the search is skipped with a warning).
 
         Takes Lightning's arguments; ``**ours`` are :class:`BatchSizeFinder`'s keyword options
-        (``margin``, ``memory_budget``, ``max_val``, ``progress``). The found size is set in the
+        (``margin``, ``memory_budget``, ``max_val``, ``progress``, ``target_batch``). The found
+        size is set in the
         batch-size attribute(s); with ``train_dataloaders=`` (a plain ``DataLoader``), the trials
         run on resized copies of it and :attr:`train_dataloader` holds the copy at the found
         size. The model, optimizer state, RNG and the trainer's counters are as before.

@@ -904,3 +904,22 @@ def test_a_deepspeed_strategy_is_refused_before_anything_runs() -> None:
     for callback in (LearningRateFinder(progress=False), BatchSizeFinder(progress=False)):
         with pytest.raises(ValueError, match="strategy='ddp'"):
             callback.setup(trainer, model, "fit")  # type: ignore[arg-type]
+
+
+def test_target_batch_keeps_the_global_batch_through_accumulation() -> None:
+    largest = Tuner(_trainer()).scale_batch_size(Sized(), memory_budget=BUDGET, progress=False)
+    model = Sized()
+    trainer = _trainer(limit_train_batches=8)
+    found = Tuner(trainer).scale_batch_size(
+        model, memory_budget=BUDGET, target_batch=4 * largest, progress=False
+    )
+    assert found == model.batch_size and found is not None and found <= largest
+    assert found * trainer.accumulate_grad_batches == 4 * largest
+    assert trainer.accumulate_grad_batches > 1
+    model.shapes.clear()
+    trainer.fit(model)
+    batches = min(8, 512 // found)  # limit_train_batches, or the whole (drop_last) epoch
+    assert trainer.global_step == batches // trainer.accumulate_grad_batches
+    assert set(model.shapes) == {found}
+    with pytest.raises(ValueError, match="target_batch"):
+        BatchSizeFinder(target_batch=0)
