@@ -66,8 +66,12 @@ class Observers:
     def __init__(self, search: SearchInfo, *, enabled: bool = True) -> None:
         self.search = search
         hook = get_plugin_manager().hook
+        self._failed: set[str] = set()
+        absent = self._not_observing(hook) if enabled else set()
         self._impls: dict[str, list[Any]] = {
-            name: list(getattr(hook, name).get_hookimpls()) if enabled else []
+            name: [i for i in getattr(hook, name).get_hookimpls() if i.plugin_name not in absent]
+            if enabled
+            else []
             for name in (
                 "lrfinder_search_started",
                 "lrfinder_step_recorded",
@@ -75,7 +79,21 @@ class Observers:
                 "lrfinder_trial_recorded",
             )
         }
-        self._failed: set[str] = set()
+
+    def _not_observing(self, hook: Any) -> set[str]:
+        """The plugins whose ``lrfinder_observes`` says no (or raised) for this search."""
+        out: set[str] = set()
+        for impl in hook.lrfinder_observes.get_hookimpls():
+            try:
+                if impl.function(**{name: self.search for name in impl.argnames}) is False:
+                    out.add(impl.plugin_name)
+            except Exception:
+                out.add(impl.plugin_name)
+                log.exception(
+                    "plugin %r failed in lrfinder_observes; it is left out of this search",
+                    impl.plugin_name,
+                )
+        return out
 
     @property
     def wants_steps(self) -> bool:

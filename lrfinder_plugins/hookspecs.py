@@ -62,6 +62,18 @@ def lrfinder_register_schedules() -> Mapping[str, ScheduleFactory]:
 
 
 @hookspec
+def lrfinder_observes(search: SearchInfo) -> bool | None:
+    """Say whether this plugin observes ``search`` at all (optional).
+
+    Called once per search, before :func:`lrfinder_search_started`. ``False`` leaves the plugin
+    out of this search: none of its observer hooks is called, and when no plugin observes the
+    steps the hot path builds no ``Point`` and makes no call per step (the built-in progress bar
+    answers ``search.progress``). ``True`` or ``None``: observed. An exception counts as
+    ``False`` and is logged with the plugin's name.
+    """
+
+
+@hookspec
 def lrfinder_search_started(search: SearchInfo) -> None:
     """Observe the start of a search, after its arguments were validated and the state saved.
 

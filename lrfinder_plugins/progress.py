@@ -22,6 +22,11 @@ class TqdmProgress:
         self._bars: dict[int, Any] = {}
 
     @hookimpl
+    def lrfinder_observes(self, search: SearchInfo) -> bool:
+        """Only the searches that asked for progress (the others pay nothing per step)."""
+        return search.progress
+
+    @hookimpl
     def lrfinder_search_started(self, search: SearchInfo) -> None:
         """Open a bar for the search."""
         if not search.progress:

@@ -104,6 +104,12 @@ class TensorBoardObserver:
         return Path(from_env) if from_env else None
 
     @hookimpl
+    def lrfinder_observes(self, search: SearchInfo) -> bool:
+        """Only with somewhere to write (a writer, ``log_dir=`` or the environment variable):
+        otherwise the search pays nothing for this plugin."""
+        return self.writer is not None or self._root() is not None
+
+    @hookimpl
     def lrfinder_search_started(self, search: SearchInfo) -> None:
         """Open a run for the search (or reuse the given writer)."""
         if self.writer is not None:

@@ -458,3 +458,42 @@ def test_data_running_out_stops_as_data_exhausted() -> None:
     result = run_range_test(step, small_test(), progress=False)
     assert (len(result), result.stop_reason) == (2, StopReason.DATA_EXHAUSTED)
     assert step.events == ["snapshot", "restore", "close"]
+
+
+def test_an_observer_that_declines_a_search_is_never_called_for_it(recorder: Recorder) -> None:
+    class Declines(Recorder):
+        @hookimpl
+        def lrfinder_observes(self, search: SearchInfo) -> bool:
+            return search.description != "quiet"
+
+    declines = Declines()
+    get_plugin_manager().register(declines, name="test.declines")
+    run_range_test(FakeStep(), small_test(), progress=False, description="quiet")
+    assert declines.calls == []
+    assert recorder.names() == ["started"] + ["step_recorded"] * 5 + ["finished"]
+    run_range_test(FakeStep(), small_test(), progress=False, description="loud")
+    assert declines.names() == ["started"] + ["step_recorded"] * 5 + ["finished"]
+
+
+def test_without_a_progress_bar_no_plugin_observes_the_steps() -> None:
+    from lrfinder_plugins.spi import RangeTestSession
+
+    quiet = RangeTestSession(small_test(), progress=False)
+    assert not quiet.observers.wants_steps  # the hot path calls nothing per step
+    assert RangeTestSession(small_test(), progress=True).observers.wants_steps
+
+
+def test_an_observer_whose_observes_hook_raises_is_left_out(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    class Broken(Recorder):
+        @hookimpl
+        def lrfinder_observes(self, search: SearchInfo) -> bool:
+            raise RuntimeError("no opinion")
+
+    broken = Broken()
+    get_plugin_manager().register(broken, name="test.broken-observes")
+    with caplog.at_level(logging.ERROR, logger="lrfinder_plugins"):
+        result = run_range_test(FakeStep(), small_test(), progress=False)
+    assert len(result) == 5 and broken.calls == []
+    assert "test.broken-observes" in caplog.text and "lrfinder_observes" in caplog.text
