@@ -22,10 +22,14 @@ constant LRs, and :meth:`Suggestion.one_cycle`, ``OneCycleLR`` keyword arguments
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import logging
 import math
+import operator
 import statistics
 import warnings
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -169,9 +173,27 @@ def argmin(values: Sequence[float]) -> int:
 
 
 def nearest_index(lrs: Sequence[float], lr: float) -> int:
-    """Index of the point whose LR is nearest to ``lr`` in log space."""
+    """Index of the (first) point whose LR is nearest to ``lr`` in log space.
+
+    O(log n) on a sweep whose LRs never decrease (every built-in schedule), O(n) otherwise.
+    """
     target = math.log(lr)
-    return min(range(len(lrs)), key=lambda i: abs(math.log(lrs[i]) - target))
+
+    def distance(i: int) -> float:
+        return abs(math.log(lrs[i]) - target)
+
+    n = len(lrs)
+    if n > 8 and all(map(operator.le, lrs, itertools.islice(lrs, 1, None))):
+        pos = bisect.bisect_left(lrs, lr)
+        candidates = [bisect.bisect_left(lrs, lrs[pos - 1])] if pos > 0 else []
+        if pos < n:
+            candidates.append(pos)
+        best = min(candidates, key=distance)
+        # Equal distances (equal logs of different LRs) resolve to the first, as a scan would.
+        while best > 0 and distance(best - 1) == distance(best):
+            best -= 1
+        return best
+    return min(range(n), key=distance)
 
 
 def _window(count: int, skip_start: int, skip_end: int) -> range:
@@ -292,13 +314,40 @@ def smooth_in_log_lr(
         first = min(max(lo, i - max_side), max(i - 1, 0))
         last = max(min(hi, i + max_side), min(i + 1, n - 1))
         windows.append((first, last + 1))
-    medians = [statistics.median(losses[a:b]) for a, b in windows]
+    medians = _running_medians(losses, windows)
     return [statistics.fmean(medians[a:b]) for a, b in windows]
+
+
+def _running_medians(values: Sequence[float], windows: Sequence[tuple[int, int]]) -> list[float]:
+    """``statistics.median(values[a:b])`` for each window, the windows' ends never moving back:
+    one sorted window updated by bisection (O(n w) moves of a short list, not n sorts); the
+    same numbers, bit for bit (the middle value, or the mean of the two middle ones)."""
+    window: list[float] = []
+    a0 = b0 = 0
+    out: list[float] = []
+    for a, b in windows:
+        if a >= b0 or a < a0 or b < b0:  # not a forward slide: start the window afresh
+            window = sorted(values[a:b])
+        else:
+            for k in range(a0, a):
+                del window[bisect.bisect_left(window, values[k])]
+            for k in range(b0, b):
+                bisect.insort(window, values[k])
+        a0, b0 = a, b
+        m = len(window)
+        half = m // 2
+        out.append(window[half] if m % 2 else (window[half - 1] + window[half]) / 2)
+    return out
 
 
 def _finite_indices(result: RangeTestResult) -> list[int]:
     """The indices of the points with a finite loss."""
     return [i for i, x in enumerate(result.losses) if math.isfinite(x)]
+
+
+_ANALYSES: dict[int, tuple[Any, tuple[Any, ...], CurveAnalysis | None]] = {}
+"""The latest analyses, by result: every method's suggestion reads the same one."""
+_ANALYSES_KEPT = 8
 
 
 def analyse_curve(
@@ -311,6 +360,9 @@ def analyse_curve(
     upper_decades: float = 0.25,
 ) -> CurveAnalysis | None:
     """Read a curve robustly: its minimum, its blow-up, its noise, and what they suggest.
+
+    Computed once per result and settings, and shared (the result is immutable): every
+    method's suggestion, ``suggestions()`` and the plot read the same analysis. The steps:
 
     Works on the finite raw losses against ``log10(lr)``:
 
@@ -341,6 +393,32 @@ def analyse_curve(
     Returns:
         The analysis, or ``None`` when fewer than :data:`ANALYSIS_MIN_POINTS` finite points.
     """
+    settings = (
+        len(result.losses),
+        smoothing_decades,
+        margin_decades,
+        fallback_width_decades,
+        lower_decades,
+        upper_decades,
+    )
+    cached = _ANALYSES.get(id(result))
+    if cached is not None and cached[0]() is result and cached[1] == settings:
+        return cached[2]
+    analysis = _analyse_curve(result, *settings[1:])
+    if len(_ANALYSES) >= _ANALYSES_KEPT:
+        _ANALYSES.pop(next(iter(_ANALYSES)))
+    _ANALYSES[id(result)] = (weakref.ref(result), settings, analysis)
+    return analysis
+
+
+def _analyse_curve(
+    result: RangeTestResult,
+    smoothing_decades: float,
+    margin_decades: float,
+    fallback_width_decades: float,
+    lower_decades: float,
+    upper_decades: float,
+) -> CurveAnalysis | None:
     kept = _finite_indices(result)
     count = len(kept)
     if count < ANALYSIS_MIN_POINTS:
@@ -459,6 +537,35 @@ def margin(
     return make_suggestion(result, "margin", analysis.lr, analysis=analysis)
 
 
+def longest_decreasing_run(losses: Sequence[float]) -> tuple[int, int]:
+    """fastai's valley bounds ``(start, end)`` over ``losses``, in O(n log n).
+
+    fastai computes, for each point, the longest strictly decreasing subsequence ending there
+    (an O(n^2) double loop) and keeps the first point where a new longest one ends: ``end`` is
+    the first index whose run has the greatest length ``L``, and ``start = end - L`` (index
+    arithmetic, as fastai does; ``(0, 0)`` when nothing decreases). The run lengths are the
+    longest strictly increasing subsequence of the negated losses, which patience sorting finds
+    with a binary search per point; the bounds are the same as the double loop's (checked
+    against it by a property test).
+
+    Example:
+        >>> longest_decreasing_run([5.0, 4.0, 6.0, 3.0, 2.0])
+        (0, 4)
+    """
+    tails: list[float] = []  # tails[k]: the smallest last -loss of an increasing run of k + 1
+    best_len, best_end = 1, 0
+    for i, loss in enumerate(losses):
+        x = -loss
+        k = bisect.bisect_left(tails, x)
+        if k == len(tails):
+            tails.append(x)
+        else:
+            tails[k] = x
+        if k + 1 > best_len:
+            best_len, best_end = k + 1, i
+    return (0, 0) if best_len == 1 else (best_end - best_len, best_end)
+
+
 def valley(result: RangeTestResult, *, beta: float = 0.98) -> Suggestion:
     """fastai's ``valley``: the longest decreasing run of the smoothed loss, about half-way down it.
 
@@ -471,16 +578,7 @@ def valley(result: RangeTestResult, *, beta: float = 0.98) -> Suggestion:
     idx, losses = _finite_points(result, smoothed, _window(len(result), skip, 5))
     if len(idx) < 2:
         return _too_few(result, "valley", len(idx), 2)
-    n = len(losses)
-    run = [1] * n
-    best_end, best_start = 0, 0
-    for i in range(1, n):
-        for j in range(i):
-            if losses[i] < losses[j] and run[i] < run[j] + 1:
-                run[i] = run[j] + 1
-            # Inside the inner loop, as in fastai: the start is fixed when the run first wins.
-            if run[best_end] < run[i]:
-                best_end, best_start = i, i - run[i]
+    best_start, best_end = longest_decreasing_run(losses)
     sections = (best_end - best_start) / 3
     pick = best_start + int(sections) + int(sections / 2)
     return make_suggestion(result, "valley", result.lrs[idx[pick]])

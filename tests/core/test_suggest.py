@@ -214,3 +214,18 @@ def test_gradient_needs_two_points() -> None:
     """One point has no slope: ValueError."""
     with pytest.raises(ValueError, match="2 points"):
         gradient([1.0])
+
+
+@given(
+    lrs=st.lists(st.floats(1e-9, 1e3), min_size=1, max_size=60),
+    lr=st.floats(1e-10, 1e4),
+    sort=st.booleans(),
+)
+def test_nearest_index_is_the_first_nearest_point(lrs: list[float], lr: float, sort: bool) -> None:
+    from lrfinder_plugins.suggest import nearest_index
+
+    if sort:
+        lrs = sorted(lrs)
+    target = math.log(lr)
+    expected = min(range(len(lrs)), key=lambda i: abs(math.log(lrs[i]) - target))
+    assert nearest_index(lrs, lr) == expected

@@ -116,3 +116,28 @@ def test_strictly_falling_window_lands_on_its_last_point_when_short() -> None:
     result = result_from_losses([5.0, 5.0, 4.0, 3.0, 9.0, 9.0, 9.0, 9.0, 9.0], num_iter=20)
     assert fastai_window(list(result.losses), 20) == [2, 3]
     assert valley(result).lr == result.lrs[3]
+
+
+def _quadratic_run(losses: list[float]) -> tuple[int, int]:
+    """fastai's double loop, verbatim in spirit: the reference for the O(n log n) form."""
+    run = [1] * len(losses)
+    best_end, best_start = 0, 0
+    for i in range(1, len(losses)):
+        for j in range(i):
+            if losses[i] < losses[j] and run[i] < run[j] + 1:
+                run[i] = run[j] + 1
+            if run[best_end] < run[i]:
+                best_end, best_start = i, i - run[i]
+    return best_start, best_end
+
+
+@given(
+    losses=st.one_of(
+        st.lists(st.floats(-1e6, 1e6), max_size=200),
+        st.lists(st.integers(0, 5).map(float), max_size=200),  # many ties
+    )
+)
+def test_the_n_log_n_run_is_the_double_loops(losses: list[float]) -> None:
+    from lrfinder_plugins.suggest import longest_decreasing_run
+
+    assert longest_decreasing_run(losses) == _quadratic_run(losses)
