@@ -1,0 +1,190 @@
+"""``lrfinder tune --config``: the seed's loop end to end (a real Trainer, in a subprocess)."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("tomlkit")
+pytest.importorskip("ruamel.yaml")
+pytest.importorskip("lightning")
+pytest.importorskip("matplotlib")
+
+from lrfinder_plugins._config_file import NOTE_PREFIX, ConfigFile
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = ROOT / "examples" / "config_tune"
+
+pytestmark = pytest.mark.timeout(600)
+
+
+def _copy_example(folder: Path) -> Path:
+    """The example configs and their module, copied (the tests write to the copies)."""
+    for name in ("tiny_task.py", "run.toml", "run.yaml", "torch_run.toml"):
+        shutil.copy(EXAMPLE / name, folder / name)
+    return folder
+
+
+def _lrfinder(folder: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """The real console script, run in ``folder`` as a user runs it."""
+    return subprocess.run(
+        [sys.executable, "-m", "lrfinder_plugins.cli", "tune", *args],
+        cwd=folder,
+        capture_output=True,
+        text=True,
+        timeout=540,
+    )
+
+
+def _number(pattern: str, text: str) -> str:
+    found = re.search(pattern, text)
+    assert found is not None, f"{pattern!r} not in:\n{text}"
+    return found.group(1)
+
+
+@pytest.fixture(scope="module")
+def toml_run(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple[Path, subprocess.CompletedProcess[str]]:
+    """`lrfinder tune` on the TOML example, the flags in the 'wrong' order, written back."""
+    folder = _copy_example(tmp_path_factory.mktemp("toml"))
+    done = _lrfinder(
+        folder,
+        "--config",
+        "run.toml",
+        "--tune-learning-rate",
+        "--tune-batch-size",
+        "--write-config",
+    )
+    assert done.returncode == 0, done.stderr
+    return folder, done
+
+
+@pytest.fixture(scope="module")
+def yaml_run(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple[Path, subprocess.CompletedProcess[str]]:
+    """`lrfinder tune` on the LightningCLI YAML example, written back."""
+    folder = _copy_example(tmp_path_factory.mktemp("yaml"))
+    done = _lrfinder(
+        folder,
+        "--config",
+        "run.yaml",
+        "--tune-batch-size",
+        "--tune-learning-rate",
+        "--write-config",
+    )
+    assert done.returncode == 0, done.stderr
+    return folder, done
+
+
+def test_toml_logs_the_seed_lines(toml_run: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
+    """The seed's lines, with our confidence and range, and the plot where the log says."""
+    folder, done = toml_run
+    log = done.stderr
+    size = _number(r"✓ Optimal batch size found: (\d+)", log)
+    lr = _number(r"✓ Suggested learning rate: (\d\.\d\de[-+]\d\d)", log)
+    assert int(size) > 16
+    assert f"Updated optimizer LR: 1.00e-03 → {lr}" in log
+    assert re.search(r"confidence \d\.\d\d, usable range \S+ … \S+ \(margin\)", log)
+    assert "LR finder plot saved to: .logs/lr_finder_plot.png" in log
+    assert (folder / ".logs" / "lr_finder_plot.png").stat().st_size > 0
+
+
+def test_the_batch_size_is_tuned_first_whatever_the_flag_order(
+    toml_run: tuple[Path, subprocess.CompletedProcess[str]],
+) -> None:
+    """--tune-learning-rate before --tune-batch-size: the log says, and does, batch size first."""
+    log = toml_run[1].stderr
+    assert "Tuning the batch size first, then the learning rate at it" in log
+    assert log.index("Optimal batch size found") < log.index("Running learning rate finder")
+
+
+def test_toml_write_back_writes_the_logged_values_and_keeps_the_rest(
+    toml_run: tuple[Path, subprocess.CompletedProcess[str]],
+) -> None:
+    """The file holds the logged batch size and LR, OneCycleLR's keys, a note, every comment."""
+    folder, done = toml_run
+    size = int(_number(r"Optimal batch size found: (\d+)", done.stderr))
+    lr = float(_number(r"Suggested learning rate: (\S+)", done.stderr))
+    upper = float(_number(r"usable range \S+ … (\S+)", done.stderr))
+    config = ConfigFile.load(folder / "run.toml")
+    assert config.get("datamodule_config.batch_size") == size
+    assert config.get("module_config.optimizer.learning_rate") == pytest.approx(lr, rel=0.01)
+    assert config.get("module_config.scheduler.max_lr") == pytest.approx(upper, rel=0.01)
+    assert config.get("module_config.scheduler.cycle_momentum") is False
+    assert config.get("module_config.scheduler.div_factor") == pytest.approx(4.47, rel=0.01)
+    text = (folder / "run.toml").read_text()
+    original = (EXAMPLE / "run.toml").read_text()
+    assert text.startswith(NOTE_PREFIX)
+    # Every original line is still there, unchanged, except the four values written.
+    kept = set(text.splitlines())
+    changed = {line for line in original.splitlines() if line not in kept}
+    assert {line.split("=")[0].strip() for line in changed} == {
+        "batch_size",
+        "learning_rate",
+        "max_lr",
+        "div_factor",
+    }
+    assert [c for c in original.splitlines() if c.lstrip().startswith("#")] == [
+        c for c in text.splitlines()[1:] if c.lstrip().startswith("#")
+    ]
+    assert "# the batch-size finder writes its result here" in text
+
+
+def test_yaml_write_back_keeps_comments(
+    yaml_run: tuple[Path, subprocess.CompletedProcess[str]],
+) -> None:
+    """A LightningCLI YAML config: the values go under init_args, every comment stays."""
+    folder, done = yaml_run
+    size = int(_number(r"Optimal batch size found: (\d+)", done.stderr))
+    lr = float(_number(r"Suggested learning rate: (\S+)", done.stderr))
+    config = ConfigFile.load(folder / "run.yaml")
+    assert config.get("data.init_args.batch_size") == size
+    assert config.get("model.init_args.learning_rate") == pytest.approx(lr, rel=0.01)
+    assert "max_lr" in config.get("model.init_args.scheduler")
+    text = (folder / "run.yaml").read_text()
+    for line in (EXAMPLE / "run.yaml").read_text().splitlines():
+        if "#" in line:
+            assert line[line.index("#") :] in text
+
+
+def test_torch_factory_config_dry_run_prints_the_diff(tmp_path: Path) -> None:
+    """A plain-PyTorch factory config, --dry-run: the diff on stdout, the file untouched."""
+    folder = _copy_example(tmp_path)
+    before = (folder / "torch_run.toml").read_text()
+    done = _lrfinder(
+        folder,
+        "--config",
+        "torch_run.toml",
+        "--tune-batch-size",
+        "--tune-learning-rate",
+        "--dry-run",
+        "--no-plot",
+    )
+    assert done.returncode == 0, done.stderr
+    size = _number(r"✓ Optimal batch size found: (\d+)", done.stderr)
+    lr = float(_number(r"✓ Suggested learning rate: (\S+)", done.stderr))
+    assert f"+batch_size = {size}  # the batch-size finder writes its result here" in done.stdout
+    written = float(_number(r"\+learning_rate = (\S+)", done.stdout))
+    assert written == pytest.approx(lr, rel=0.01)
+    assert (folder / "torch_run.toml").read_text() == before
+    assert not (folder / ".logs").exists()
+
+
+def test_fit_trains_with_the_found_lr(tmp_path: Path) -> None:
+    """--fit: the LR is tuned, then a fresh module trains (a Trainer run to the end)."""
+    folder = _copy_example(tmp_path)
+    done = _lrfinder(folder, "--config", "run.toml", "--tune-learning-rate", "--fit", "--no-plot")
+    assert done.returncode == 0, done.stderr
+    assert "Optimal batch size" not in done.stderr
+    assert done.stderr.index("Suggested learning rate") < done.stderr.index(
+        "Starting training (fit)"
+    )
+    assert re.search(r"`Trainer.fit` stopped: `max_epochs=1` reached", done.stderr)
+    assert (folder / "run.toml").read_text() == (EXAMPLE / "run.toml").read_text()
