@@ -166,7 +166,10 @@ def run(args: argparse.Namespace) -> int:
             config, a class path that does not import (one line; ``main`` exits with 2).
     """
     _check_flags(args)
-    config = ConfigFile.load(args.config)
+    try:
+        config = ConfigFile.load(args.config)
+    except ImportError as error:  # the parser's extra is not installed: the message names it
+        raise ConfigError(one_line(error)) from None
     try:
         from lrfinder_adapters import config_tune
     except ImportError as error:  # pragma: no cover - the adapters ship with the core

@@ -324,3 +324,37 @@ def test_a_bad_class_path_prints_no_traceback(example: Path) -> None:
         "'tiny_task' has no 'Missing'"
     ]
     assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("module", "config", "extra"),
+    [
+        ("tomlkit", "run.toml", "lrfinder-plugins[cli]"),
+        ("ruamel.yaml", "run.yaml", "lrfinder-plugins[cli]"),
+        ("lightning", "run.toml", "lrfinder-plugins[lightning]"),
+    ],
+    ids=["tomlkit", "ruamel", "lightning"],
+)
+def test_a_missing_extra_names_its_pip_install(
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    example: Path,
+    module: str,
+    config: str,
+    extra: str,
+) -> None:
+    """Without the extra a config needs: one line naming the pip install that fixes it."""
+    monkeypatch.setitem(sys.modules, module, None)  # as if not installed: importing it fails
+    line = _error(capsys, ["tune", "--config", str(example / config), "--tune-batch-size"])
+    assert f"pip install '{extra}'" in line
+
+
+def test_the_cli_loads_without_the_config_parsers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`import lrfinder_plugins` and the parser (so `lrfinder demo`) need neither parser."""
+    for name in ("tomlkit", "ruamel", "ruamel.yaml"):
+        monkeypatch.setitem(sys.modules, name, None)
+    for name in [m for m in sys.modules if m.startswith("lrfinder_plugins")]:
+        monkeypatch.delitem(sys.modules, name)
+    import lrfinder_plugins.cli
+
+    assert "tune" in lrfinder_plugins.cli.build_parser().format_help()
