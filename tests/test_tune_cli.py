@@ -188,3 +188,46 @@ def test_fit_trains_with_the_found_lr(tmp_path: Path) -> None:
     )
     assert re.search(r"`Trainer.fit` stopped: `max_epochs=1` reached", done.stderr)
     assert (folder / "run.toml").read_text() == (EXAMPLE / "run.toml").read_text()
+
+
+def _main_py(folder: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """The example's own LightningCLI script (TuningCLI), run in ``folder``."""
+    pytest.importorskip("jsonargparse")
+    shutil.copy(EXAMPLE / "main.py", folder / "main.py")
+    return subprocess.run(
+        [sys.executable, "main.py", *args],
+        cwd=folder,
+        capture_output=True,
+        text=True,
+        timeout=540,
+    )
+
+
+def test_tuning_cli_tunes_before_fit(tmp_path: Path) -> None:
+    """`main.py fit --tune-learning-rate --tune-batch-size`: batch size, LR, then the real fit."""
+    folder = _copy_example(tmp_path)
+    done = _main_py(
+        folder, "fit", "--config", "run.yaml", "--tune-learning-rate", "--tune-batch-size"
+    )
+    assert done.returncode == 0, done.stderr
+    log = done.stderr
+    size = _number(r"✓ Optimal batch size found: (\d+)", log)
+    lr = _number(r"✓ Suggested learning rate: (\S+)", log)
+    assert f"Updated optimizer LR: 1.00e-03 → {lr}" in log
+    assert f"batch size set to {size}" in log
+    assert (
+        log.index("Optimal batch size found")
+        < log.index("Suggested learning rate")
+        < log.index("Starting training (fit)")
+        < log.index("`Trainer.fit` stopped: `max_epochs=1` reached")
+    )
+    assert (folder / ".logs" / "lr_finder_plot.png").stat().st_size > 0
+
+
+def test_tuning_cli_without_the_flags_only_fits(tmp_path: Path) -> None:
+    """Without the flags TuningCLI is LightningCLI (the config's tuner: section is accepted)."""
+    folder = _copy_example(tmp_path)
+    done = _main_py(folder, "fit", "--config", "run.yaml")
+    assert done.returncode == 0, done.stderr
+    assert "Running batch size tuning" not in done.stderr
+    assert "`Trainer.fit` stopped: `max_epochs=1` reached" in done.stderr

@@ -47,6 +47,7 @@ __all__ = [
     "import_object",
     "instantiate",
     "tune_config",
+    "tune_lightning",
 ]
 
 log = logging.getLogger("lrfinder_plugins.tune")
@@ -297,28 +298,65 @@ def _lr_line(found: Found) -> None:
         log.info("  LR finder plot saved to: %s", found.plot_path)
 
 
-def _tune_lightning(
-    run: _LightningRun,
-    kind: str,
-    tune_batch_size: bool,
-    tune_lr: bool,
-    plot_path: Path | None,
+def tune_lightning(
+    trainer: Any,
+    module: Any,
+    datamodule: Any = None,
+    *,
+    tune_batch_size: bool = True,
+    tune_lr: bool = True,
+    options: Mapping[str, Any] | None = None,
+    plot_path: Path | None = None,
+    options_key: str = "tuner",
 ) -> Found:
-    from lrfinder_adapters.lightning import Tuner, find_lr_attr, tune
+    """Find the batch size, then the LR, with :func:`lrfinder_adapters.lightning.tune`; log both.
 
-    trainer_key, tuner_key = _SECTIONS[kind][2:]
-    options = dict(run.tuner_options)
+    The log lines are the seed's (``✓ Optimal batch size found: ...``, ``✓ Suggested learning
+    rate: ...``, ``Updated optimizer LR: ... → ...``, ``LR finder plot saved to: ...``) plus the
+    suggestion's confidence and usable range. The found values are set in the module's and
+    data module's attributes (as ``tune`` does); the training state is as before.
+
+    Args:
+        trainer: the trainer to tune with (reusable for the fit afterwards).
+        module: the LightningModule.
+        datamodule: its LightningDataModule (``None``: the module builds its loaders).
+        tune_batch_size: find the batch size (first).
+        tune_lr: run the LR range test (at the found batch size).
+        options: ``tune()``'s options (``max_trials``, ``num_training``, ...).
+        plot_path: save the range test's plot there.
+        options_key: the config key the options came from (named in the error).
+
+    Raises:
+        ValueError: an unknown option, or no LR attribute (one line, before any work).
+    """
+    from lrfinder_adapters.lightning import Tuner, find_batch_size_attr, find_lr_attr, tune
+
+    options = dict(options or {})
     if plot_path is not None:
         options["plot_path"] = plot_path
+
+    def run(**which: bool) -> Any:
+        try:
+            return tune(trainer, module, datamodule, **which, **options)
+        except TypeError as error:
+            if "unknown option" in str(error):  # tune() checks its options before any work
+                raise ValueError(f"{options_key}: {error}") from None
+            raise
+
+    # Both searches off: tune() only checks its options, so a misspelt one fails before any work.
+    run(lr=False, batch_size=False)
     old_lr = None
+    try:  # where the found values go: a clear line before any work when there is nowhere
+        if tune_batch_size:
+            find_batch_size_attr(module, datamodule, options.get("batch_arg_name", "batch_size"))
+        if tune_lr:
+            container, name = find_lr_attr(module, options.get("attr_name", ""))
+    except AttributeError as error:
+        raise ValueError(str(error)) from None
     if tune_lr:
-        container, name = find_lr_attr(run.module, options.get("attr_name", ""))
         old_lr = float(
             container[name] if isinstance(container, Mapping) else getattr(container, name)
         )
-    trainer = _trainer(run.trainer_options, trainer_key)
-    # Both searches off: tune() only checks its options, so a misspelt one fails before any work.
-    _call_tune(tune, trainer, run, options, tuner_key, lr=False, batch_size=False)
     found_size = None
     if tune_batch_size:
         shown = _defaults(Tuner.scale_batch_size, "mode", "init_val", "max_trials")
@@ -326,32 +364,20 @@ def _tune_lightning(
         shown.update({k: options[k] for k in ("init_val", "max_trials") if k in options})
         log.info("Running batch size tuning...")
         log.info("Mode: %(mode)s, init_val: %(init_val)s, max_trials: %(max_trials)s", shown)
-        found_size = _call_tune(tune, trainer, run, options, tuner_key, lr=False).batch_size
+        found_size = run(lr=False).batch_size
         log.info("✓ Optimal batch size found: %s", found_size)
     if not tune_lr:
         return Found(batch_size=found_size)
     steps = options.get("num_training", _defaults(Tuner.lr_find, "num_training")["num_training"])
     log.info("Running learning rate finder (LR range test)...")
     log.info("Training for ~%s iterations while exponentially increasing LR...", steps)
-    finder = _call_tune(tune, trainer, run, options, tuner_key, batch_size=False).lr_finder
+    finder = run(batch_size=False).lr_finder
     if finder is None:  # fast_dev_run: skipped, with Lightning's warning
         return Found(batch_size=found_size)
     suggestion = finder.result.suggestion(finder.method)
-    lr = finder.suggestion()
-    found = Found(found_size, lr, old_lr, suggestion, finder.result, plot_path)
+    found = Found(found_size, finder.suggestion(), old_lr, suggestion, finder.result, plot_path)
     _lr_line(found)
     return found
-
-
-def _call_tune(
-    tune: Any, trainer: Any, run: _LightningRun, options: dict[str, Any], key: str, **which: bool
-) -> Any:
-    try:
-        return tune(trainer, run.module, run.datamodule, **which, **options)
-    except TypeError as error:
-        if "unknown option" in str(error):  # tune() checks its options before anything runs
-            raise ValueError(f"{key}: {error}") from None
-        raise
 
 
 def _torch_parts(config: Mapping[str, Any]) -> dict[str, Any]:
@@ -475,7 +501,17 @@ def tune_config(
         if kind == "torch":
             return _tune_torch(config, tune_batch_size, tune_lr, plot_path, batch_size)
         run = _lightning_run(config, kind)
-        return _tune_lightning(run, kind, tune_batch_size, tune_lr, plot_path)
+        trainer_key, tuner_key = _SECTIONS[kind][2:]
+        return tune_lightning(
+            _trainer(run.trainer_options, trainer_key),
+            run.module,
+            run.datamodule,
+            tune_batch_size=tune_batch_size,
+            tune_lr=tune_lr,
+            options=run.tuner_options,
+            plot_path=plot_path,
+            options_key=tuner_key,
+        )
 
 
 def fit_config(config: Mapping[str, Any], *, search: Sequence[Path] = ()) -> None:
