@@ -47,43 +47,30 @@ def _number(pattern: str, text: str) -> str:
     return found.group(1)
 
 
+Run = tuple[Path, subprocess.CompletedProcess[str]]
+
+
+def _written_back(tmp: pytest.TempPathFactory, config: str, *flags: str) -> Run:
+    """`lrfinder tune --config <copy of config> <flags> --write-config`, which must succeed."""
+    folder = _copy_example(tmp.mktemp(config.replace(".", "-")))
+    done = _lrfinder(folder, "--config", config, *flags, "--write-config")
+    assert done.returncode == 0, done.stderr
+    return folder, done
+
+
 @pytest.fixture(scope="module")
-def toml_run(
-    tmp_path_factory: pytest.TempPathFactory,
-) -> tuple[Path, subprocess.CompletedProcess[str]]:
+def toml_run(tmp_path_factory: pytest.TempPathFactory) -> Run:
     """`lrfinder tune` on the TOML example, the flags in the 'wrong' order, written back."""
-    folder = _copy_example(tmp_path_factory.mktemp("toml"))
-    done = _lrfinder(
-        folder,
-        "--config",
-        "run.toml",
-        "--tune-learning-rate",
-        "--tune-batch-size",
-        "--write-config",
-    )
-    assert done.returncode == 0, done.stderr
-    return folder, done
+    return _written_back(tmp_path_factory, "run.toml", "--tune-learning-rate", "--tune-batch-size")
 
 
 @pytest.fixture(scope="module")
-def yaml_run(
-    tmp_path_factory: pytest.TempPathFactory,
-) -> tuple[Path, subprocess.CompletedProcess[str]]:
+def yaml_run(tmp_path_factory: pytest.TempPathFactory) -> Run:
     """`lrfinder tune` on the LightningCLI YAML example, written back."""
-    folder = _copy_example(tmp_path_factory.mktemp("yaml"))
-    done = _lrfinder(
-        folder,
-        "--config",
-        "run.yaml",
-        "--tune-batch-size",
-        "--tune-learning-rate",
-        "--write-config",
-    )
-    assert done.returncode == 0, done.stderr
-    return folder, done
+    return _written_back(tmp_path_factory, "run.yaml", "--tune-batch-size", "--tune-learning-rate")
 
 
-def test_toml_logs_the_seed_lines(toml_run: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
+def test_toml_logs_the_seed_lines(toml_run: Run) -> None:
     """The seed's lines, with our confidence and range, and the plot where the log says."""
     folder, done = toml_run
     log = done.stderr
@@ -97,7 +84,7 @@ def test_toml_logs_the_seed_lines(toml_run: tuple[Path, subprocess.CompletedProc
 
 
 def test_the_batch_size_is_tuned_first_whatever_the_flag_order(
-    toml_run: tuple[Path, subprocess.CompletedProcess[str]],
+    toml_run: Run,
 ) -> None:
     """--tune-learning-rate before --tune-batch-size: the log says, and does, batch size first."""
     log = toml_run[1].stderr
@@ -105,21 +92,24 @@ def test_the_batch_size_is_tuned_first_whatever_the_flag_order(
     assert log.index("Optimal batch size found") < log.index("Running learning rate finder")
 
 
-def test_toml_write_back_writes_the_logged_values_and_keeps_the_rest(
-    toml_run: tuple[Path, subprocess.CompletedProcess[str]],
-) -> None:
-    """The file holds the logged batch size and LR, OneCycleLR's keys, a note, every comment."""
-    folder, done = toml_run
+def _logged_and_written(run: Run, name: str) -> tuple[int, float, ConfigFile]:
+    """The batch size and LR the log shows, and the config file as written back."""
+    folder, done = run
     size = int(_number(r"Optimal batch size found: (\d+)", done.stderr))
     lr = float(_number(r"Suggested learning rate: (\S+)", done.stderr))
-    upper = float(_number(r"usable range \S+ … (\S+)", done.stderr))
-    config = ConfigFile.load(folder / "run.toml")
+    return size, lr, ConfigFile.load(folder / name)
+
+
+def test_toml_write_back_writes_the_logged_values_and_keeps_the_rest(toml_run: Run) -> None:
+    """The file holds the logged batch size and LR, OneCycleLR's keys, a note, every comment."""
+    size, lr, config = _logged_and_written(toml_run, "run.toml")
+    upper = float(_number(r"usable range \S+ … (\S+)", toml_run[1].stderr))
     assert config.get("datamodule_config.batch_size") == size
     assert config.get("module_config.optimizer.learning_rate") == pytest.approx(lr, rel=0.01)
     assert config.get("module_config.scheduler.max_lr") == pytest.approx(upper, rel=0.01)
     assert config.get("module_config.scheduler.cycle_momentum") is False
     assert config.get("module_config.scheduler.div_factor") == pytest.approx(4.47, rel=0.01)
-    text = (folder / "run.toml").read_text()
+    text = config.path.read_text()
     original = (EXAMPLE / "run.toml").read_text()
     assert text.startswith(NOTE_PREFIX)
     # Every original line is still there, unchanged, except the four values written.
@@ -137,18 +127,13 @@ def test_toml_write_back_writes_the_logged_values_and_keeps_the_rest(
     assert "# the batch-size finder writes its result here" in text
 
 
-def test_yaml_write_back_keeps_comments(
-    yaml_run: tuple[Path, subprocess.CompletedProcess[str]],
-) -> None:
+def test_yaml_write_back_keeps_comments(yaml_run: Run) -> None:
     """A LightningCLI YAML config: the values go under init_args, every comment stays."""
-    folder, done = yaml_run
-    size = int(_number(r"Optimal batch size found: (\d+)", done.stderr))
-    lr = float(_number(r"Suggested learning rate: (\S+)", done.stderr))
-    config = ConfigFile.load(folder / "run.yaml")
+    size, lr, config = _logged_and_written(yaml_run, "run.yaml")
     assert config.get("data.init_args.batch_size") == size
     assert config.get("model.init_args.learning_rate") == pytest.approx(lr, rel=0.01)
     assert "max_lr" in config.get("model.init_args.scheduler")
-    text = (folder / "run.yaml").read_text()
+    text = config.path.read_text()
     for line in (EXAMPLE / "run.yaml").read_text().splitlines():
         if "#" in line:
             assert line[line.index("#") :] in text

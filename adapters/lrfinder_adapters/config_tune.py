@@ -52,8 +52,6 @@ __all__ = [
 
 log = logging.getLogger("lrfinder_plugins.tune")
 
-KINDS = ("lightning", "lightning_cli", "torch")
-
 
 @dataclass(frozen=True)
 class ConfigKeys:
