@@ -30,10 +30,20 @@ def _copy_example(folder: Path) -> Path:
     return folder
 
 
-def _lrfinder(folder: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    """The real console script, run in ``folder`` as a user runs it."""
+WITHOUT = """
+import sys
+for name in sys.argv.pop(1).split(","):
+    sys.modules[name] = None  # as if not installed: importing it fails
+from lrfinder_plugins.cli import main
+sys.exit(main(["tune", *sys.argv[1:]]))
+"""
+
+
+def _lrfinder(folder: Path, *args: str, without: str = "") -> subprocess.CompletedProcess[str]:
+    """The real console script, run in ``folder`` as a user runs it (``without`` packages)."""
+    command = ["-m", "lrfinder_plugins.cli", "tune"] if not without else ["-c", WITHOUT, without]
     return subprocess.run(
-        [sys.executable, "-m", "lrfinder_plugins.cli", "tune", *args],
+        [sys.executable, *command, *args],
         cwd=folder,
         capture_output=True,
         text=True,
@@ -140,7 +150,7 @@ def test_yaml_write_back_keeps_comments(yaml_run: Run) -> None:
 
 
 def test_torch_factory_config_dry_run_prints_the_diff(tmp_path: Path) -> None:
-    """A plain-PyTorch factory config, --dry-run: the diff on stdout, the file untouched."""
+    """A plain-PyTorch factory config without Lightning, --dry-run: the diff, the file kept."""
     folder = _copy_example(tmp_path)
     before = (folder / "torch_run.toml").read_text()
     done = _lrfinder(
@@ -151,6 +161,7 @@ def test_torch_factory_config_dry_run_prints_the_diff(tmp_path: Path) -> None:
         "--tune-learning-rate",
         "--dry-run",
         "--no-plot",
+        without="lightning,lightning.pytorch,pytorch_lightning",
     )
     assert done.returncode == 0, done.stderr
     size = _number(r"✓ Optimal batch size found: (\d+)", done.stderr)
