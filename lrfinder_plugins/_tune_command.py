@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from lrfinder_plugins._config_file import ConfigError, ConfigFile, round_value
-from lrfinder_plugins._usage import check_writable_file, one_line
+from lrfinder_plugins._usage import UsageError, check_writable_file, one_line
 
 DESCRIPTION = """\
 Find the batch size (first) and the learning rate of the model a config file names, log them
@@ -158,27 +158,35 @@ def _tune_log() -> Iterator[None]:
         logger.propagate = propagate
 
 
-def run(args: argparse.Namespace) -> int:
-    """Run ``lrfinder tune`` with parsed ``args``; return the exit code.
+@contextlib.contextmanager
+def _one_line_errors(args: argparse.Namespace, path: Path) -> Iterator[None]:
+    """A config's mistakes as one line; other errors too, unless ``-v`` asks for the traceback."""
+    from lrfinder_adapters.config_tune import BadConfigError
 
-    Raises:
-        ConfigError: bad flags, a config that cannot be read or lacks a key, a read-only
-            config, a class path that does not import (one line; ``main`` exits with 2).
-    """
-    _check_flags(args)
+    try:
+        yield
+    except UsageError:  # already one line
+        raise
+    except (BadConfigError, ImportError) as error:  # what the config names, a missing extra
+        raise ConfigError(f"{path}: {one_line(error)}") from None
+    except (ValueError, TypeError) as error:  # an option a search refused, or the model's own
+        if getattr(args, "verbose", False):
+            raise
+        raise ConfigError(
+            f"{path}: {type(error).__name__}: {one_line(error)} (lrfinder -v tune ... shows where)"
+        ) from None
+
+
+def _load(args: argparse.Namespace) -> tuple[ConfigFile, str, Any]:
+    """The config, its kind and the keys the found values go to, all checked before any work."""
     try:
         config = ConfigFile.load(args.config)
     except ImportError as error:  # the parser's extra is not installed: the message names it
         raise ConfigError(one_line(error)) from None
-    try:
-        from lrfinder_adapters import config_tune
-    except ImportError as error:  # pragma: no cover - the adapters ship with the core
-        raise ConfigError(one_line(error)) from None
-    plain = config.plain()
-    try:
-        kind = config_tune.config_kind(plain)
-    except ValueError as error:
-        raise ConfigError(f"{config.path}: {one_line(error)}") from None
+    from lrfinder_adapters import config_tune
+
+    with _one_line_errors(args, config.path):
+        kind = config_tune.config_kind(config.plain())
     if args.fit and kind == "torch":
         raise ConfigError(
             f"{config.path}: --fit needs a Lightning config (a torch factory names no training "
@@ -186,38 +194,47 @@ def run(args: argparse.Namespace) -> int:
         )
     keys = _keys(args, config_tune.default_keys(kind))
     _check_keys(args, config, keys, kind)
-    writes = args.write_config and not args.dry_run
-    if writes:
+    if args.write_config and not args.dry_run:
         config.check_writable()
+    return config, kind, keys
+
+
+def _write(args: argparse.Namespace, config: ConfigFile) -> None:
+    """--dry-run: print the diff; --write-config: write the file (and log the note)."""
+    if args.dry_run:
+        print(config.diff() or f"{config.path}: no change")
+    elif args.write_config and config.changes:
+        config.save()
+        logging.getLogger(TUNE_LOGGER).info("%s: %s", config.path, config.note().strip("# \n"))
+    elif args.write_config:
+        logging.getLogger(TUNE_LOGGER).info("%s: no change to write", config.path)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``lrfinder tune`` with parsed ``args``; return the exit code.
+
+    Raises:
+        ConfigError: bad flags, a config that cannot be read or lacks a key, a read-only
+            config, a class path that does not import (one line; ``main`` exits with 2).
+    """
+    from lrfinder_adapters import config_tune
+
+    _check_flags(args)
+    config, kind, keys = _load(args)
     plot = _plot_path(args)
     search = [config.path.resolve().parent, Path.cwd()]
-    logger = logging.getLogger(TUNE_LOGGER)
-    with _tune_log():
+    with _tune_log(), _one_line_errors(args, config.path):
         if args.tune_batch_size or args.tune_learning_rate:
-            batch_size = config.get(keys.batch_size) if kind == "torch" else None
-            try:
-                found = config_tune.tune_config(
-                    plain,
-                    tune_batch_size=args.tune_batch_size,
-                    tune_lr=args.tune_learning_rate,
-                    plot_path=plot,
-                    batch_size=batch_size,
-                    search=search,
-                )
-            except (ValueError, ImportError) as error:
-                raise ConfigError(f"{config.path}: {one_line(error)}") from None
+            found = config_tune.tune_config(
+                config.plain(),
+                tune_batch_size=args.tune_batch_size,
+                tune_lr=args.tune_learning_rate,
+                plot_path=plot,
+                batch_size=config.get(keys.batch_size) if kind == "torch" else None,
+                search=search,
+            )
             _apply(config, keys, found)
-            if args.dry_run or (args.write_config and not writes):
-                print(config.diff() or f"{config.path}: no change", end="")
-            elif writes:
-                if config.changes:
-                    config.save()
-                    logger.info("%s: %s", config.path, config.note().strip("# \n"))
-                else:
-                    logger.info("%s: no change to write", config.path)
+            _write(args, config)
         if args.fit:
-            try:
-                config_tune.fit_config(config.plain(), search=search)
-            except (ValueError, ImportError) as error:
-                raise ConfigError(f"{config.path}: {one_line(error)}") from None
+            config_tune.fit_config(config.plain(), search=search)
     return 0

@@ -22,8 +22,11 @@ ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "config_tune"
 
 
-def _error(capsys: pytest.CaptureFixture[str], argv: list[str]) -> str:
-    """Run ``lrfinder argv``; check exit code 2 and one error line on stderr; return it."""
+def _error(capsys: pytest.CaptureFixture[str], argv: list[str], *, after_log: bool = False) -> str:
+    """Run ``lrfinder argv``; check exit code 2 and one error line on stderr; return it.
+
+    ``after_log``: the tuner's own lines may come first (an option only the search checks).
+    """
     try:
         code = main(argv)
     except SystemExit as exit:  # argparse's own errors
@@ -31,6 +34,9 @@ def _error(capsys: pytest.CaptureFixture[str], argv: list[str]) -> str:
     captured = capsys.readouterr()
     assert code == 2, captured
     lines = captured.err.splitlines()
+    if after_log:
+        assert all(line.startswith("[lrfinder tune] ") for line in lines[:-1]), captured.err
+        lines = lines[-1:]
     assert len(lines) == 1, captured.err
     assert "Traceback" not in captured.err
     assert "error: " in lines[0]
@@ -267,6 +273,8 @@ LIGHTNING_CASES = [
     ("run.toml", "min_lr = 1e-6", 'min_lr = 1e-6\nbatch_arg_name = "bs"', "nowhere to set"),
     ("run.yaml", "tiny_task.TinyClassifier", "tiny_task.Nope", "model.class_path"),
     ("torch_run.toml", "tiny_task:make_parts", "tiny_task:make_nothing", "torch_config.factory"),
+    ("torch_run.toml", 'mode = "power"', 'mode = "bogus"', "mode must be one of"),
+    ("torch_run.toml", "max_trials = 6", "max_trails = 6", "unknown option(s) ['max_trails']"),
 ]
 
 
@@ -282,6 +290,8 @@ LIGHTNING_CASES = [
         "no-batch-size-attribute",
         "yaml-class",
         "torch-factory",
+        "torch-batch-mode",
+        "torch-batch-option",
     ],
 )
 def test_tune_names_what_does_not_build(
@@ -295,7 +305,8 @@ def test_tune_names_what_does_not_build(
     """A class path that does not import, arguments a class does not take: one line, no run."""
     pytest.importorskip("lightning")
     config = _edit(example / name, old, new)
-    line = _error(capsys, ["tune", "--config", str(config), "--tune-batch-size", "--no-plot"])
+    argv = ["tune", "--config", str(config), "--tune-batch-size", "--no-plot"]
+    line = _error(capsys, argv, after_log=name == "torch_run.toml")
     assert message in line
     assert config.read_text().count(new) == 1  # nothing written
 
@@ -360,3 +371,10 @@ def test_the_cli_loads_without_the_config_parsers(monkeypatch: pytest.MonkeyPatc
     import lrfinder_plugins.cli
 
     assert "tune" in lrfinder_plugins.cli.build_parser().format_help()
+
+
+def test_verbose_shows_the_traceback_of_a_refused_option(example: Path) -> None:
+    """lrfinder -v tune: an option a search refuses raises as it is (for its traceback)."""
+    config = _edit(example / "torch_run.toml", 'mode = "power"', 'mode = "bogus"')
+    with pytest.raises(ValueError, match="mode must be one of"):
+        main(["-v", "tune", "--config", str(config), "--tune-batch-size"])

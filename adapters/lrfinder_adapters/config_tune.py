@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from lrfinder_plugins import RangeTestResult, Suggestion
 
 __all__ = [
+    "BadConfigError",
     "ConfigKeys",
     "Found",
     "config_kind",
@@ -51,6 +52,10 @@ __all__ = [
 ]
 
 log = logging.getLogger("lrfinder_plugins.tune")
+
+
+class BadConfigError(ValueError):
+    """What a config names does not build (or is not there): one line, raised before any work."""
 
 
 @dataclass(frozen=True)
@@ -97,7 +102,7 @@ def config_kind(config: Mapping[str, Any]) -> str:
     """``"torch"``, ``"lightning"`` or ``"lightning_cli"``, from the config's sections.
 
     Raises:
-        ValueError: none of ``[torch_config]``, ``[module_config]``, ``model:`` is there.
+        BadConfigError: none of ``[torch_config]``, ``[module_config]``, ``model:`` is there.
     """
     if "torch_config" in config:
         return "torch"
@@ -105,7 +110,7 @@ def config_kind(config: Mapping[str, Any]) -> str:
         return "lightning"
     if "model" in config:
         return "lightning_cli"
-    raise ValueError(
+    raise BadConfigError(
         "the config names nothing to tune: it needs a [module_config] table (a LightningModule), "
         "a model: section (a LightningCLI config) or a [torch_config] table (a PyTorch factory)"
     )
@@ -154,25 +159,25 @@ def import_object(path: str, key: str = "class_path") -> Any:
     """The object ``path`` names: ``"package.module:Name"`` or ``"package.module.Name"``.
 
     Raises:
-        ValueError: one line naming ``key``, the path and why it does not import.
+        BadConfigError: one line naming ``key``, the path and why it does not import.
     """
     if not isinstance(path, str) or not path.strip():
-        raise ValueError(f"{key} must be 'package.module:Name', not {path!r}")
+        raise BadConfigError(f"{key} must be 'package.module:Name', not {path!r}")
     module_name, sep, name = path.partition(":")
     if not sep:
         module_name, _, name = path.rpartition(".")
     if not module_name or not name:
-        raise ValueError(f"{key} = {path!r}: write it as 'package.module:Name'")
+        raise BadConfigError(f"{key} = {path!r}: write it as 'package.module:Name'")
     try:
         module = importlib.import_module(module_name)
     except Exception as error:  # ImportError, or whatever the module raises as it loads
-        raise ValueError(
+        raise BadConfigError(
             f"{key} = {path!r}: cannot import {module_name!r} ({type(error).__name__}: {error})"
         ) from error
     obj = module
     for part in name.split("."):
         if not hasattr(obj, part):
-            raise ValueError(f"{key} = {path!r}: {module_name!r} has no {name!r}")
+            raise BadConfigError(f"{key} = {path!r}: {module_name!r} has no {name!r}")
         obj = getattr(obj, part)
     return obj
 
@@ -181,7 +186,7 @@ def instantiate(value: Any, key: str) -> Any:
     """``value`` with every ``{"class_path": ..., "init_args": {...}}`` in it built.
 
     Raises:
-        ValueError: a class path that does not import, or init arguments it does not take.
+        BadConfigError: a class path that does not import, or init arguments it does not take.
     """
     if isinstance(value, list):
         return [instantiate(v, f"{key}[{i}]") for i, v in enumerate(value)]
@@ -191,7 +196,9 @@ def instantiate(value: Any, key: str) -> Any:
         return {k: instantiate(v, f"{key}.{k}") for k, v in value.items()}
     extra = set(value) - {"class_path", "init_args"}
     if extra:
-        raise ValueError(f"{key}: unexpected {sorted(extra)} next to class_path (use init_args)")
+        raise BadConfigError(
+            f"{key}: unexpected {sorted(extra)} next to class_path (use init_args)"
+        )
     return _build(value["class_path"], value.get("init_args") or {}, key)
 
 
@@ -201,7 +208,9 @@ def _build(class_path: str, init_args: Mapping[str, Any], key: str) -> Any:
     try:
         inspect.signature(factory).bind(**args)
     except TypeError as error:
-        raise ValueError(f"{key}: {class_path} does not take these arguments: {error}") from None
+        raise BadConfigError(
+            f"{key}: {class_path} does not take these arguments: {error}"
+        ) from None
     except ValueError:  # no signature to check (a builtin): let the call tell
         pass
     return factory(**args)
@@ -210,7 +219,7 @@ def _build(class_path: str, init_args: Mapping[str, Any], key: str) -> Any:
 def _section(config: Mapping[str, Any], key: str) -> dict[str, Any]:
     value = config.get(key, {})
     if not isinstance(value, Mapping):
-        raise ValueError(f"{key} must be a table of arguments, not {value!r}")
+        raise BadConfigError(f"{key} must be a table of arguments, not {value!r}")
     return dict(value)
 
 
@@ -218,7 +227,9 @@ def _build_section(config: Mapping[str, Any], key: str, kind: str) -> Any:
     """A module or data module: the seed's flat table, or LightningCLI's class_path/init_args."""
     section = _section(config, key)
     if "class_path" not in section:
-        raise ValueError(f"{key}.class_path is missing: name the class as 'package.module:Name'")
+        raise BadConfigError(
+            f"{key}.class_path is missing: name the class as 'package.module:Name'"
+        )
     if kind == "lightning_cli":
         return instantiate(section, key)
     init_args = {k: v for k, v in section.items() if k != "class_path"}
@@ -247,7 +258,7 @@ def _lightning_run(config: Mapping[str, Any], kind: str) -> _LightningRun:
     if kind == "lightning_cli":
         unsupported = {"optimizer", "lr_scheduler"} & set(config)
         if unsupported:
-            raise ValueError(
+            raise BadConfigError(
                 f"{sorted(unsupported)[0]}: LightningCLI's optimizer/lr_scheduler sections are not "
                 "read by lrfinder tune; build them in configure_optimizers from init_args"
             )
@@ -267,7 +278,7 @@ def _trainer(options: Mapping[str, Any], key: str) -> Any:
     try:
         inspect.signature(pl.Trainer).bind(**options)
     except TypeError as error:
-        raise ValueError(f"{key}: not arguments of lightning's Trainer: {error}") from None
+        raise BadConfigError(f"{key}: not arguments of lightning's Trainer: {error}") from None
     return pl.Trainer(**options)
 
 
@@ -325,7 +336,7 @@ def tune_lightning(
         options_key: the config key the options came from (named in the error).
 
     Raises:
-        ValueError: an unknown option, or no LR attribute (one line, before any work).
+        BadConfigError: an unknown option, or no LR attribute (one line, before any work).
     """
     from lrfinder_adapters.lightning import Tuner, find_batch_size_attr, find_lr_attr, tune
 
@@ -338,7 +349,7 @@ def tune_lightning(
             return tune(trainer, module, datamodule, **which, **options)
         except TypeError as error:
             if "unknown option" in str(error):  # tune() checks its options before any work
-                raise ValueError(f"{options_key}: {error}") from None
+                raise BadConfigError(f"{options_key}: {error}") from None
             raise
 
     # Both searches off: tune() only checks its options, so a misspelt one fails before any work.
@@ -350,7 +361,7 @@ def tune_lightning(
         if tune_lr:
             container, name = find_lr_attr(module, options.get("attr_name", ""))
     except AttributeError as error:
-        raise ValueError(str(error)) from None
+        raise BadConfigError(str(error)) from None
     if tune_lr:
         old_lr = float(
             container[name] if isinstance(container, Mapping) else getattr(container, name)
@@ -390,7 +401,7 @@ def _torch_parts(config: Mapping[str, Any]) -> dict[str, Any]:
         missing = [n for n in names if not hasattr(parts, n)]
         got = {n: getattr(parts, n) for n in names if hasattr(parts, n)}
     if missing:
-        raise ValueError(
+        raise BadConfigError(
             f"torch_config.factory = {section['factory']!r} returned no {', '.join(missing)} "
             f"(it must return {', '.join(names)})"
         )
@@ -412,7 +423,7 @@ def _tune_torch(
     options = _section(config, "tuner_config")
     unknown = set(options) - {"batch_options", "lr_options"}
     if unknown:
-        raise ValueError(
+        raise BadConfigError(
             f"tuner_config: unknown {sorted(unknown)}; a torch config takes "
             "[tuner_config.batch_options] and [tuner_config.lr_options]"
         )
@@ -489,7 +500,7 @@ def tune_config(
         What was found; the training state is as before (apply the values to the config).
 
     Raises:
-        ValueError: a class path that does not import, arguments a class does not take, an
+        BadConfigError: a class path that does not import, arguments a class does not take, an
             unknown option (one line, raised before any training step).
     """
     kind = config_kind(config)
@@ -516,11 +527,13 @@ def fit_config(config: Mapping[str, Any], *, search: Sequence[Path] = ()) -> Non
     """Build the module, data module and trainer ``config`` names afresh, and fit.
 
     Raises:
-        ValueError: a torch config (it names no training loop to run), or a bad class path.
+        BadConfigError: a torch config (it names no training loop to run), or a bad class path.
     """
     kind = config_kind(config)
     if kind == "torch":
-        raise ValueError("--fit needs a Lightning config: a torch factory names no training loop")
+        raise BadConfigError(
+            "--fit needs a Lightning config: a torch factory names no training loop"
+        )
     with _search_path(search):
         run = _lightning_run(config, kind)
         trainer = _trainer(run.trainer_options, _SECTIONS[kind][2])
