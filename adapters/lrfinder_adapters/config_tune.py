@@ -211,8 +211,11 @@ def _build(class_path: str, init_args: Mapping[str, Any], key: str) -> Any:
         raise BadConfigError(
             f"{key}: {class_path} does not take these arguments: {error}"
         ) from None
-    except ValueError:  # no signature to check (a builtin): let the call tell
-        pass
+    except ValueError:  # no signature to check (a builtin): its own TypeError tells
+        try:
+            return factory(**args)
+        except TypeError as error:
+            raise BadConfigError(f"{key}: {class_path}: {error}") from None
     return factory(**args)
 
 

@@ -86,15 +86,18 @@ else:
             self.net = make_model(hidden)
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
+            """The class logits."""
             return self.net(x)
 
         def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+            """Cross-entropy on one batch."""
             x, y = batch
             loss = torch.nn.functional.cross_entropy(self(x), y)
             self.log("train_loss", loss, prog_bar=True)
             return loss
 
         def configure_optimizers(self) -> Any:
+            """AdamW at ``self.learning_rate``; OneCycleLR over the fit when configured."""
             optimizer = torch.optim.AdamW(
                 self.parameters(), lr=self.learning_rate, weight_decay=self.weight_decay
             )
@@ -123,7 +126,9 @@ else:
             self.samples = samples
 
         def setup(self, stage: str) -> None:
+            """Generate the data."""
             self.train_set = make_dataset(self.samples)
 
         def train_dataloader(self) -> DataLoader[Any]:
+            """Shuffled batches of ``self.batch_size`` (rebuilt by the batch-size finder)."""
             return DataLoader(self.train_set, batch_size=self.batch_size, shuffle=True)
