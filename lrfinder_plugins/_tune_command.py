@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib.util
 import logging
 import sys
 from collections.abc import Iterator
@@ -18,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from lrfinder_plugins._config_file import ConfigError, ConfigFile, round_value
-from lrfinder_plugins._usage import UsageError, check_writable_file, one_line
+from lrfinder_plugins._usage import UsageError, check_installed, check_writable_file, one_line
 
 DESCRIPTION = """\
 Find the batch size (first) and the learning rate of the model a config file names, log them
@@ -29,7 +28,6 @@ factory ([torch_config] factory = "package.module:fn"); a YAML config is a Light
 (model:, data:, trainer:, tuner:)."""
 
 TUNE_LOGGER = "lrfinder_plugins.tune"
-PLOT_EXTRA = "pip install 'lrfinder-plugins[plot]'"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -121,8 +119,7 @@ def _check_keys(args: argparse.Namespace, config: ConfigFile, keys: Any, kind: s
 def _plot_path(args: argparse.Namespace) -> Path | None:
     if not args.tune_learning_rate or args.no_plot:
         return None
-    if importlib.util.find_spec("matplotlib") is None:
-        raise ConfigError(f"the LR plot needs matplotlib: {PLOT_EXTRA} (or pass --no-plot)")
+    check_installed("matplotlib", "plot", "the LR plot", " (or pass --no-plot)")
     path = Path(args.plot or ".logs/lr_finder_plot.png")
     check_writable_file("--plot", path)
     return path

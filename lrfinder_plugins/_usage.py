@@ -40,3 +40,15 @@ def check_writable_file(flag: str, path: str | Path) -> None:
     if path.is_dir():
         raise UsageError(f"{flag} {path}: a folder, not a file")
     check_writable_dir(flag, path.parent)
+
+
+def check_installed(module: str, extra: str, what: str, hint: str = "") -> None:
+    """``module`` can be imported, or a one-line error names the ``pip install`` for ``what``.
+
+    Raises:
+        UsageError: ``module`` is not installed.
+    """
+    import importlib.util
+
+    if importlib.util.find_spec(module) is None:
+        raise UsageError(f"{what} needs {module}: pip install 'lrfinder-plugins[{extra}]'{hint}")

@@ -12,6 +12,7 @@ from typing import Any, NoReturn
 import lrfinder_plugins
 from lrfinder_plugins._usage import (
     UsageError,
+    check_installed,
     check_writable_dir,
     check_writable_file,
     one_line,
@@ -66,6 +67,9 @@ def _demo(args: argparse.Namespace) -> int:
     from lrfinder_plugins.demo import describe, run_demo
 
     _check_method("--method", args.method)
+    if int(args.memory_budget_mib * 2**20) < 1:
+        raise UsageError(f"--memory-budget-mib {args.memory_budget_mib:g}: below one byte")
+    check_installed("matplotlib", "plot", "the demo's plot")
     check_writable_dir("--output-dir", args.output_dir)
     for flag, path in (("--plot", args.plot), ("--json", args.json)):
         if path is not None:
@@ -120,6 +124,7 @@ def _show(args: argparse.Namespace) -> int:
 
     _check_method("--method", args.method)
     if args.plot:
+        check_installed("matplotlib", "plot", "--plot")
         check_writable_file("--plot", args.plot)
     path = Path(args.path)
     if not path.is_file():

@@ -57,6 +57,7 @@ def _error(capsys: pytest.CaptureFixture[str], argv: list[str], *, after_log: bo
         (["--memory-budget-mib", "-1"], "--memory-budget-mib"),
         (["--memory-budget-mib", "0"], "--memory-budget-mib"),
         (["--memory-budget-mib", "nan"], "--memory-budget-mib"),
+        (["--memory-budget-mib", "1e-9"], "--memory-budget-mib"),
         (["--method", "best"], "--method"),
     ],
     ids=lambda v: " ".join(v) if isinstance(v, list) else v,
@@ -378,3 +379,21 @@ def test_verbose_shows_the_traceback_of_a_refused_option(example: Path) -> None:
     config = _edit(example / "torch_run.toml", 'mode = "power"', 'mode = "bogus"')
     with pytest.raises(ValueError, match="mode must be one of"):
         main(["-v", "tune", "--config", str(config), "--tune-batch-size"])
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["demo"], ["show", "x.json", "--plot", "x.png"]],
+    ids=["demo", "show-plot"],
+)
+def test_demo_and_show_without_matplotlib_name_the_plot_extra(
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    argv: list[str],
+) -> None:
+    """A plot without matplotlib: one line naming pip install 'lrfinder-plugins[plot]'."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    line = _error(capsys, argv)
+    assert "pip install 'lrfinder-plugins[plot]'" in line
