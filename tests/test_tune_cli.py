@@ -20,7 +20,7 @@ from lrfinder_plugins._config_file import NOTE_PREFIX, ConfigFile
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "config_tune"
 
-pytestmark = pytest.mark.timeout(600)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 
 def _copy_example(folder: Path) -> Path:
