@@ -227,3 +227,14 @@ def test_tuning_cli_without_the_flags_only_fits(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert "Running batch size tuning" not in done.stderr
     assert "`Trainer.fit` stopped: `max_epochs=1` reached" in done.stderr
+
+
+def test_tuning_cli_names_an_unknown_tuner_option(tmp_path: Path) -> None:
+    """A misspelt tuner option: LightningCLI's own error (exit code 2), before any trial."""
+    folder = _copy_example(tmp_path)
+    done = _main_py(
+        folder, "fit", "--config", "run.yaml", "--tune-batch-size", "--tuner", '{"max_trails": 3}'
+    )
+    assert done.returncode == 2, done.stderr
+    assert "error: tuner: unknown option(s) ['max_trails']" in done.stderr
+    assert "Traceback" not in done.stderr and "Running batch size tuning" not in done.stderr

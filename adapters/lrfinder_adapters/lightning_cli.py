@@ -29,7 +29,7 @@ from typing import Any  # noqa: E402
 
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI  # noqa: E402
 
-from lrfinder_adapters.config_tune import Found, tune_lightning  # noqa: E402
+from lrfinder_adapters.config_tune import BadConfigError, Found, tune_lightning  # noqa: E402
 
 __all__ = ["TuningCLI"]
 
@@ -77,13 +77,16 @@ class TuningCLI(LightningCLI):
         if tune_batch_size and tune_lr:
             log.info("Tuning the batch size first, then the learning rate at it")
         plot = config.get("tune_plot") or None
-        self.found = tune_lightning(
-            self.trainer,
-            self.model,
-            self.datamodule,
-            tune_batch_size=tune_batch_size,
-            tune_lr=tune_lr,
-            options=dict(config.get("tuner") or {}),
-            plot_path=Path(plot) if plot and tune_lr else None,
-        )
+        try:
+            self.found = tune_lightning(
+                self.trainer,
+                self.model,
+                self.datamodule,
+                tune_batch_size=tune_batch_size,
+                tune_lr=tune_lr,
+                options=dict(config.get("tuner") or {}),
+                plot_path=Path(plot) if plot and tune_lr else None,
+            )
+        except BadConfigError as error:  # an unknown tuner option, no LR attribute: before work
+            self.parser.error(str(error))
         log.info("Starting training (fit)...")
