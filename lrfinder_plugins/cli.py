@@ -1,4 +1,4 @@
-"""The ``lrfinder`` console script: ``lrfinder demo``, ``lrfinder plugins``, ``lrfinder show``."""
+"""The ``lrfinder`` console script: ``lrfinder demo``, ``plugins``, ``show`` and ``tune``."""
 
 from __future__ import annotations
 
@@ -6,23 +6,90 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NoReturn
 
 import lrfinder_plugins
+from lrfinder_plugins._usage import (
+    UsageError,
+    check_installed,
+    check_writable_dir,
+    check_writable_file,
+    one_line,
+)
+
+USAGE_ERROR = 2
+"""The exit code of bad input (argparse's own)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its errors on one line (no usage block) and exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(USAGE_ERROR, f"{self.prog}: error: {message}\n")
+
+
+def _int_at_least(low: int) -> Any:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{value} is below {low}")
+        return value
+
+    return parse
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text} must be a positive finite number")
+    return value
+
+
+def _check_method(flag: str, method: str | None) -> None:
+    if method is None:
+        return
+    from lrfinder_plugins.suggest import registered
+
+    names = sorted(registered())
+    if method not in names:
+        raise UsageError(f"{flag} {method!r}: not a suggestion method; one of {', '.join(names)}")
 
 
 def _demo(args: argparse.Namespace) -> int:
+    from lrfinder_plugins._batch_search import NothingFitsError
     from lrfinder_plugins.demo import describe, run_demo
 
-    run = run_demo(
-        output_dir=args.output_dir,
-        plot_path=args.plot,
-        json_path=args.json,
-        num_iter=args.num_iter,
-        batch_size=args.batch_size,
-        memory_budget=int(args.memory_budget_mib * 2**20),
-        method=args.method,
-        progress=not args.no_progress,
-    )
+    _check_method("--method", args.method)
+    if int(args.memory_budget_mib * 2**20) < 1:
+        raise UsageError(f"--memory-budget-mib {args.memory_budget_mib:g}: below one byte")
+    check_installed("matplotlib", "plot", "the demo's plot")
+    check_writable_dir("--output-dir", args.output_dir)
+    for flag, path in (("--plot", args.plot), ("--json", args.json)):
+        if path is not None:
+            check_writable_file(flag, path)
+    try:
+        run = run_demo(
+            output_dir=args.output_dir,
+            plot_path=args.plot,
+            json_path=args.json,
+            num_iter=args.num_iter,
+            batch_size=args.batch_size,
+            memory_budget=int(args.memory_budget_mib * 2**20),
+            method=args.method,
+            progress=not args.no_progress,
+        )
+    except NothingFitsError:
+        raise UsageError(
+            f"--memory-budget-mib {args.memory_budget_mib:g}: too small, not even a batch of "
+            "one fits; raise it"
+        ) from None
     print("\n".join(describe(run)))
     return 0
 
@@ -55,8 +122,21 @@ def _plugins(args: argparse.Namespace) -> int:
 def _show(args: argparse.Namespace) -> int:
     from lrfinder_plugins._results import RangeTestResult
 
-    load = RangeTestResult.load_csv if args.path.endswith(".csv") else RangeTestResult.load_json
-    result = load(args.path)
+    _check_method("--method", args.method)
+    if args.plot:
+        check_installed("matplotlib", "plot", "--plot")
+        check_writable_file("--plot", args.plot)
+    path = Path(args.path)
+    if not path.is_file():
+        raise UsageError(f"{path}: {'a folder' if path.is_dir() else 'no such file'}")
+    load = RangeTestResult.load_csv if path.suffix == ".csv" else RangeTestResult.load_json
+    try:
+        result = load(path)
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        kind = "CSV" if path.suffix == ".csv" else "JSON"
+        raise UsageError(
+            f"{path}: not a result written by save_{kind.lower()} ({one_line(error)})"
+        ) from None
     print(f"{len(result)} points, stopped: {result.stop_reason}")
     for name, suggestion in result.suggestions().items():
         value = f"{suggestion.lr:.2e}" if suggestion.ok else f"none ({suggestion.reason})"
@@ -69,7 +149,7 @@ def _show(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``lrfinder`` command."""
-    parser = argparse.ArgumentParser(prog="lrfinder", description=__doc__)
+    parser = _Parser(prog="lrfinder", description=__doc__)
     parser.add_argument("--version", action="version", version=lrfinder_plugins.__version__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -82,13 +162,18 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--json", default=None, help="JSON path (default <output-dir>/lr_finder.json)"
     )
-    demo.add_argument("--num-iter", type=int, default=100, help="range-test steps (default 100)")
     demo.add_argument(
-        "--batch-size", type=int, default=None, help="skip the batch-size search and use this size"
+        "--num-iter", type=_int_at_least(2), default=100, help="range-test steps (default 100)"
+    )
+    demo.add_argument(
+        "--batch-size",
+        type=_int_at_least(1),
+        default=None,
+        help="skip the batch-size search and use this size",
     )
     demo.add_argument(
         "--memory-budget-mib",
-        type=float,
+        type=_positive_float,
         default=2.0,
         help="the pretend device's memory for the batch-size search (default 2 MiB)",
     )
@@ -104,16 +189,38 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--plot", default=None, help="also save a PNG plot here")
     show.add_argument("--method", default=None, help="mark this method's suggestion")
     show.set_defaults(func=_show)
+
+    _add_tune(sub)
     return parser
+
+
+def _add_tune(sub: Any) -> None:
+    from lrfinder_plugins import _tune_command
+
+    tune = sub.add_parser(
+        "tune",
+        help="find the batch size and LR of a model a config file names; write them back",
+        description=_tune_command.DESCRIPTION,
+    )
+    _tune_command.add_arguments(tune)
+    tune.set_defaults(func=_tune_command.run)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``lrfinder`` command line."""
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s"
-    )
-    return int(args.func(args))
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = logging.INFO if args.verbose else logging.WARNING
+    handler = logging.StreamHandler()
+    # On the handler too: a framework's logger with its own level (Lightning's) would otherwise
+    # print its INFO lines through it.
+    handler.setLevel(level)
+    logging.basicConfig(level=level, format="%(levelname)s %(message)s", handlers=[handler])
+    try:
+        return int(args.func(args))
+    except UsageError as error:
+        print(f"lrfinder {args.command}: error: {error}", file=sys.stderr)
+        return USAGE_ERROR
 
 
 if __name__ == "__main__":  # pragma: no cover
