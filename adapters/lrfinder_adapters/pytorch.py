@@ -13,6 +13,7 @@ import inspect
 import itertools
 import logging
 import math
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,6 +25,13 @@ require("torch", "torch")
 import torch  # noqa: E402
 
 from lrfinder_adapters import _torch_state  # noqa: E402
+from lrfinder_adapters._schedulers import (  # noqa: E402
+    check_known,
+    check_schedulers,
+    is_peak,
+    reference_lrs,
+    rescale,
+)
 from lrfinder_plugins.spi import (  # noqa: E402
     RangeTest,
     RangeTestResult,
@@ -171,12 +179,27 @@ def _check_loader(name: str, loader: Any) -> None:
 
 
 def check_model_and_optimizer(model: Any, optimizer: Any) -> None:
-    """Raise a clear error unless ``optimizer`` trains some of ``model``'s trainable parameters."""
+    """Raise a clear error unless ``optimizer`` trains some of ``model``'s trainable parameters.
+
+    A closure optimizer (``LBFGS``: its ``step`` needs a ``closure`` that re-evaluates the loss)
+    is refused by name: a range test takes one loss per step at one LR.
+    """
+    if isinstance(model, type) and issubclass(model, torch.nn.Module):
+        raise TypeError(
+            f"model is the class {model.__name__}, not an instance; pass model={model.__name__}(...)"
+        )
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if not isinstance(optimizer, torch.optim.Optimizer):
         raise TypeError(
             f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}"
+        )
+    if _needs_closure(optimizer):
+        raise TypeError(
+            f"optimizer is {type(optimizer).__name__}, whose step() needs a closure that "
+            "re-evaluates the loss several times per step; the range test and the batch-size "
+            "search take one loss per step, so they cannot drive it: run them with a first-order "
+            "optimizer over the same parameters (e.g. torch.optim.SGD(model.parameters()))"
         )
     trainable = {id(p) for p in model.parameters() if p.requires_grad}
     if not trainable:
@@ -190,6 +213,95 @@ def check_model_and_optimizer(model: Any, optimizer: Any) -> None:
             "optimizer does not hold any of model's trainable parameters; build it from "
             "model.parameters() (e.g. torch.optim.AdamW(model.parameters()))"
         )
+
+
+def _needs_closure(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether ``optimizer.step`` requires a ``closure`` argument (LBFGS does)."""
+    if isinstance(optimizer, torch.optim.LBFGS):
+        return True
+    try:
+        closure = inspect.signature(optimizer.step).parameters.get("closure")
+    except (TypeError, ValueError):
+        return False
+    return closure is not None and closure.default is inspect.Parameter.empty
+
+
+def check_loss_fn(name: str, loss_fn: Any) -> None:
+    """Raise unless ``loss_fn`` is ``None`` or a callable (a loss *class* is refused by name)."""
+    if isinstance(loss_fn, type):
+        raise TypeError(
+            f"{name} is the class {loss_fn.__name__}, not an instance; pass "
+            f"{name}={loss_fn.__name__}() (with parentheses)"
+        )
+    if loss_fn is not None and not callable(loss_fn):
+        raise TypeError(f"{name} must be callable or None, got {type(loss_fn).__name__}")
+
+
+def check_grad_enabled(entry: str) -> None:
+    """Raise if autograd is off here (``torch.no_grad()``, ``torch.inference_mode()``)."""
+    if torch.is_inference_mode_enabled():
+        raise RuntimeError(
+            f"{entry} was called under torch.inference_mode(), where nothing can be trained; "
+            "call it outside the `with torch.inference_mode():` block"
+        )
+    if not torch.is_grad_enabled():
+        raise RuntimeError(
+            f"{entry} was called with gradients disabled (torch.no_grad() or "
+            "torch.set_grad_enabled(False)), where nothing can be trained; call it outside the "
+            "`with torch.no_grad():` block"
+        )
+
+
+def check_device(device: Any) -> torch.device | None:
+    """``device`` as a ``torch.device`` (``None`` stays ``None``), or a clear error.
+
+    Raises:
+        ValueError: ``device`` names no torch device, or one this machine does not have.
+    """
+    if device is None:
+        return None
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError) as error:
+        raise ValueError(
+            f"device must name a torch device (e.g. 'cpu', 'cuda:0'), got {device!r}"
+        ) from error
+    if parsed.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ValueError(
+                f"device={device!r} but CUDA is not available on this machine "
+                "(torch.cuda.is_available() is False); pass device='cpu', or device=None to "
+                "leave the batches where they are"
+            )
+        if parsed.index is not None and parsed.index >= count:
+            raise ValueError(
+                f"device={device!r} but this machine has {count} CUDA device(s) "
+                f"(cuda:0 to cuda:{count - 1}); pass one of those"
+            )
+    elif parsed.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(
+            f"device={device!r} but MPS is not available on this machine; pass device='cpu'"
+        )
+    return parsed
+
+
+def loader_generators(*loaders: Any) -> list[torch.Generator]:
+    """The ``torch.Generator`` objects a loader draws its shuffling from, each once.
+
+    A ``DataLoader(..., shuffle=True, generator=g)`` (PyTorch's reproducibility recipe) draws
+    from ``g`` through its sampler; its own ``generator`` seeds the workers. Both advance when
+    the loader is iterated.
+    """
+    found: list[torch.Generator] = []
+    for loader in loaders:
+        sampler = getattr(loader, "sampler", None)
+        batch_sampler = getattr(loader, "batch_sampler", None)
+        for owner in (loader, sampler, getattr(batch_sampler, "sampler", None), batch_sampler):
+            generator = getattr(owner, "generator", None)
+            if isinstance(generator, torch.Generator) and all(generator is not g for g in found):
+                found.append(generator)
+    return found
 
 
 class TorchStep:
@@ -267,12 +379,9 @@ class TorchStep:
         lookahead: bool | None = None,
     ) -> None:
         check_model_and_optimizer(model, optimizer)
-        if loss_fn is not None and not callable(loss_fn):
-            raise TypeError(f"loss_fn must be callable or None, got {type(loss_fn).__name__}")
-        if compute_loss is not None and not callable(compute_loss):
-            raise TypeError(
-                f"compute_loss must be callable or None, got {type(compute_loss).__name__}"
-            )
+        check_grad_enabled("the LR range test")
+        check_loss_fn("loss_fn", loss_fn)
+        check_loss_fn("compute_loss", compute_loss)
         _check_loader("train_loader", train_loader)
         if val_loader is not None:
             _check_loader("val_loader", val_loader)
@@ -295,25 +404,14 @@ class TorchStep:
             raise TypeError(
                 f"amp_dtype must be a torch.dtype (e.g. torch.bfloat16) or None, got {amp_dtype!r}"
             )
-        schedulers = tuple(schedulers)
-        for scheduler in schedulers:
-            if not (hasattr(scheduler, "state_dict") and hasattr(scheduler, "load_state_dict")):
-                raise TypeError(
-                    "schedulers must hold LR schedulers (with state_dict/load_state_dict), got "
-                    f"{type(scheduler).__name__}"
-                )
+        schedulers = check_schedulers(schedulers, optimizer)
         if scaler is not None and not isinstance(
             scaler, (torch.amp.GradScaler, torch.cuda.amp.GradScaler)
         ):
             raise TypeError(
                 f"scaler must be a torch.amp.GradScaler or None, got {type(scaler).__name__}"
             )
-        try:
-            self.device = None if device is None else torch.device(device)
-        except (RuntimeError, TypeError) as error:
-            raise ValueError(
-                f"device must name a torch device (e.g. 'cpu', 'cuda:0'), got {device!r}"
-            ) from error
+        self.device = check_device(device)
         self.model, self.optimizer, self.loss_fn = model, optimizer, loss_fn
         self.train_loader, self.val_loader, self.val_batches = train_loader, val_loader, val_batches
         self.max_grad_norm, self.scaler, self.compute_loss = max_grad_norm, scaler, compute_loss
@@ -360,6 +458,7 @@ class TorchStep:
             scaler=self.scaler,
             keep_weights=self.keep_weights,
             where=self.snapshot_to,
+            generators=loader_generators(self.train_loader, self.val_loader),
         )
         if not self.model.training:
             log.info("the model was in eval mode: the range test runs it in train mode")
@@ -712,28 +811,96 @@ class LearningRateFinder:
             output_path, skip_start=skip_start, skip_end=skip_end, **options
         )
 
-    def apply_suggestion(self, suggestion: Suggestion | None = None) -> tuple[float, float]:
-        """Set the optimizer's LRs (and attached schedulers' base LRs) to a suggestion.
+    def apply_suggestion(
+        self, suggestion: Suggestion | None = None, *, force: bool = False
+    ) -> tuple[float, float]:
+        """Set the optimizer's LRs, and move the attached schedulers with them, to a suggestion.
 
-        Every param group gets its share (ratios kept). Returns ``(old, new)`` LR of the largest
-        group, as in the guide's ``Updated optimizer LR: 1.00e-03 → 3.16e-03``.
+        Every param group gets its share (ratios kept). The schedulers passed as
+        ``schedulers=[...]`` are moved consistently, keeping their shape: each LR they hold is
+        multiplied by one factor per param group, so their next steps continue from the new LR.
+        The factor makes the schedule's defining LR the suggestion's: for ``OneCycleLR`` and
+        ``CyclicLR`` the peak (``max_lr``) becomes the suggestion's ``upper`` end (as
+        :meth:`~lrfinder_plugins.Suggestion.one_cycle` does, or its ``lr`` when it has no range);
+        for every other kind (``StepLR``, ``CosineAnnealing*``, ``LinearLR``, ``ConstantLR``,
+        ``LambdaLR``, ``SequentialLR``, ``ChainedScheduler``, ``ReduceLROnPlateau``, ...) the base
+        LR becomes the suggestion's ``lr``.
+
+        Args:
+            suggestion: the suggestion to apply (``None``: the last test's default one).
+            force: apply a suggestion whose ``confidence`` is 0 (a flat, noisy or
+                from-the-start diverging curve) anyway.
+
+        Returns:
+            ``(old, new)``: the largest group's LR before and after, as in the guide's
+            ``Updated optimizer LR: 1.00e-03 → 3.16e-03``.
+
+        Raises:
+            ValueError: the suggestion has no LR, or has confidence 0 and ``force`` is not set,
+                or the optimizer carries a scheduler's keys (``initial_lr``) but no scheduler was
+                passed; the optimizer is left unchanged.
+            TypeError: a scheduler is not one of torch's kinds (its use of the LR is unknown).
         """
-        suggestion = suggestion or self.suggestion()
+        from lrfinder_plugins.suggest import LowConfidenceWarning, Suggestion
+
+        if not isinstance(force, bool):
+            raise TypeError(f"force must be True or False, got {force!r}")
+        if suggestion is None:
+            with warnings.catch_warnings():  # refused below, with the reason, unless forced
+                warnings.simplefilter("ignore", LowConfidenceWarning)
+                suggestion = self.suggestion()
+        elif not isinstance(suggestion, Suggestion):
+            raise TypeError(
+                f"suggestion must be a Suggestion (e.g. finder.suggestion('valley')) or None, got "
+                f"{type(suggestion).__name__}"
+            )
         if not suggestion.ok:
             raise ValueError(
                 f"the suggestion has no LR ({suggestion.reason}); pick one from the plot"
             )
+        if suggestion.confidence == 0 and not force:
+            raise ValueError(
+                f"the {suggestion.method!r} suggestion {suggestion.lr:.2e} has confidence 0: "
+                f"{suggestion.reason}; the optimizer was left unchanged. Rerun the test as the "
+                "reason says, or pass force=True to apply it anyway"
+            )
+        if suggestion.confidence == 0:
+            log.warning("applying a suggestion with confidence 0 (force=True): %s", suggestion.reason)
+        schedulers = tuple(self.step_options.get("schedulers", ()))
         groups = self.optimizer.param_groups
+        if len(suggestion.group_lrs) != len(groups):
+            raise ValueError(
+                f"the suggestion has {len(suggestion.group_lrs)} param group LR(s), the optimizer "
+                f"{len(groups)} param groups; apply a suggestion from a test of this optimizer"
+            )
+        if not schedulers and any("initial_lr" in g for g in groups):
+            raise ValueError(
+                "the optimizer has an LR scheduler attached (its param groups carry "
+                "'initial_lr'), but none was passed, so it cannot be moved with the LR; pass "
+                "schedulers=[scheduler] to LearningRateFinder (or find_lr), or build the "
+                "scheduler after apply_suggestion()"
+            )
         old = max(float(g["lr"]) for g in groups)
-        for group, lr in zip(groups, suggestion.group_lrs):
-            group["lr"] = lr
-            if "initial_lr" in group:
-                group["initial_lr"] = lr
-        for scheduler in self.step_options.get("schedulers", ()):
-            if hasattr(scheduler, "base_lrs"):
-                scheduler.base_lrs = list(suggestion.group_lrs)
-        log.info("Updated optimizer LR: %.2e → %.2e", old, suggestion.lr)
-        return old, suggestion.lr
+        if schedulers:
+            check_known(schedulers)
+            peak = is_peak(schedulers) and math.isfinite(suggestion.upper)
+            targets = [
+                lr * (suggestion.upper / suggestion.lr) if peak else lr
+                for lr in suggestion.group_lrs
+            ]
+            references = reference_lrs(self.optimizer, schedulers)
+            if not all(math.isfinite(r) and r > 0 for r in references):
+                raise ValueError(
+                    f"the attached schedule's LRs are {references}; a schedule at LR 0 cannot be "
+                    "moved by a factor: build the scheduler after apply_suggestion()"
+                )
+            rescale(self.optimizer, schedulers, [t / r for t, r in zip(targets, references)])
+        else:
+            for group, lr in zip(groups, suggestion.group_lrs):
+                group["lr"] = lr
+        new = max(float(g["lr"]) for g in groups)
+        log.info("Updated optimizer LR: %.2e → %.2e", old, new)
+        return old, new
 
 
 _STEP_OPTIONS = frozenset(inspect.signature(TorchStep).parameters) - {
