@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from lrfinder_plugins import RangeTest, RangeTestResult
+from lrfinder_plugins import NoSuggestionWarning, RangeTest, RangeTestResult
 
 from .curves import recorded, result_from_losses, sigmoid_curve
 
@@ -202,3 +202,52 @@ def test_plot_title_names_the_stop_reason() -> None:
     """The default title says how many points and why the test stopped."""
     title = RESULTS["nan-stop"].plot().axes[0].get_title()
     assert title == "LR range test: 3 points, stopped: non_finite"
+
+
+def test_plot_to_an_existing_directory_is_refused(tmp_path: Path) -> None:
+    """output_path=<a directory> raises, names a file to use, and writes nothing beside it."""
+    with pytest.raises(IsADirectoryError, match=r"is a directory; pass a file in it"):
+        result_from_losses(sigmoid_curve()).plot(tmp_path)
+    assert list(tmp_path.parent.glob(f"{tmp_path.name}*")) == [tmp_path]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_plot_of_a_low_confidence_curve_shows_the_doubt() -> None:
+    """A flat curve: the title gives the reason, the marker is hollow, the legend says uncertain."""
+    flat = result_from_losses([2.0 + 0.01 * ((i * 7) % 5) for i in range(100)])
+    with pytest.warns(NoSuggestionWarning):
+        assert flat.suggestion().confidence == 0
+    figure = flat.plot()
+    axes = figure.axes[0]
+    assert "low confidence: no usable descent" in axes.get_title()
+    (marker,) = axes.collections
+    assert "uncertain" in marker.get_label()
+    assert np.asarray(marker.get_facecolor()).size == 0  # hollow: no face colour
+
+
+def test_plot_of_a_confident_curve_has_a_filled_marker_and_plain_title() -> None:
+    """A clear curve is drawn without doubt: filled marker, no 'low confidence' in the title."""
+    figure = result_from_losses(sigmoid_curve()).plot()
+    assert "low confidence" not in figure.axes[0].get_title()
+    assert "uncertain" not in figure.axes[0].collections[0].get_label()
+
+
+def test_skip_end_never_hides_the_blow_up_that_drove_the_suggestion() -> None:
+    """The blow-up in the last points stays drawn, however large skip_end is."""
+    losses = [2.0 - i / 100 for i in range(95)] + [20.0, 40.0, 80.0, 160.0, 320.0]
+    result = result_from_losses(losses)
+    blowup = next(i for i, x in enumerate(losses) if x > 10)
+    figure = result.plot(skip_end=5)
+    drawn = figure.axes[0].lines[1].get_xdata()  # the smoothed curve
+    assert max(drawn) >= result.lrs[blowup]
+
+
+def test_plot_of_a_result_without_points_says_so(tmp_path: Path) -> None:
+    """No points: an empty plot that says so (no curve, no marker, no warning), saved."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        figure = RESULTS["no-points"].plot(tmp_path / "empty.png")
+    axes = figure.axes[0]
+    assert [t.get_text() for t in axes.texts] == ["no points recorded"]
+    assert len(axes.lines) == 0 and len(axes.collections) == 0
+    assert "0 points" in axes.get_title() and (tmp_path / "empty.png").stat().st_size > 0
