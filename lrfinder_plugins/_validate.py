@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import difflib
 import math
 import numbers
+from collections.abc import Iterable
 from typing import Any
 
 
@@ -64,3 +66,61 @@ def one_of(name: str, value: Any, choices: list[str] | tuple[str, ...]) -> str:
     if value not in choices:
         raise ValueError(f"{name} must be one of {sorted(choices)}, got {value!r}")
     return value
+
+
+PEER_NAMES = {
+    # torch-lr-finder's range_test
+    "step_mode": "mode",
+    "smooth_f": "smooth_factor",
+    "diverge_th": "diverge_threshold",
+    # fastai's lr_find
+    "num_it": "num_iter",
+    "suggest_funcs": "method",
+    # Lightning's lr_find / scale_batch_size, Accelerate's find_executable_batch_size
+    "min_lr": "start_lr",
+    "max_lr": "end_lr",
+    "early_stop_threshold": "diverge_threshold",
+    "starting_batch_size": "init_val",
+    "init_size": "init_val",
+    "max_size": "max_val",
+    "max_batch_size": "max_val",
+    "accumulate_grad_batches": "accumulation_steps",
+    "gradient_accumulation_steps": "accumulation_steps",
+    "gradient_clip_val": "max_grad_norm",
+    "clip_grad_norm": "max_grad_norm",
+}
+"""Names the peers (torch-lr-finder, fastai, Lightning, Accelerate) use for our options."""
+
+
+def nearest_name(name: str, accepted: Iterable[str]) -> str | None:
+    """The accepted option a mistyped or peer-named ``name`` most likely means, if any."""
+    accepted = list(accepted)
+    if PEER_NAMES.get(name) in accepted:
+        return PEER_NAMES[name]
+    close = difflib.get_close_matches(name, accepted, n=1, cutoff=0.6)
+    return close[0] if close else None
+
+
+def known_options(where: str, given: Iterable[str], accepted: Iterable[str]) -> None:
+    """Raise ``TypeError`` unless every name in ``given`` is in ``accepted``.
+
+    The message names each unknown option with the nearest accepted name (``max_size`` →
+    ``max_val``) and lists what ``where`` accepts.
+
+    Example:
+        >>> known_options("batch_options", ["max_size"], ["max_val", "mode"])
+        Traceback (most recent call last):
+        ...
+        TypeError: unknown option(s) ['max_size'] in batch_options (did you mean max_val= for max_size?); batch_options accepts ['max_val', 'mode']
+    """
+    accepted = sorted(accepted)
+    unknown = sorted(set(given) - set(accepted))
+    if not unknown:
+        return
+    hints = []
+    for name in unknown:
+        close = nearest_name(name, accepted)
+        if close is not None:
+            hints.append(f"{close}= for {name}")
+    hint = f" (did you mean {', '.join(hints)}?)" if hints else ""
+    raise TypeError(f"unknown option(s) {unknown} in {where}{hint}; {where} accepts {accepted}")

@@ -72,12 +72,7 @@ class TorchProbe:
     ) -> None:
         check_model_and_optimizer(model, optimizer)
         check_sources(dataset, make_loader, step_fn)
-        unknown = set(step_options) - STEP_OPTIONS
-        if unknown:
-            raise TypeError(
-                f"unknown option(s) {sorted(unknown)}; a torch batch-size search accepts "
-                f"{sorted(STEP_OPTIONS)}"
-            )
+        _validate.known_options("the batch-size search", step_options, STEP_OPTIONS)
         if memory_budget is not None:
             _validate.int_at_least("memory_budget", memory_budget, 1)
         if loader_options is not None and dataset is None:

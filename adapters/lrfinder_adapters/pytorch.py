@@ -691,12 +691,7 @@ class LearningRateFinder:
         **step_options: Any,
     ) -> None:
         check_model_and_optimizer(model, optimizer)
-        unknown = set(step_options) - _STEP_OPTIONS
-        if unknown:
-            raise TypeError(
-                f"unknown option(s) {sorted(unknown)}; LearningRateFinder accepts "
-                f"{sorted(_STEP_OPTIONS)}"
-            )
+        _validate.known_options("LearningRateFinder", step_options, _STEP_OPTIONS)
         self.model, self.optimizer, self.loss_fn, self.device = model, optimizer, loss_fn, device
         self.progress = progress
         self.step_options = step_options
@@ -739,6 +734,57 @@ class LearningRateFinder:
             suggested LR (NaN, with a ``NoSuggestionWarning``, when the curve allows none).
             ``self.result`` holds everything (raw losses, param groups, stop reason).
         """
+        step, test = self.prepare(
+            train_loader,
+            start_lr,
+            end_lr,
+            num_iter,
+            smooth_factor,
+            diverge_threshold,
+            mode=mode,
+            val_loader=val_loader,
+            val_batches=val_batches,
+            method=method,
+        )
+        self._rank = step.reducer.rank
+        try:
+            self.result = run_range_test(step, test, progress=self.progress)
+        except BaseException:
+            self.result = test.result()
+            raise
+        suggestion = self.result.suggestion(method)
+        lrs = self.result.lrs or (math.nan,)  # no point at all (data ran out before the first)
+        log.info(
+            "LR range test: %d points from %.2e to %.2e, stopped: %s, suggested LR %.2e",
+            len(self.result),
+            lrs[0],
+            lrs[-1],
+            self.result.stop_reason,
+            suggestion.lr,
+        )
+        return list(self.result.lrs), list(self.result.smoothed_losses), suggestion.lr
+
+    def prepare(
+        self,
+        train_loader: Iterable[Any],
+        start_lr: float = 1e-7,
+        end_lr: float = 10.0,
+        num_iter: int = 100,
+        smooth_factor: float = 0.05,
+        diverge_threshold: float = 5.0,
+        *,
+        mode: str = "exponential",
+        val_loader: Iterable[Any] | None = None,
+        val_batches: int | None = None,
+        method: str | None = None,
+    ) -> tuple[TorchStep, RangeTest]:
+        """Check every argument of :meth:`find_lr` and build its step and test; run nothing.
+
+        ``tune()`` calls it before its batch-size search, so a bad LR option fails at once.
+
+        Raises:
+            TypeError, ValueError: a bad argument (named, with its value and a fix).
+        """
         # The engine calls it ``smoothing``; the error must name the argument the user passed.
         _validate.in_unit_interval("smooth_factor", smooth_factor)
         if method is not None:  # checked now, not after the whole test has run
@@ -762,23 +808,7 @@ class LearningRateFinder:
             diverge_threshold=diverge_threshold,
             group_ratios=step.ratios,
         )
-        self._rank = step.reducer.rank
-        try:
-            self.result = run_range_test(step, test, progress=self.progress)
-        except BaseException:
-            self.result = test.result()
-            raise
-        suggestion = self.result.suggestion(method)
-        lrs = self.result.lrs or (math.nan,)  # no point at all (data ran out before the first)
-        log.info(
-            "LR range test: %d points from %.2e to %.2e, stopped: %s, suggested LR %.2e",
-            len(self.result),
-            lrs[0],
-            lrs[-1],
-            self.result.stop_reason,
-            suggestion.lr,
-        )
-        return list(self.result.lrs), list(self.result.smoothed_losses), suggestion.lr
+        return step, test
 
     def _require_result(self) -> RangeTestResult:
         if self.result is None:
@@ -914,6 +944,8 @@ _STEP_OPTIONS = frozenset(inspect.signature(TorchStep).parameters) - {
     "val_batches",
 }
 """The TorchStep options LearningRateFinder passes through (derived, so they cannot drift)."""
+STEP_OPTIONS = _STEP_OPTIONS
+"""The public name of :data:`_STEP_OPTIONS`, for the other front ends (``tune``)."""
 
 
 def find_lr(
