@@ -319,7 +319,10 @@ class BatchSizeSearch:
             else _validate.int_at_least("target_batch", target_batch, 1)
         )
         if isinstance(margin, bool) or not isinstance(margin, (int, float)):
-            raise TypeError(f"margin must be a number in [0, 1), got {margin!r}")
+            raise TypeError(
+                f"margin must be a number in [0, 1), got {margin!r} ({type(margin).__name__}); "
+                "pass e.g. margin=0.05"
+            )
         if not 0.0 <= margin < 1.0:
             raise ValueError(
                 f"margin must be in [0, 1) (the share of the limit kept free), got {margin!r}; "

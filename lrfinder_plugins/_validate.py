@@ -17,7 +17,10 @@ def _is_real(value: Any) -> bool:
 def positive_finite(name: str, value: Any, example: str = "1e-7") -> float:
     """Return ``value`` as a float, or raise if it is not a finite number > 0."""
     if not _is_real(value):
-        raise TypeError(f"{name} must be a number, got {value!r} ({type(value).__name__})")
+        raise TypeError(
+            f"{name} must be a number, got {value!r} ({type(value).__name__}); "
+            f"pass e.g. {name}={example}"
+        )
     if not math.isfinite(value) or value <= 0:
         raise ValueError(
             f"{name} must be a finite number > 0, got {value!r}; pass e.g. {name}={example}"
@@ -28,7 +31,10 @@ def positive_finite(name: str, value: Any, example: str = "1e-7") -> float:
 def int_at_least(name: str, value: Any, minimum: int) -> int:
     """Return ``value`` if it is an int >= ``minimum``, else raise."""
     if not isinstance(value, numbers.Integral) or isinstance(value, bool):
-        raise TypeError(f"{name} must be an int, got {value!r} ({type(value).__name__})")
+        raise TypeError(
+            f"{name} must be an int, got {value!r} ({type(value).__name__}); "
+            f"pass e.g. {name}={max(minimum, 1)}"
+        )
     if value < minimum:
         raise ValueError(
             f"{name} must be >= {minimum}, got {value!r}; pass {name}={minimum} or more"
@@ -40,7 +46,8 @@ def in_unit_interval(name: str, value: Any) -> float:
     """Return ``value`` if it is a number in ``[0, 1)``, else raise."""
     if not _is_real(value):
         raise TypeError(
-            f"{name} must be a number in [0, 1), got {value!r} ({type(value).__name__})"
+            f"{name} must be a number in [0, 1), got {value!r} ({type(value).__name__}); "
+            f"pass e.g. {name}=0.05"
         )
     if not 0.0 <= value < 1.0:
         raise ValueError(
@@ -53,7 +60,10 @@ def in_unit_interval(name: str, value: Any) -> float:
 def greater_than_one(name: str, value: Any) -> float:
     """Return ``value`` if it is a finite number > 1, else raise."""
     if not _is_real(value):
-        raise TypeError(f"{name} must be a number > 1, got {value!r} ({type(value).__name__})")
+        raise TypeError(
+            f"{name} must be a number > 1, got {value!r} ({type(value).__name__}); "
+            f"pass e.g. {name}=5.0"
+        )
     if not math.isfinite(value) or value <= 1.0:
         raise ValueError(f"{name} must be a finite number > 1, got {value!r}; pass e.g. {name}=5.0")
     return float(value)
@@ -64,7 +74,18 @@ def one_of(name: str, value: Any, choices: list[str] | tuple[str, ...]) -> str:
     if not isinstance(value, str):
         raise TypeError(f"{name} must be a str, one of {sorted(choices)}, got {value!r}")
     if value not in choices:
-        raise ValueError(f"{name} must be one of {sorted(choices)}, got {value!r}")
+        close = nearest_name(value, choices) if value else None
+        hint = f"; did you mean {name}={close!r}?" if close else ""
+        raise ValueError(f"{name} must be one of {sorted(choices)}, got {value!r}{hint}")
+    return value
+
+
+def boolean(name: str, value: Any) -> bool:
+    """Return ``value`` if it is ``True`` or ``False``, else raise ``TypeError``."""
+    if not isinstance(value, bool):
+        raise TypeError(
+            f"{name} must be True or False, got {value!r}; pass {name}=True or {name}=False"
+        )
     return value
 
 

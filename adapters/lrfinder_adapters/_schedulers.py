@@ -68,7 +68,8 @@ def check_schedulers(schedulers: Any, optimizer: torch.optim.Optimizer) -> tuple
         if not _is_scheduler(scheduler):
             raise TypeError(
                 "schedulers must hold LR schedulers (with state_dict/load_state_dict), got "
-                f"{type(scheduler).__name__} at schedulers[{position}]"
+                f"{scheduler!r} ({type(scheduler).__name__}) at schedulers[{position}]; pass "
+                "schedulers=[scheduler] with the schedulers built on the optimizer"
             )
         owner = getattr(scheduler, "optimizer", optimizer)
         if not _same_optimizer(owner, optimizer):

@@ -132,8 +132,7 @@ def make_reducer(
 
     if distributed is not None and not isinstance(distributed, bool):
         raise TypeError(f"distributed must be True, False or None, got {distributed!r}")
-    if not isinstance(all_reduce_grads, bool):
-        raise TypeError(f"all_reduce_grads must be True or False, got {all_reduce_grads!r}")
+    _validate.boolean("all_reduce_grads", all_reduce_grads)
     dist = torch.distributed
     initialised = dist.is_available() and dist.is_initialized()
     if distributed and not initialised:
@@ -168,14 +167,17 @@ def make_reducer(
 def _check_loader(name: str, loader: Any) -> None:
     if not isinstance(loader, Iterable):
         raise TypeError(
-            f"{name} must be an iterable of batches (e.g. a DataLoader), got {type(loader).__name__}"
+            f"{name} must be an iterable of batches (e.g. a DataLoader), got {loader!r} "
+            f"({type(loader).__name__}); pass e.g. {name}=DataLoader(dataset, batch_size=32)"
         )
     try:
         size = len(loader)  # type: ignore[arg-type]
     except TypeError:
         return
     if size == 0:
-        raise ValueError(f"{name} is empty (len {name} == 0); give it at least one batch")
+        raise ValueError(
+            f"{name} is empty ({name}={loader!r} has no batches); give it at least one batch"
+        )
 
 
 def check_model_and_optimizer(model: Any, optimizer: Any) -> None:
@@ -189,10 +191,19 @@ def check_model_and_optimizer(model: Any, optimizer: Any) -> None:
             f"model is the class {model.__name__}, not an instance; pass model={model.__name__}(...)"
         )
     if not isinstance(model, torch.nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    if not isinstance(optimizer, torch.optim.Optimizer):
         raise TypeError(
-            f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}"
+            f"model must be a torch.nn.Module, got {model!r} ({type(model).__name__}); pass the "
+            "model to search (e.g. model=MyModel().to(device))"
+        )
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        if isinstance(optimizer, type):
+            raise TypeError(
+                f"optimizer is the class {optimizer.__name__}, not an instance; pass "
+                f"optimizer={optimizer.__name__}(model.parameters(), lr=...)"
+            )
+        raise TypeError(
+            f"optimizer must be a torch.optim.Optimizer, got {optimizer!r} "
+            f"({type(optimizer).__name__}); pass e.g. torch.optim.AdamW(model.parameters())"
         )
     if _needs_closure(optimizer):
         raise TypeError(
@@ -204,14 +215,15 @@ def check_model_and_optimizer(model: Any, optimizer: Any) -> None:
     trainable = {id(p) for p in model.parameters() if p.requires_grad}
     if not trainable:
         raise ValueError(
-            "model has no trainable parameters (every requires_grad is False); unfreeze some "
-            "before running a range test"
+            f"model ({type(model).__name__}) has no trainable parameters (every requires_grad "
+            "is False); unfreeze some (p.requires_grad_(True)) before running a search"
         )
     held = {id(p) for group in optimizer.param_groups for p in group["params"]}
     if not trainable & held:
         raise ValueError(
-            "optimizer does not hold any of model's trainable parameters; build it from "
-            "model.parameters() (e.g. torch.optim.AdamW(model.parameters()))"
+            f"optimizer ({type(optimizer).__name__}) does not hold any of model's trainable "
+            "parameters; build it from model.parameters() (e.g. "
+            "torch.optim.AdamW(model.parameters()))"
         )
 
 
@@ -234,7 +246,10 @@ def check_loss_fn(name: str, loss_fn: Any) -> None:
             f"{name}={loss_fn.__name__}() (with parentheses)"
         )
     if loss_fn is not None and not callable(loss_fn):
-        raise TypeError(f"{name} must be callable or None, got {type(loss_fn).__name__}")
+        raise TypeError(
+            f"{name} must be callable or None, got {loss_fn!r} ({type(loss_fn).__name__}); "
+            f"pass e.g. {name}=torch.nn.MSELoss()"
+        )
 
 
 def check_grad_enabled(entry: str) -> None:
@@ -256,10 +271,16 @@ def check_device(device: Any) -> torch.device | None:
     """``device`` as a ``torch.device`` (``None`` stays ``None``), or a clear error.
 
     Raises:
+        TypeError: ``device`` is not a str, int or ``torch.device``.
         ValueError: ``device`` names no torch device, or one this machine does not have.
     """
     if device is None:
         return None
+    if isinstance(device, bool) or not isinstance(device, (str, int, torch.device)):
+        raise TypeError(
+            f"device must be a str, int or torch.device, got {device!r} "
+            f"({type(device).__name__}); pass e.g. device='cpu' or device='cuda:0'"
+        )
     try:
         parsed = torch.device(device)
     except (RuntimeError, TypeError) as error:
@@ -387,8 +408,9 @@ class TorchStep:
             _check_loader("val_loader", val_loader)
             if isinstance(val_loader, Iterator):
                 raise TypeError(
-                    "val_loader is a one-shot iterator, but it is read again at every point; "
-                    "pass a DataLoader or a list of batches (e.g. list(val_loader))"
+                    f"val_loader is a one-shot iterator ({type(val_loader).__name__}), but it "
+                    "is read again at every point; pass a DataLoader or a list of batches "
+                    "(e.g. list(val_loader))"
                 )
         if val_batches is not None:
             _validate.int_at_least("val_batches", val_batches, 1)
@@ -398,18 +420,20 @@ class TorchStep:
         if max_grad_norm is not None:
             _validate.positive_finite("max_grad_norm", max_grad_norm, "1.0")
         _validate.one_of("snapshot", snapshot, ("cpu", "disk"))
-        if not isinstance(keep_weights, bool):
-            raise TypeError(f"keep_weights must be True or False, got {keep_weights!r}")
+        _validate.boolean("keep_weights", keep_weights)
         if amp_dtype is not None and not isinstance(amp_dtype, torch.dtype):
             raise TypeError(
-                f"amp_dtype must be a torch.dtype (e.g. torch.bfloat16) or None, got {amp_dtype!r}"
+                f"amp_dtype must be a torch.dtype or None, got {amp_dtype!r}; pass e.g. "
+                "amp_dtype=torch.bfloat16"
             )
         schedulers = check_schedulers(schedulers, optimizer)
         if scaler is not None and not isinstance(
             scaler, (torch.amp.GradScaler, torch.cuda.amp.GradScaler)
         ):
             raise TypeError(
-                f"scaler must be a torch.amp.GradScaler or None, got {type(scaler).__name__}"
+                f"scaler must be a torch.amp.GradScaler or None, got {scaler!r} "
+                f"({type(scaler).__name__}); "
+                "pass e.g. scaler=torch.amp.GradScaler() or leave it out"
             )
         self.device = check_device(device)
         self.model, self.optimizer, self.loss_fn = model, optimizer, loss_fn
@@ -585,8 +609,7 @@ class TorchStep:
     def _autocast_factory(
         self, amp: bool, dtype: torch.dtype | None
     ) -> Callable[[], contextlib.AbstractContextManager[Any]]:
-        if not isinstance(amp, bool):
-            raise TypeError(f"amp must be True or False, got {amp!r}")
+        _validate.boolean("amp", amp)
         if not amp:
             return contextlib.nullcontext
         device_type = (self.device or next(self.model.parameters()).device).type
@@ -873,8 +896,7 @@ class LearningRateFinder:
         """
         from lrfinder_plugins.suggest import LowConfidenceWarning, Suggestion
 
-        if not isinstance(force, bool):
-            raise TypeError(f"force must be True or False, got {force!r}")
+        _validate.boolean("force", force)
         if suggestion is None:
             with warnings.catch_warnings():  # refused below, with the reason, unless forced
                 warnings.simplefilter("ignore", LowConfidenceWarning)
