@@ -206,7 +206,9 @@ class BatchSizeResult(JsonFile):
             raise ValueError(f"not a batch-size search result: format={data.get('format')!r}")
         if data.get("version") != FORMAT_VERSION:
             raise ValueError(f"unsupported batch-size result version {data.get('version')!r}")
-        reason = data.get("stop_reason")
+        if "stop_reason" not in data:
+            raise ValueError("missing field 'stop_reason' (null or a stop reason)")
+        reason = data["stop_reason"]
         batch_size = field_of(data, "batch_size", (int, type(None)), "an int or null")
         accumulation = field_of(data, "accumulation_steps", (int,), "an int >= 1")
         trials = field_of(data, "trials", (list,), "a list of trial objects")

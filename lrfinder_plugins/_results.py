@@ -192,7 +192,9 @@ class RangeTestResult(JsonFile):
             raise ValueError(f"not an LR range test result: format={data.get('format')!r}")
         if data.get("version") != FORMAT_VERSION:
             raise ValueError(f"unsupported result version {data.get('version')!r}")
-        reason = data.get("stop_reason")
+        if "stop_reason" not in data:
+            raise ValueError("missing field 'stop_reason' (null or a stop reason)")
+        reason = data["stop_reason"]
         if reason is not None and reason not in {r.value for r in StopReason}:
             raise ValueError(
                 f"field 'stop_reason' must be null or one of {[r.value for r in StopReason]}, "

@@ -357,3 +357,97 @@ def test_search_under_disabled_autograd_is_refused(world: World, entry: str, con
     assert_state_bitwise_equal(
         before, capture_state(world.model, world.optimizer, schedulers=[world.scheduler])
     )
+
+
+# -- results loading: every loader x each kind of broken file -----------------------------------
+def _saved_files(tmp_path: Any) -> dict[str, Any]:
+    """One good file per loader, saved from small real results."""
+    from lrfinder_adapters.batch_size import TuneResult
+    from lrfinder_plugins import BatchSizeResult, BatchSizeSearch, RangeTestResult
+
+    test = RangeTest(num_iter=4)
+    for loss in (3.0, 2.0, 1.0, 2.0):
+        test.next_lr()
+        test.record(loss)
+    lr = test.result()
+    search = BatchSizeSearch(mode="power", init_val=2, max_val=4, max_trials=3)
+    while not search.finished:
+        size = search.next_size()
+        search.record(size, size <= 2, None)
+    batch = search.result()
+    return {
+        "RangeTestResult.load_json": (RangeTestResult.load_json, lr.save_json(tmp_path / "r.json")),
+        "RangeTestResult.load_csv": (RangeTestResult.load_csv, lr.save_csv(tmp_path / "r.csv")),
+        "BatchSizeResult.load_json": (
+            BatchSizeResult.load_json,
+            batch.save_json(tmp_path / "b.json"),
+        ),
+        "TuneResult.load_json": (
+            TuneResult.load_json,
+            TuneResult(batch, lr).save_json(tmp_path / "t.json"),
+        ),
+    }
+
+
+def _first_field(text: str) -> str:
+    import json
+
+    data = json.loads(text)
+    return next(k for k in data if k not in ("format", "version"))
+
+
+FILE_KINDS: dict[str, tuple[Callable[[str], str | None], str]] = {
+    "missing": (lambda text: None, r"no such result file"),
+    "empty": (lambda text: "", r"the file is empty"),
+    "truncated": (
+        lambda text: text[: len(text) // 2],
+        r"not valid JSON|not numeric|missing column",
+    ),
+    "corrupted": (lambda text: "\x00\x13garbage{{", r"not valid JSON|missing column"),
+    "wrong-format": (lambda text: text.replace("lrfinder-", "other-", 1), r"not an? |format="),
+    "missing-field": (
+        lambda text: text.replace(f'"{_first_field(text)}"', '"renamed"', 1),
+        r"missing (or mistyped )?field",
+    ),
+    "mistyped-field": (
+        lambda text: text.replace(
+            f'"{_first_field(text)}":', f'"{_first_field(text)}": true, "x":', 1
+        ),
+        r"must be|mistyped|missing",
+    ),
+}
+LOADERS = [
+    "RangeTestResult.load_json",
+    "RangeTestResult.load_csv",
+    "BatchSizeResult.load_json",
+    "TuneResult.load_json",
+]
+FILE_CASES = [
+    pytest.param(loader, kind, id=f"{loader}-{kind}")
+    for loader in LOADERS
+    for kind in FILE_KINDS
+    # a CSV has no format or fields of its own to break (its settings file is JSON: covered)
+    if not (
+        loader.endswith("load_csv") and kind in ("wrong-format", "missing-field", "mistyped-field")
+    )
+]
+
+
+@pytest.mark.parametrize(("loader", "kind"), FILE_CASES)
+def test_broken_result_file_is_one_error_naming_the_file(
+    tmp_path: Any, loader: str, kind: str
+) -> None:
+    """ResultFileError (a ValueError; FileNotFoundError too when missing) naming file and fault."""
+    from lrfinder_plugins import ResultFileError, ResultFileNotFoundError
+
+    load, path = _saved_files(tmp_path)[loader]
+    breaks, fault = FILE_KINDS[kind]
+    broken = breaks(path.read_text())
+    if broken is None:
+        path.unlink()
+    else:
+        path.write_text(broken)
+    with pytest.raises(ResultFileError, match=fault) as info:
+        load(path)
+    assert str(info.value).startswith(str(path)), str(info.value)
+    assert isinstance(info.value, ResultFileNotFoundError) == (kind == "missing")
