@@ -25,7 +25,13 @@ from lrfinder_adapters._trials import STEP_OPTIONS as TRIAL_STEP_OPTIONS  # noqa
 from lrfinder_adapters._trials import StepFn  # noqa: E402
 from lrfinder_adapters.distributed import per_rank_target  # noqa: E402
 from lrfinder_adapters.probe import TorchProbe  # noqa: E402
-from lrfinder_adapters.pytorch import STEP_OPTIONS, LearningRateFinder, LossFn, find_lr  # noqa: E402
+from lrfinder_adapters.pytorch import (  # noqa: E402
+    FIND_LR_DEFAULTS,
+    STEP_OPTIONS,
+    LearningRateFinder,
+    LossFn,
+    find_lr,
+)
 from lrfinder_plugins.spi import (  # noqa: E402
     BatchSizeResult,
     JsonFile,
@@ -219,11 +225,7 @@ class TuneResult(JsonFile):
         return cls(batch=batch, lr=lr)
 
 
-FIND_LR_ARGUMENTS = frozenset(inspect.signature(LearningRateFinder.prepare).parameters) - {
-    "self",
-    "train_loader",
-    "method",  # find_lr (the function) returns the result; pick the method from it
-}
+FIND_LR_ARGUMENTS = frozenset(FIND_LR_DEFAULTS) - {"method"}  # find_lr (the function) has none
 """The range-test arguments ``lr_options`` may hold besides the step options."""
 
 _TUNE_OWN = frozenset(

@@ -757,18 +757,9 @@ class LearningRateFinder:
             suggested LR (NaN, with a ``NoSuggestionWarning``, when the curve allows none).
             ``self.result`` holds everything (raw losses, param groups, stop reason).
         """
-        step, test = self.prepare(
-            train_loader,
-            start_lr,
-            end_lr,
-            num_iter,
-            smooth_factor,
-            diverge_threshold,
-            mode=mode,
-            val_loader=val_loader,
-            val_batches=val_batches,
-            method=method,
-        )
+        arguments = dict(locals())  # every argument above, by name: prepare() checks them all
+        del arguments["self"], arguments["train_loader"]
+        step, test = self.prepare(train_loader, **arguments)
         self._rank = step.reducer.rank
         try:
             self.result = run_range_test(step, test, progress=self.progress)
@@ -787,27 +778,24 @@ class LearningRateFinder:
         )
         return list(self.result.lrs), list(self.result.smoothed_losses), suggestion.lr
 
-    def prepare(
-        self,
-        train_loader: Iterable[Any],
-        start_lr: float = 1e-7,
-        end_lr: float = 10.0,
-        num_iter: int = 100,
-        smooth_factor: float = 0.05,
-        diverge_threshold: float = 5.0,
-        *,
-        mode: str = "exponential",
-        val_loader: Iterable[Any] | None = None,
-        val_batches: int | None = None,
-        method: str | None = None,
-    ) -> tuple[TorchStep, RangeTest]:
+    def prepare(self, train_loader: Iterable[Any], **arguments: Any) -> tuple[TorchStep, RangeTest]:
         """Check every argument of :meth:`find_lr` and build its step and test; run nothing.
 
+        ``arguments`` are :meth:`find_lr`'s keyword arguments (its defaults fill the rest).
         ``tune()`` calls it before its batch-size search, so a bad LR option fails at once.
 
         Raises:
             TypeError, ValueError: a bad argument (named, with its value and a fix).
         """
+        _validate.known_options("find_lr", arguments, FIND_LR_DEFAULTS)
+        a = {**FIND_LR_DEFAULTS, **arguments}
+        start_lr, end_lr, num_iter = a["start_lr"], a["end_lr"], a["num_iter"]
+        smooth_factor, diverge_threshold, mode = (
+            a["smooth_factor"],
+            a["diverge_threshold"],
+            a["mode"],
+        )
+        val_loader, val_batches, method = a["val_loader"], a["val_batches"], a["method"]
         # The engine calls it ``smoothing``; the error must name the argument the user passed.
         _validate.in_unit_interval("smooth_factor", smooth_factor)
         if method is not None:  # checked now, not after the whole test has run
@@ -917,7 +905,9 @@ class LearningRateFinder:
                 "reason says, or pass force=True to apply it anyway"
             )
         if suggestion.confidence == 0:
-            log.warning("applying a suggestion with confidence 0 (force=True): %s", suggestion.reason)
+            log.warning(
+                "applying a suggestion with confidence 0 (force=True): %s", suggestion.reason
+            )
         schedulers = tuple(self.step_options.get("schedulers", ()))
         groups = self.optimizer.param_groups
         if len(suggestion.group_lrs) != len(groups):
@@ -954,6 +944,13 @@ class LearningRateFinder:
         log.info("Updated optimizer LR: %.2e → %.2e", old, new)
         return old, new
 
+
+FIND_LR_DEFAULTS = {
+    name: parameter.default
+    for name, parameter in inspect.signature(LearningRateFinder.find_lr).parameters.items()
+    if parameter.default is not inspect.Parameter.empty
+}
+"""find_lr's arguments besides the loader, with their defaults (derived: they cannot drift)."""
 
 _STEP_OPTIONS = frozenset(inspect.signature(TorchStep).parameters) - {
     # given to find_lr or LearningRateFinder by name, not as a pass-through option

@@ -443,28 +443,6 @@ def test_tune_runs_the_lr_test_at_the_found_batch_size(
     assert set(found.to_dict()) == {"format", "version", "batch_size", "lr"}
 
 
-@pytest.mark.filterwarnings("ignore::lrfinder_plugins.NoSuggestionWarning")  # a 20-point curve
-def test_tune_result_saves_and_loads_like_its_parts(
-    tmp_path: Path, model: nn.Module, adam: torch.optim.Optimizer
-) -> None:
-    """TuneResult.save_json / load_json round-trip both parts; a broken file names itself."""
-    found = tune(
-        model,
-        adam,
-        OutOfMemoryAbove(40),
-        dataset=dataset(),
-        batch_options={"mode": "binsearch"},
-        lr_options={"num_iter": 20},
-        progress=False,
-    )
-    loaded = TuneResult.load_json(found.save_json(tmp_path / "tune.json"))
-    assert loaded == found and loaded.batch_size == found.batch_size
-    broken = tmp_path / "broken.json"
-    broken.write_text(json.dumps({**found.to_dict(), "lr": {"format": "lrfinder-range-test"}}))
-    with pytest.raises(ResultFileError, match=r"broken\.json: .*in field 'lr'"):
-        TuneResult.load_json(broken)
-
-
 @pytest.mark.parametrize(
     ("options", "fragment"),
     [
@@ -493,11 +471,10 @@ def test_tune_checks_every_option_before_the_batch_size_search(
     assert calls == []
 
 
-def test_tune_keeps_the_target_batch_through_accumulation(
-    model: nn.Module, adam: torch.optim.Optimizer
-) -> None:
-    """With a target batch the LR test accumulates, so it sees the target's effective batch."""
-    found = tune(
+@pytest.fixture
+def tuned(model: nn.Module, adam: torch.optim.Optimizer) -> TuneResult:
+    """tune() with a target batch of 128 on a model that runs out of memory above 40."""
+    return tune(
         model,
         adam,
         OutOfMemoryAbove(40),
@@ -506,8 +483,22 @@ def test_tune_keeps_the_target_batch_through_accumulation(
         lr_options={"num_iter": 30, "start_lr": 1e-4, "end_lr": 1.0},
         progress=False,
     )
-    assert (found.batch_size, found.accumulation_steps) == (32, 4)
-    assert len(found.lr) == 30
+
+
+def test_tune_keeps_the_target_batch_through_accumulation(tuned: TuneResult) -> None:
+    """With a target batch the LR test accumulates, so it sees the target's effective batch."""
+    assert (tuned.batch_size, tuned.accumulation_steps) == (32, 4)
+    assert len(tuned.lr) == 30
+
+
+def test_tune_result_saves_and_loads_like_its_parts(tmp_path: Path, tuned: TuneResult) -> None:
+    """TuneResult.save_json / load_json round-trip both parts; a broken file names itself."""
+    loaded = TuneResult.load_json(tuned.save_json(tmp_path / "tune.json"))
+    assert loaded == tuned and loaded.batch_size == tuned.batch_size
+    broken = tmp_path / "broken.json"
+    broken.write_text(json.dumps({**tuned.to_dict(), "lr": {"format": "lrfinder-range-test"}}))
+    with pytest.raises(ResultFileError, match=r"broken\.json: .*in field 'lr'"):
+        TuneResult.load_json(broken)
 
 
 def test_tune_needs_batches(model: nn.Module, adam: torch.optim.Optimizer) -> None:
