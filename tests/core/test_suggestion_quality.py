@@ -314,3 +314,18 @@ def test_plot_can_leave_the_range_out() -> None:
     pytest.importorskip("matplotlib")
     figure = result_from_losses(descent_then_blowup()).plot(show_range=False)
     assert not [p for p in figure.axes[0].patches if p.get_label().startswith("usable range")]
+
+
+@pytest.mark.parametrize("method", ["valley", "steepest", "minimum"])
+def test_plot_band_contains_the_marked_lr_of_any_method(method: str) -> None:
+    """The shaded band is the first method's own range, so it contains that method's marker."""
+    pytest.importorskip("matplotlib")
+    import matplotlib.pyplot as plt
+
+    figure = result_from_losses(sigmoid_curve()).plot(suggest=method)
+    ax = figure.axes[0]
+    (band,) = [p for p in ax.patches if p.get_label().startswith("usable range")]
+    (x,) = ax.collections[0].get_offsets()[:, 0]
+    left, right = band.get_x(), band.get_x() + band.get_width()
+    plt.close(figure)
+    assert left < x < right
