@@ -991,6 +991,9 @@ def find_lr(
         >>> result = find_lr(model, optimizer, loss_fn, train_loader)  # doctest: +SKIP
         >>> result.suggestion().lr  # doctest: +SKIP
     """
+    # Named with every option find_lr takes, so a typo of a range-test argument (num_iters) is
+    # pointed at it too, not only at the step options.
+    _validate.known_options("find_lr", step_options, _STEP_OPTIONS | set(FIND_LR_DEFAULTS))
     finder = LearningRateFinder(
         model, optimizer, loss_fn, device, progress=progress, **step_options
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -10,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from lrfinder_adapters.pytorch import LearningRateFinder
+from lrfinder_adapters.pytorch import LearningRateFinder, find_lr
 from tests.adapters.conftest import (
     Batch,
     assert_state_bitwise_equal,
@@ -121,6 +122,26 @@ def test_unknown_option_rejected(setup: Any) -> None:
     model, optimizer, _, calls = setup
     with pytest.raises(TypeError, match=r"unknown option\(s\) \['acumulation_steps'\]"):
         LearningRateFinder(model, optimizer, counting_mse(calls), acumulation_steps=2)
+
+
+@pytest.mark.parametrize(
+    ("options", "hint"),
+    [
+        pytest.param({"num_iters": 10}, "num_iter= for num_iters", id="num_iters"),
+        pytest.param({"num_it": 10}, "num_iter= for num_it", id="fastai-num_it"),
+        pytest.param({"smooth_f": 0.1}, "smooth_factor= for smooth_f", id="torch-lr-finder-smooth_f"),
+        pytest.param({"step_mode": "linear"}, "mode= for step_mode", id="torch-lr-finder-step_mode"),
+        pytest.param({"accumulate_grad_batches": 2}, "accumulation_steps= for accumulate_grad_batches", id="lightning-name"),
+    ],
+)  # fmt: skip
+def test_unknown_find_lr_option_names_the_nearest_one(
+    setup: Any, options: dict[str, Any], hint: str
+) -> None:
+    """find_lr(typo=...) names the option meant, also for the names the peers use."""
+    model, optimizer, batches, calls = setup
+    with pytest.raises(TypeError, match=re.escape(hint)):
+        find_lr(model, optimizer, counting_mse(calls), batches, progress=False, **options)
+    assert calls == []
 
 
 def test_loss_fn_that_is_not_callable_rejected(setup: Any) -> None:
