@@ -14,10 +14,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch.optim import lr_scheduler
+
+if TYPE_CHECKING:
+    from lrfinder_plugins.suggest import Suggestion
 
 PEAK_KINDS = (lr_scheduler.OneCycleLR, lr_scheduler.CyclicLR)
 """Schedulers whose defining LR is a peak (``max_lr``) rather than a base."""
@@ -164,3 +167,29 @@ def rescale(
             value = getattr(scheduler, name, None)
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 setattr(scheduler, name, value * factors[top])
+
+
+def move_schedule(
+    optimizer: torch.optim.Optimizer, schedulers: Sequence[Any], suggestion: Suggestion
+) -> None:
+    """Move the optimizer and its schedulers to ``suggestion``, keeping the schedule's shape.
+
+    The peak of a ``OneCycleLR``/``CyclicLR`` schedule goes to the suggestion's ``upper`` end
+    (its ``lr`` when it has no range); every other schedule's base goes to its ``lr``.
+
+    Raises:
+        TypeError: a scheduler is not a kind torch ships.
+        ValueError: the schedule sits at LR 0 (no factor can move it).
+    """
+    check_known(schedulers)
+    peak = is_peak(schedulers) and math.isfinite(suggestion.upper)
+    scale = suggestion.upper / suggestion.lr if peak else 1.0
+    references = reference_lrs(optimizer, schedulers)
+    if not all(math.isfinite(r) and r > 0 for r in references):
+        raise ValueError(
+            f"the attached schedule's LRs are {references}; a schedule at LR 0 cannot be moved "
+            "by a factor: build the scheduler after apply_suggestion()"
+        )
+    rescale(
+        optimizer, schedulers, [lr * scale / r for lr, r in zip(suggestion.group_lrs, references)]
+    )

@@ -25,13 +25,7 @@ require("torch", "torch")
 import torch  # noqa: E402
 
 from lrfinder_adapters import _torch_state  # noqa: E402
-from lrfinder_adapters._schedulers import (  # noqa: E402
-    check_known,
-    check_schedulers,
-    is_peak,
-    reference_lrs,
-    rescale,
-)
+from lrfinder_adapters._schedulers import check_schedulers, move_schedule  # noqa: E402
 from lrfinder_plugins.spi import (  # noqa: E402
     RangeTest,
     RangeTestResult,
@@ -924,19 +918,7 @@ class LearningRateFinder:
             )
         old = max(float(g["lr"]) for g in groups)
         if schedulers:
-            check_known(schedulers)
-            peak = is_peak(schedulers) and math.isfinite(suggestion.upper)
-            targets = [
-                lr * (suggestion.upper / suggestion.lr) if peak else lr
-                for lr in suggestion.group_lrs
-            ]
-            references = reference_lrs(self.optimizer, schedulers)
-            if not all(math.isfinite(r) and r > 0 for r in references):
-                raise ValueError(
-                    f"the attached schedule's LRs are {references}; a schedule at LR 0 cannot be "
-                    "moved by a factor: build the scheduler after apply_suggestion()"
-                )
-            rescale(self.optimizer, schedulers, [t / r for t, r in zip(targets, references)])
+            move_schedule(self.optimizer, schedulers, suggestion)
         else:
             for group, lr in zip(groups, suggestion.group_lrs):
                 group["lr"] = lr
