@@ -26,6 +26,7 @@ from lrfinder_plugins._batch_search import (
     NothingFitsError,
 )
 from lrfinder_plugins._driver import run_range_test
+from lrfinder_plugins._json_file import ResultFileError, ResultFileNotFoundError
 from lrfinder_plugins._manager import PluginError, PluginLoadWarning, get_plugin_manager
 from lrfinder_plugins._observers import Point, SearchInfo
 from lrfinder_plugins._range_test import RangeTest, StopReason
@@ -69,6 +70,8 @@ __all__ = [
     "RangeTestSession",
     "RankFailedError",
     "Reducer",
+    "ResultFileError",
+    "ResultFileNotFoundError",
     "SearchInfo",
     "StepOutcome",
     "StopReason",

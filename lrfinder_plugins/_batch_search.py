@@ -41,7 +41,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from lrfinder_plugins import _validate
-from lrfinder_plugins._json_file import JsonFile
+from lrfinder_plugins._json_file import JsonFile, field_of
 
 MODES = ("guided", "binsearch", "power", "shrink")
 """The search policies ``BatchSizeSearch`` knows, the default first."""
@@ -206,11 +206,26 @@ class BatchSizeResult(JsonFile):
             raise ValueError(f"not a batch-size search result: format={data.get('format')!r}")
         if data.get("version") != FORMAT_VERSION:
             raise ValueError(f"unsupported batch-size result version {data.get('version')!r}")
-        reason = data.get("stop_reason")
+        if "stop_reason" not in data:
+            raise ValueError("missing field 'stop_reason' (null or a stop reason)")
+        reason = data["stop_reason"]
+        batch_size = field_of(data, "batch_size", (int, type(None)), "an int or null")
+        accumulation = field_of(data, "accumulation_steps", (int,), "an int >= 1")
+        trials = field_of(data, "trials", (list,), "a list of trial objects")
+        for i, trial in enumerate(trials):
+            if not isinstance(trial, Mapping):
+                raise ValueError(f"trials[{i}] must be an object, got {trial!r}")
+            for name, kinds in (("size", (int,)), ("fitted", (bool,)), ("steps", (int,))):
+                field_of(trial, name, kinds, f"a {kinds[0].__name__} (in trials[{i}])")
+        if reason is not None and reason not in {r.value for r in BatchStopReason}:
+            raise ValueError(
+                "field 'stop_reason' must be null or one of "
+                f"{[r.value for r in BatchStopReason]}, got {reason!r}"
+            )
         return cls(
-            batch_size=data["batch_size"],
-            accumulation_steps=int(data["accumulation_steps"]),
-            trials=tuple(BatchTrial(**t) for t in data["trials"]),
+            batch_size=batch_size,
+            accumulation_steps=accumulation,
+            trials=tuple(BatchTrial(**t) for t in trials),
             stop_reason=None if reason is None else BatchStopReason(reason),
             options=dict(data.get("options", {})),
         )
@@ -306,7 +321,10 @@ class BatchSizeSearch:
             else _validate.int_at_least("target_batch", target_batch, 1)
         )
         if isinstance(margin, bool) or not isinstance(margin, (int, float)):
-            raise TypeError(f"margin must be a number in [0, 1), got {margin!r}")
+            raise TypeError(
+                f"margin must be a number in [0, 1), got {margin!r} ({type(margin).__name__}); "
+                "pass e.g. margin=0.05"
+            )
         if not 0.0 <= margin < 1.0:
             raise ValueError(
                 f"margin must be in [0, 1) (the share of the limit kept free), got {margin!r}; "

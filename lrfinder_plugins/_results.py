@@ -11,7 +11,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from lrfinder_plugins._json_file import JsonFile, write_atomic
+from lrfinder_plugins._json_file import (
+    JsonFile,
+    ResultFileError,
+    field_of,
+    parse_json,
+    read_result_text,
+    write_atomic,
+)
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -46,8 +53,25 @@ def _encode(value: float) -> float | str:
     return value if math.isfinite(value) else str(value)
 
 
+_NON_FINITE = ("nan", "inf", "-inf")
+
+
 def _decode(value: float | str) -> float:
     return float(value)
+
+
+def _floats(data: dict[str, Any], name: str, *, lr: bool = False) -> tuple[float, ...]:
+    """A list field of numbers (losses may be "nan"/"inf"/"-inf"; LRs must be finite and > 0)."""
+    values = field_of(data, name, (list,), "a list of numbers")
+    for i, x in enumerate(values):
+        number = isinstance(x, (int, float)) and not isinstance(x, bool)
+        if lr and not (number and math.isfinite(x) and x > 0):
+            raise ValueError(f"{name}[{i}] must be a finite number > 0, got {x!r}")
+        if not lr and not (number or x in _NON_FINITE):
+            raise ValueError(
+                f"{name}[{i}] must be a number or one of {list(_NON_FINITE)}, got {x!r}"
+            )
+    return tuple(_decode(x) for x in values)
 
 
 @dataclass(frozen=True)
@@ -79,6 +103,15 @@ class RangeTestResult(JsonFile):
 
     def __len__(self) -> int:
         return len(self.lrs)
+
+    def __eq__(self, other: object) -> bool:
+        # NaN != NaN, so the generated __eq__ would call a result unequal to its own JSON round
+        # trip whenever a loss is NaN: compare the serialised form, where NaN is "nan".
+        if not isinstance(other, RangeTestResult):
+            return NotImplemented
+        return self.to_dict() == other.to_dict()
+
+    __hash__ = None  # type: ignore[assignment]  # options is a dict: results are not hashable
 
     @property
     def world_size(self) -> int:
@@ -149,35 +182,43 @@ class RangeTestResult(JsonFile):
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RangeTestResult:
-        """Rebuild a result from :meth:`to_dict` output."""
+        """Rebuild a result from :meth:`to_dict` output.
+
+        Raises:
+            ValueError: not a result of this format and version, or a field is missing or of
+                the wrong type (the message names it).
+        """
         if data.get("format") != FORMAT:
             raise ValueError(f"not an LR range test result: format={data.get('format')!r}")
         if data.get("version") != FORMAT_VERSION:
             raise ValueError(f"unsupported result version {data.get('version')!r}")
-        reason = data.get("stop_reason")
+        if "stop_reason" not in data:
+            raise ValueError("missing field 'stop_reason' (null or a stop reason)")
+        reason = data["stop_reason"]
+        if reason is not None and reason not in {r.value for r in StopReason}:
+            raise ValueError(
+                f"field 'stop_reason' must be null or one of {[r.value for r in StopReason]}, "
+                f"got {reason!r}"
+            )
+        options = data.get("options", {})
+        if not isinstance(options, dict):
+            raise ValueError(f"field 'options' must be an object, got {type(options).__name__}")
         return cls(
-            lrs=tuple(float(x) for x in data["lrs"]),
-            losses=tuple(_decode(x) for x in data["losses"]),
-            smoothed_losses=tuple(_decode(x) for x in data["smoothed_losses"]),
+            lrs=_floats(data, "lrs", lr=True),
+            losses=_floats(data, "losses"),
+            smoothed_losses=_floats(data, "smoothed_losses"),
             stop_reason=None if reason is None else StopReason(reason),
-            options=dict(data.get("options", {})),
+            options=dict(options),
         )
 
     def to_csv(self) -> str:
-        """The points as CSV: one row per point, one LR column per param group.
+        """The points as CSV: a header, then one row per point, one LR column per param group.
 
-        The first line is a ``#`` comment holding the stop reason and options as JSON, so
-        :meth:`load_csv` restores the whole result (``pandas.read_csv(path, comment="#")``
-        reads the table).
+        Standard CSV with its header on the first line, so ``csv.DictReader`` and
+        ``pandas.read_csv`` read it as it is; the stop reason and settings are not in it
+        (:meth:`save_csv` writes them to a sidecar JSON file).
         """
         buffer = io.StringIO()
-        meta = {
-            "format": FORMAT,
-            "version": FORMAT_VERSION,
-            "stop_reason": self.to_dict()["stop_reason"],
-            "options": self.options,
-        }
-        buffer.write("# " + json.dumps(meta, allow_nan=False) + "\n")
         writer = csv.writer(buffer, lineterminator="\n")
         groups = len(self.group_ratios)
         writer.writerow(
@@ -189,24 +230,75 @@ class RangeTestResult(JsonFile):
             writer.writerow([i, repr(lr), *map(repr, group), repr(loss), repr(smooth)])
         return buffer.getvalue()
 
+    def _csv_meta(self) -> dict[str, Any]:
+        return {
+            k: v
+            for k, v in self.to_dict().items()
+            if k in ("format", "version", "stop_reason", "options")
+        }
+
     def save_csv(self, path: str | Path) -> Path:
-        """Write :meth:`to_csv` to ``path``; return the path."""
+        """Write :meth:`to_csv` to ``path`` and the settings beside it; return the CSV's path.
+
+        The stop reason and options go to the sidecar ``<path>.meta.json`` (see
+        :func:`csv_meta_path`), so the CSV itself is a plain table that ``csv.DictReader`` and
+        ``pandas.read_csv`` read with their defaults; :meth:`load_csv` reads both back.
+        """
+        path = Path(path)
+        write_atomic(
+            csv_meta_path(path), json.dumps(self._csv_meta(), indent=2, allow_nan=False) + "\n"
+        )
         return write_atomic(path, self.to_csv())
 
     @classmethod
     def load_csv(cls, path: str | Path) -> RangeTestResult:
-        """Read a result written by :meth:`save_csv`."""
-        text = Path(path).read_text()
-        first, _, body = text.partition("\n")
-        if not first.startswith("# "):
-            raise ValueError(f"{path}: missing the '# {{...}}' metadata line that save_csv writes")
-        meta = json.loads(first[2:])
-        rows = list(csv.DictReader(io.StringIO(body)))
-        return cls.from_dict(
+        """Read a result written by :meth:`save_csv` (its sidecar ``<path>.meta.json`` too).
+
+        A CSV from an earlier version, whose first line is ``# {settings as JSON}``, loads too.
+
+        Raises:
+            ResultFileNotFoundError: there is no such CSV file.
+            ResultFileError: the CSV or its settings are missing, empty, truncated, corrupted,
+                or lack a column (the message names the file and what is wrong).
+        """
+        text = read_result_text(path)
+        sidecar = csv_meta_path(path)
+        if text.startswith("# "):  # written before the settings moved to the sidecar
+            first, _, text = text.partition("\n")
+            meta = parse_json(path, first[2:])
+        elif sidecar.exists():
+            meta = parse_json(sidecar, read_result_text(sidecar))
+        else:
+            raise ResultFileError(
+                f"{path}: its settings file {sidecar.name} (the metadata save_csv writes beside "
+                "it) is missing; copy it along with the CSV, or load the JSON file instead"
+            )
+        reader = csv.DictReader(io.StringIO(text))
+        missing = {"lr", "loss", "smoothed_loss"} - set(reader.fieldnames or ())
+        if missing:
+            raise ResultFileError(
+                f"{path}: not a save_csv table: missing column(s) {sorted(missing)} "
+                f"(header: {reader.fieldnames})"
+            )
+        try:
+            rows = [(float(r["lr"]), float(r["loss"]), float(r["smoothed_loss"])) for r in reader]
+        except (TypeError, ValueError) as error:
+            raise ResultFileError(
+                f"{path}: row {reader.line_num - 1} is not numeric (truncated or corrupted?): "
+                f"{error}"
+            ) from None
+        return cls.from_file_data(
+            path,
             {
                 **meta,
-                "lrs": [float(r["lr"]) for r in rows],
-                "losses": [float(r["loss"]) for r in rows],
-                "smoothed_losses": [float(r["smoothed_loss"]) for r in rows],
-            }
+                "lrs": [lr for lr, _, _ in rows],
+                "losses": [_encode(loss) for _, loss, _ in rows],
+                "smoothed_losses": [_encode(smooth) for _, _, smooth in rows],
+            },
         )
+
+
+def csv_meta_path(path: str | Path) -> Path:
+    """Where :meth:`RangeTestResult.save_csv` puts a CSV's settings: ``<path>.meta.json``."""
+    path = Path(path)
+    return path.with_name(path.name + ".meta.json")

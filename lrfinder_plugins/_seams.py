@@ -260,6 +260,27 @@ def first_line(error: BaseException) -> str:
     return f"{type(error).__name__}: {lines[0] if lines else ''}"[:300]
 
 
+NOTE_PREFIX = "lrfinder: raised"
+"""How the note :func:`note_where` adds to an error starts (it is added once)."""
+
+
+def note_where(error: BaseException | None, where: str) -> None:
+    """Add a PEP 678 note to ``error`` saying at which point of a search it was raised.
+
+    The exception itself passes through unchanged (same object, type and message); the note
+    only appears under its traceback: ``lrfinder: raised in the LR range test at step 12 ...``.
+    A note is added once, by the innermost search that saw the error.
+    """
+    if error is None or isinstance(error, RankFailedError):
+        return
+    notes = getattr(error, "__notes__", ())
+    if any(str(n).startswith(NOTE_PREFIX) for n in notes):
+        return
+    add_note = getattr(error, "add_note", None)  # Python 3.11+
+    if add_note is not None:
+        add_note(f"{NOTE_PREFIX} {where}")
+
+
 def raise_failure(reducer: Reducer, local: BaseException | None) -> None:
     """Raise what a failed step or trial means on this rank (called when a reduce counted errors).
 

@@ -17,6 +17,7 @@ The pull drivers (:func:`~lrfinder_plugins.run_range_test`,
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -28,6 +29,7 @@ from lrfinder_plugins._seams import (
     Reducer,
     StepOutcome,
     TrialReport,
+    note_where,
     raise_failure,
 )
 
@@ -134,6 +136,7 @@ class RangeTestSession:
             local = StepOutcome.of_loss(outcome)
         reduced = self.reducer.reduce_step(local)
         if reduced.errors:
+            note_where(local.error, self._where())
             raise_failure(self.reducer, local.error or reduced.error)
         test = self.test
         if reduced.skipped and not reduced.non_finite:
@@ -151,6 +154,14 @@ class RangeTestSession:
         if reduced.out_of_data and not test.finished:
             test.stop(StopReason.DATA_EXHAUSTED)
         return reduced
+
+    def _where(self) -> str:
+        """The point of the test a step's error came from, for its note."""
+        test = self.test
+        batch = "" if self.global_batch is None else f", batch of {self.global_batch:g} samples"
+        step = len(test.losses) + self.skipped_total + 1
+        lr = test.next_lr() if not test.finished else math.nan
+        return f"in the LR range test at step {step} of {test.num_iter} (LR {lr:.3e}{batch})"
 
     def _record(self, loss: float) -> None:
         test = self.test
@@ -259,6 +270,11 @@ class BatchSizeSession:
         """
         reduced = self.reducer.reduce_trial(report)
         if reduced.exception is not None:  # a reducer marks a trial that raised on any rank
+            note_where(
+                report.exception,
+                f"in the batch-size search, in trial {len(self.search.trials) + 1} at batch "
+                f"size {size}",
+            )
             raise_failure(self.reducer, report.exception or reduced.exception)
         self.search.record(
             size,

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import difflib
 import math
 import numbers
+from collections.abc import Iterable
 from typing import Any
 
 
@@ -15,7 +17,10 @@ def _is_real(value: Any) -> bool:
 def positive_finite(name: str, value: Any, example: str = "1e-7") -> float:
     """Return ``value`` as a float, or raise if it is not a finite number > 0."""
     if not _is_real(value):
-        raise TypeError(f"{name} must be a number, got {value!r} ({type(value).__name__})")
+        raise TypeError(
+            f"{name} must be a number, got {value!r} ({type(value).__name__}); "
+            f"pass e.g. {name}={example}"
+        )
     if not math.isfinite(value) or value <= 0:
         raise ValueError(
             f"{name} must be a finite number > 0, got {value!r}; pass e.g. {name}={example}"
@@ -26,7 +31,10 @@ def positive_finite(name: str, value: Any, example: str = "1e-7") -> float:
 def int_at_least(name: str, value: Any, minimum: int) -> int:
     """Return ``value`` if it is an int >= ``minimum``, else raise."""
     if not isinstance(value, numbers.Integral) or isinstance(value, bool):
-        raise TypeError(f"{name} must be an int, got {value!r} ({type(value).__name__})")
+        raise TypeError(
+            f"{name} must be an int, got {value!r} ({type(value).__name__}); "
+            f"pass e.g. {name}={max(minimum, 1)}"
+        )
     if value < minimum:
         raise ValueError(
             f"{name} must be >= {minimum}, got {value!r}; pass {name}={minimum} or more"
@@ -38,7 +46,8 @@ def in_unit_interval(name: str, value: Any) -> float:
     """Return ``value`` if it is a number in ``[0, 1)``, else raise."""
     if not _is_real(value):
         raise TypeError(
-            f"{name} must be a number in [0, 1), got {value!r} ({type(value).__name__})"
+            f"{name} must be a number in [0, 1), got {value!r} ({type(value).__name__}); "
+            f"pass e.g. {name}=0.05"
         )
     if not 0.0 <= value < 1.0:
         raise ValueError(
@@ -51,7 +60,10 @@ def in_unit_interval(name: str, value: Any) -> float:
 def greater_than_one(name: str, value: Any) -> float:
     """Return ``value`` if it is a finite number > 1, else raise."""
     if not _is_real(value):
-        raise TypeError(f"{name} must be a number > 1, got {value!r} ({type(value).__name__})")
+        raise TypeError(
+            f"{name} must be a number > 1, got {value!r} ({type(value).__name__}); "
+            f"pass e.g. {name}=5.0"
+        )
     if not math.isfinite(value) or value <= 1.0:
         raise ValueError(f"{name} must be a finite number > 1, got {value!r}; pass e.g. {name}=5.0")
     return float(value)
@@ -62,5 +74,74 @@ def one_of(name: str, value: Any, choices: list[str] | tuple[str, ...]) -> str:
     if not isinstance(value, str):
         raise TypeError(f"{name} must be a str, one of {sorted(choices)}, got {value!r}")
     if value not in choices:
-        raise ValueError(f"{name} must be one of {sorted(choices)}, got {value!r}")
+        close = nearest_name(value, choices) if value else None
+        hint = f"; did you mean {name}={close!r}?" if close else ""
+        raise ValueError(f"{name} must be one of {sorted(choices)}, got {value!r}{hint}")
     return value
+
+
+def boolean(name: str, value: Any) -> bool:
+    """Return ``value`` if it is ``True`` or ``False``, else raise ``TypeError``."""
+    if not isinstance(value, bool):
+        raise TypeError(
+            f"{name} must be True or False, got {value!r}; pass {name}=True or {name}=False"
+        )
+    return value
+
+
+PEER_NAMES = {
+    # torch-lr-finder's range_test
+    "step_mode": "mode",
+    "smooth_f": "smooth_factor",
+    "diverge_th": "diverge_threshold",
+    # fastai's lr_find
+    "num_it": "num_iter",
+    "suggest_funcs": "method",
+    # Lightning's lr_find / scale_batch_size, Accelerate's find_executable_batch_size
+    "min_lr": "start_lr",
+    "max_lr": "end_lr",
+    "early_stop_threshold": "diverge_threshold",
+    "starting_batch_size": "init_val",
+    "init_size": "init_val",
+    "max_size": "max_val",
+    "max_batch_size": "max_val",
+    "accumulate_grad_batches": "accumulation_steps",
+    "gradient_accumulation_steps": "accumulation_steps",
+    "gradient_clip_val": "max_grad_norm",
+    "clip_grad_norm": "max_grad_norm",
+}
+"""Names the peers (torch-lr-finder, fastai, Lightning, Accelerate) use for our options."""
+
+
+def nearest_name(name: str, accepted: Iterable[str]) -> str | None:
+    """The accepted option a mistyped or peer-named ``name`` most likely means, if any."""
+    accepted = list(accepted)
+    if PEER_NAMES.get(name) in accepted:
+        return PEER_NAMES[name]
+    close = difflib.get_close_matches(name, accepted, n=1, cutoff=0.6)
+    return close[0] if close else None
+
+
+def known_options(where: str, given: Iterable[str], accepted: Iterable[str]) -> None:
+    """Raise ``TypeError`` unless every name in ``given`` is in ``accepted``.
+
+    The message names each unknown option with the nearest accepted name (``max_size`` →
+    ``max_val``) and lists what ``where`` accepts.
+
+    Example:
+        >>> known_options("batch_options", ["max_size"], ["max_val", "mode"])
+        Traceback (most recent call last):
+        ...
+        TypeError: unknown option(s) ['max_size'] in batch_options (did you mean max_val= for max_size?); batch_options accepts ['max_val', 'mode']
+    """
+    accepted = sorted(accepted)
+    unknown = sorted(set(given) - set(accepted))
+    if not unknown:
+        return
+    hints = []
+    for name in unknown:
+        close = nearest_name(name, accepted)
+        if close is not None:
+            hints.append(f"{close}= for {name}")
+    hint = f" (did you mean {', '.join(hints)}?)" if hints else ""
+    raise TypeError(f"unknown option(s) {unknown} in {where}{hint}; {where} accepts {accepted}")

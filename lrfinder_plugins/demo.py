@@ -146,7 +146,10 @@ def _find_and_save(
     finder.find_lr(loader, start_lr=1e-7, end_lr=10.0, num_iter=num_iter, method=method)
     result = finder._require_result()
     suggestion = result.suggestion(method)
-    old_lr, _ = finder.apply_suggestion(suggestion)
+    if suggestion.confidence == 0:  # apply_suggestion refuses it (unless forced): say so below
+        old_lr = max(float(g["lr"]) for g in optimizer.param_groups)
+    else:
+        old_lr, _ = finder.apply_suggestion(suggestion)
     output_dir = Path(output_dir)
     plot = Path(plot_path) if plot_path is not None else output_dir / "lr_finder_plot.png"
     saved = Path(json_path) if json_path is not None else output_dir / "lr_finder.json"
@@ -188,7 +191,11 @@ def describe(run: DemoRun) -> list[str]:
         f"LRs {result.lrs[0]:.2e} … {result.lrs[-1]:.2e}",
         f"  stopped: {result.stop_reason}",
         f"✓ Suggested learning rate: {suggestion.lr:.2e} (method: {suggestion.method}, {confidence})",
-        f"  Updated optimizer LR: {run.old_lr:.2e} → {suggestion.lr:.2e}",
+        (
+            f"  optimizer LR left at {run.old_lr:.2e}: a confidence-0 suggestion is not applied"
+            if suggestion.confidence == 0
+            else f"  Updated optimizer LR: {run.old_lr:.2e} → {suggestion.lr:.2e}"
+        ),
         usable,
         one_cycle,
         f"  LR finder plot saved to: {run.plot_path}",

@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
     from lrfinder_plugins._results import RangeTestResult
+    from lrfinder_plugins.suggest import Suggestion
 
 SUGGESTION_COLORS = ("red", "tab:green", "tab:purple", "tab:orange", "tab:brown", "tab:pink")
 """The first suggestion is red (as users expect); more methods get the next colours."""
@@ -43,6 +44,59 @@ def _interpolate_loss(lrs: Sequence[float], losses: Sequence[float], lr: float) 
     return min(pairs, key=lambda p: abs(p[0] - target))[1] if pairs else math.nan
 
 
+def check_output_path(output_path: str | Path | None) -> Path | None:
+    """``output_path`` as a ``Path``, or a clear error if it cannot be a figure file.
+
+    Raises:
+        TypeError: it is not a str or path.
+        IsADirectoryError: it names an existing directory (matplotlib would write ``<dir>.png``
+            beside it).
+    """
+    if output_path is None:
+        return None
+    if not isinstance(output_path, (str, Path)):
+        raise TypeError(
+            f"output_path must be a str or pathlib.Path, got {output_path!r} "
+            f"({type(output_path).__name__})"
+        )
+    path = Path(output_path)
+    if path.is_dir():
+        raise IsADirectoryError(
+            f"output_path {str(path)!r} is a directory; pass a file in it, e.g. "
+            f"output_path={str(path / 'lr_finder_plot.png')!r}"
+        )
+    return path
+
+
+def _methods(suggest: bool | str | Sequence[str]) -> list[str | None]:
+    if suggest is True:
+        return [None]
+    if suggest is False:
+        return []
+    if isinstance(suggest, str):
+        return [suggest]
+    return list(suggest)
+
+
+def _kept(
+    result: RangeTestResult, skip_start: int, skip_end: int, marked: Sequence[Suggestion]
+) -> range:
+    """The points drawn: all but the skipped ones, widened so that every marked suggestion and
+    the blow-up that drove the default suggestion stay in view."""
+    from lrfinder_plugins.suggest import analyse_curve, nearest_index
+
+    count = len(result)
+    first = min(max(skip_start, 0), max(count - 2, 0))
+    last = max(count - max(skip_end, 0), min(count, 2))
+    must = [s.index for s in marked if s.index is not None]
+    analysis = analyse_curve(result)
+    if analysis is not None and analysis.blew_up:
+        must.append(nearest_index(result.lrs, analysis.lr_blowup))
+    if must:
+        first, last = min(first, *must), max(last, max(must) + 1)
+    return range(first, min(last, count))
+
+
 def plot_range_test(
     result: RangeTestResult,
     output_path: str | Path | None = None,
@@ -58,6 +112,11 @@ def plot_range_test(
 ) -> Figure:
     """Plot loss against LR: raw and smoothed curves, suggestions marked (the first in red).
 
+    ``skip_start`` and ``skip_end`` never hide a marked suggestion or the blow-up that drove the
+    default one. A suggestion with confidence 0 is drawn as uncertain (a hollow marker, a
+    dotted line, "uncertain" in the legend) and the title gives the reason. A result without
+    points draws an empty plot that says so.
+
     Args:
         result: the range test's result.
         output_path: save the figure there as PNG (parent directories are created).
@@ -68,76 +127,101 @@ def plot_range_test(
         show_raw: draw the raw losses faintly behind the smoothed curve.
         log_x: log-scale LR axis.
         ax: draw into these axes instead of a new figure.
-        title: the axes title (default: the points and the stop reason).
+        title: the axes title (default: the points, the stop reason, and any doubt).
         show_range: shade the first suggestion's usable ``[lower, upper]`` LR range.
+
+    Raises:
+        IsADirectoryError: ``output_path`` is an existing directory (checked before drawing).
 
     Example:
         >>> fig = plot_range_test(result, "lr_finder_plot.png")  # doctest: +SKIP
     """
+    path = check_output_path(output_path)
+    for name, value in (("skip_start", skip_start), ("skip_end", skip_end)):
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise TypeError(f"{name} must be an int, got {value!r} ({type(value).__name__})")
     plt = _pyplot()
     if ax is None:
         fig, ax = plt.subplots(figsize=(8, 5))
     else:
         fig = ax.figure
     count = len(result)
-    keep = range(min(max(skip_start, 0), max(count - 2, 0)), max(count - max(skip_end, 0), 2))
-    lrs = [result.lrs[i] for i in keep if i < count]
-    smoothed = [result.smoothed_losses[i] for i in keep if i < count]
-    if show_raw:
-        ax.plot(
-            lrs,
-            [result.losses[i] for i in keep if i < count],
-            color="tab:blue",
-            alpha=0.3,
-            linewidth=1,
-            label="loss",
-        )
-    ax.plot(lrs, smoothed, color="tab:blue", linewidth=2, label="smoothed loss")
-    methods: list[str | None]
-    if suggest is True:
-        methods = [None]
-    elif suggest is False:
-        methods = []
-    elif isinstance(suggest, str):
-        methods = [suggest]
-    else:
-        methods = list(suggest)
-    for position, (color, method) in enumerate(zip(SUGGESTION_COLORS * 4, methods)):
+    reason = result.stop_reason.value if result.stop_reason is not None else "running"
+    marked: list[Suggestion] = []
+    if count:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            suggestion = result.suggestion(method)
-        if not suggestion.ok:
-            continue
-        y = _interpolate_loss(lrs or result.lrs, smoothed or result.smoothed_losses, suggestion.lr)
-        ax.axvline(suggestion.lr, color=color, linestyle="--", linewidth=1)
+            marked = [result.suggestion(m) for m in _methods(suggest)]
+        marked = [s for s in marked if s.ok]
+    doubts = _draw_curves(
+        ax, result, _kept(result, skip_start, skip_end, marked), show_raw, marked, show_range
+    )
+    if not count:
+        ax.text(0.5, 0.5, "no points recorded", ha="center", va="center", transform=ax.transAxes)
+    elif log_x:
+        ax.set_xscale("log")
+    ax.set_xlabel("learning rate" + (" (log scale)" if log_x else ""))
+    ax.set_ylabel("loss")
+    default = f"LR range test: {count} points, stopped: {reason}"
+    if doubts:
+        default += f"\nlow confidence: {doubts[0]}"
+    ax.set_title(title if title is not None else default, fontsize=10 if doubts else None)
+    ax.grid(True, which="both", alpha=0.3)
+    if count:
+        ax.legend()
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=120, bbox_inches="tight")
+    return fig
+
+
+def _draw_curves(
+    ax: Axes,
+    result: RangeTestResult,
+    keep: range,
+    show_raw: bool,
+    marked: Sequence[Suggestion],
+    show_range: bool,
+) -> list[str]:
+    """Draw the curves and the marked suggestions; return the reasons of the uncertain ones."""
+    lrs = [result.lrs[i] for i in keep]
+    smoothed = [result.smoothed_losses[i] for i in keep]
+    if not lrs:
+        return []
+    if show_raw:
+        raw = [result.losses[i] for i in keep]
+        ax.plot(lrs, raw, color="tab:blue", alpha=0.3, linewidth=1, label="loss")
+    ax.plot(lrs, smoothed, color="tab:blue", linewidth=2, label="smoothed loss")
+    doubts: list[str] = []
+    for position, (color, suggestion) in enumerate(zip(SUGGESTION_COLORS * 4, marked)):
+        uncertain = suggestion.confidence == 0
+        if uncertain:
+            doubts.append(_first_clause(suggestion.reason))
+        y = _interpolate_loss(lrs, smoothed, suggestion.lr)
+        ax.axvline(suggestion.lr, color=color, linestyle=":" if uncertain else "--", linewidth=1)
         if show_range and position == 0 and math.isfinite(suggestion.lower):
             ax.axvspan(
                 suggestion.lower,
                 suggestion.upper,
                 color=color,
-                alpha=0.12,
+                alpha=0.06 if uncertain else 0.12,
                 label=f"usable range: {suggestion.lower:.1e} to {suggestion.upper:.1e}",
             )
+        label = f"{suggestion.method}: {suggestion.lr:.2e}"
         ax.scatter(
             [suggestion.lr],
             [y],
-            color=color,
             s=60,
             zorder=3,
-            label=f"{suggestion.method}: {suggestion.lr:.2e}",
+            facecolors="none" if uncertain else color,
+            edgecolors=color,
+            linewidths=1.5,
+            label=label + (" (uncertain: confidence 0)" if uncertain else ""),
         )
-    if log_x:
-        ax.set_xscale("log")
-    ax.set_xlabel("learning rate" + (" (log scale)" if log_x else ""))
-    ax.set_ylabel("loss")
-    reason = result.stop_reason.value if result.stop_reason is not None else "running"
-    ax.set_title(
-        title if title is not None else f"LR range test: {count} points, stopped: {reason}"
-    )
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend()
-    if output_path is not None:
-        path = Path(output_path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=120, bbox_inches="tight")
-    return fig
+    return doubts
+
+
+def _first_clause(reason: str) -> str:
+    """The reason's first clause, short enough for a title ("no usable descent: ...")."""
+    text = reason.split(";")[0].strip()
+    return text if len(text) <= 90 else text[:87] + "..."

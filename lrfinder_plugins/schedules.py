@@ -103,8 +103,8 @@ def resolve(mode: str | ScheduleFactory) -> ScheduleFactory:
         return mode
     if not isinstance(mode, str):
         raise TypeError(
-            f"mode must be a schedule name (e.g. 'exponential') or a schedule factory, got "
-            f"{type(mode).__name__}"
+            f"mode must be a schedule name or a schedule factory, got {mode!r} "
+            f"({type(mode).__name__}); pass e.g. mode='exponential'"
         )
     if mode in BUILTIN:
         return BUILTIN[mode]

@@ -14,7 +14,8 @@ What an adapter builds on:
   :func:`run_range_test`, :func:`run_batch_size_search`, :func:`search_with_probe`, with
   :func:`run_step` / :func:`run_trial` (one step or trial turned into its record);
 - the engine and results: :class:`RangeTest`, :func:`group_ratios`, :class:`BatchSizeSearch`,
-  :class:`RangeTestResult`, :class:`BatchSizeResult`;
+  :class:`RangeTestResult`, :class:`BatchSizeResult`, and :class:`JsonFile` (``save_json`` /
+  ``load_json`` for an adapter's own result built of them; :class:`ResultFileError`);
 - helpers: :mod:`validate` (argument checks whose errors name the argument, the value and the
   fix), :func:`is_oom`, :func:`deferred_sigint`, :func:`registered_suggesters`,
   :func:`registered_schedules`, :func:`first_line`, :func:`raise_failure`.
@@ -33,6 +34,7 @@ from lrfinder_plugins._batch_search import (
     NothingFitsError,
 )
 from lrfinder_plugins._driver import run_range_test, run_step
+from lrfinder_plugins._json_file import JsonFile, ResultFileError
 from lrfinder_plugins._manager import get_plugin_manager
 from lrfinder_plugins._observers import Point, SearchInfo
 from lrfinder_plugins._range_test import RangeTest, group_ratios
@@ -66,6 +68,7 @@ __all__ = [
     "BatchSizeSession",
     "BatchStopReason",
     "BatchTrial",
+    "JsonFile",
     "LocalReducer",
     "NothingFitsError",
     "Point",
@@ -75,6 +78,7 @@ __all__ = [
     "RankError",
     "RankFailedError",
     "Reducer",
+    "ResultFileError",
     "SearchInfo",
     "StepOutcome",
     "StopReason",

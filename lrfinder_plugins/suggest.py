@@ -72,8 +72,10 @@ class Suggestion:
             diverging from the first points) to 1 (the descent is at least 10x the batch-to-batch
             noise); NaN when not assessed (too few points, or a suggestion built by hand). It
             describes the curve, so every method's suggestion on one curve has the same value.
-        lower: the low end of the usable range of constant LRs read from the curve (NaN: none).
-        upper: the high end of that range (see :func:`analyse_curve` for how both are derived).
+        lower: the low end of the usable range of constant LRs around ``lr`` (NaN: none): the
+            curve's band (see :func:`analyse_curve`), placed around this method's own LR, so
+            ``lower <= lr <= upper`` for every method.
+        upper: the high end of that range.
     """
 
     method: str
@@ -220,7 +222,11 @@ def make_suggestion(
     notes = [reason] if reason else []
     confidence = lower = upper = math.nan
     if analysis is not None:
-        confidence, lower, upper = analysis.confidence, analysis.lower, analysis.upper
+        # The range is the analysis' band (its width in decades) centred on *this* method's LR:
+        # every method's suggestion lies inside its own range, whichever method the band came from.
+        confidence = analysis.confidence
+        lower = lr * (analysis.lower / analysis.lr)
+        upper = lr * (analysis.upper / analysis.lr)
         notes += [analysis.reason] if analysis.reason else []
     ratios = result.group_ratios
     return Suggestion(

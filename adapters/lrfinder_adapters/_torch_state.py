@@ -81,22 +81,25 @@ def load_into(live: Any, saved: Any, device: torch.device | str | None = None) -
 
 @dataclass
 class RngState:
-    """Python, NumPy (if imported), torch CPU and CUDA (if initialised) generator states."""
+    """Python, NumPy (if imported), torch CPU and CUDA (if initialised) generator states, and
+    those of the given ``torch.Generator`` objects (a data loader's)."""
 
     python: Any
     numpy: Any
     torch_cpu: torch.Tensor
     cuda: list[torch.Tensor] | None
+    generators: list[tuple[torch.Generator, torch.Tensor]] = field(default_factory=list)
 
     @classmethod
-    def capture(cls) -> RngState:
-        """Read every generator's state (changes nothing)."""
+    def capture(cls, generators: Sequence[torch.Generator] = ()) -> RngState:
+        """Read every generator's state, and each of ``generators``' (changes nothing)."""
         np = sys.modules.get("numpy")
         return cls(
             python=random.getstate(),
             numpy=np.random.get_state() if np is not None else None,
             torch_cpu=torch.get_rng_state(),
             cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None,
+            generators=[(g, g.get_state()) for g in generators],
         )
 
     def restore(self) -> None:
@@ -107,6 +110,8 @@ class RngState:
         torch.set_rng_state(self.torch_cpu)
         if self.cuda is not None:
             torch.cuda.set_rng_state_all(self.cuda)
+        for generator, state in self.generators:
+            generator.set_state(state)
 
 
 @dataclass
@@ -243,6 +248,7 @@ def capture(
     scaler: Any = None,
     keep_weights: bool = False,
     where: str = "cpu",
+    generators: Sequence[torch.Generator] = (),
 ) -> TrainingState:
     """Save the training state (changes nothing).
 
@@ -254,6 +260,8 @@ def capture(
         keep_weights: save only what a search must put back when the user keeps the trained
             weights: LRs, schedulers, scaler and RNG.
         where: ``"cpu"`` (CPU memory) or ``"disk"`` (a temporary directory, removed on close).
+        generators: ``torch.Generator`` objects to save besides the global ones (a data
+            loader's, see :func:`lrfinder_adapters.pytorch.loader_generators`).
     """
     directory = None
     weights: dict[str, Any] | None = None
@@ -271,7 +279,7 @@ def capture(
         lrs=[copy.deepcopy(group["lr"]) for group in optimizer.param_groups],
         schedulers=[copy.deepcopy(s.state_dict()) for s in schedulers],
         scaler=_capture_scaler(scaler),
-        rng=RngState.capture(),
+        rng=RngState.capture(generators),
         directory=directory,
     )
 

@@ -19,7 +19,7 @@ import torch
 
 from lrfinder_adapters import _memory, _oom
 from lrfinder_adapters.distributed import unwrap
-from lrfinder_adapters.pytorch import LossFn, TorchStep
+from lrfinder_adapters.pytorch import LossFn, TorchStep, check_device
 from lrfinder_plugins.spi import first_line
 
 STEP_OPTIONS = frozenset(
@@ -191,12 +191,9 @@ def device_of(model: torch.nn.Module, device: str | torch.device | None) -> torc
     if device is None:
         first = next(model.parameters(), None)
         return first.device if first is not None else torch.device("cpu")
-    try:
-        return torch.device(device)
-    except (RuntimeError, TypeError) as error:
-        raise ValueError(
-            f"device must name a torch device (e.g. 'cpu', 'cuda:0'), got {device!r}"
-        ) from error
+    parsed = check_device(device)
+    assert parsed is not None
+    return parsed
 
 
 def check_sources(dataset: Any, make_loader: Any, step_fn: Any) -> None:

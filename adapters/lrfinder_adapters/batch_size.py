@@ -9,6 +9,7 @@ schedulers, scaler and RNG exactly after every trial.
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -20,15 +21,24 @@ require("torch", "torch")
 
 import torch  # noqa: E402
 
+from lrfinder_adapters._trials import STEP_OPTIONS as TRIAL_STEP_OPTIONS  # noqa: E402
 from lrfinder_adapters._trials import StepFn  # noqa: E402
 from lrfinder_adapters.distributed import per_rank_target  # noqa: E402
 from lrfinder_adapters.probe import TorchProbe  # noqa: E402
-from lrfinder_adapters.pytorch import LossFn, find_lr  # noqa: E402
+from lrfinder_adapters.pytorch import (  # noqa: E402
+    FIND_LR_DEFAULTS,
+    STEP_OPTIONS,
+    LearningRateFinder,
+    LossFn,
+    find_lr,
+)
 from lrfinder_plugins.spi import (  # noqa: E402
     BatchSizeResult,
+    JsonFile,
     RangeTestResult,
     search_with_probe,
 )
+from lrfinder_plugins.spi import validate as _validate  # noqa: E402
 
 log = logging.getLogger("lrfinder_plugins")
 
@@ -217,9 +227,15 @@ def find_batch_size(
     )
 
 
+TUNE_FORMAT = "lrfinder-tune"
+TUNE_FORMAT_VERSION = 1
+
+
 @dataclass(frozen=True)
-class TuneResult:
+class TuneResult(JsonFile):
     """What :func:`tune` found: the batch size first, then the LR range test at that size.
+
+    Saves and loads like its parts: ``save_json`` / ``load_json`` (one file holding both).
 
     Attributes:
         batch: the batch-size search's result.
@@ -247,8 +263,64 @@ class TuneResult:
         return self.lr.suggestion().lr
 
     def to_dict(self) -> dict[str, Any]:
-        """Both results as one JSON-ready dict."""
-        return {"batch_size": self.batch.to_dict(), "lr": self.lr.to_dict()}
+        """Both results as one JSON-ready dict (each part as its own ``to_dict``)."""
+        return {
+            "format": TUNE_FORMAT,
+            "version": TUNE_FORMAT_VERSION,
+            "batch_size": self.batch.to_dict(),
+            "lr": self.lr.to_dict(),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TuneResult:
+        """Rebuild a result from :meth:`to_dict` output.
+
+        Raises:
+            ValueError: not a tune result of this version, or a part is invalid (named).
+        """
+        if data.get("format") != TUNE_FORMAT:
+            raise ValueError(f"not a tune() result: format={data.get('format')!r}")
+        if data.get("version") != TUNE_FORMAT_VERSION:
+            raise ValueError(f"unsupported tune() result version {data.get('version')!r}")
+        parts = []
+        for key, kind in (("batch_size", BatchSizeResult), ("lr", RangeTestResult)):
+            part = data.get(key)
+            if not isinstance(part, dict):
+                raise ValueError(f"missing or mistyped field {key!r} (a {kind.__name__} object)")
+            try:
+                parts.append(kind.from_dict(part))
+            except (KeyError, TypeError, ValueError) as error:
+                raise ValueError(f"in field {key!r}: {error}") from error
+        batch, lr = parts
+        assert isinstance(batch, BatchSizeResult) and isinstance(lr, RangeTestResult)
+        return cls(batch=batch, lr=lr)
+
+
+FIND_LR_ARGUMENTS = frozenset(FIND_LR_DEFAULTS) - {"method"}  # find_lr (the function) has none
+"""The range-test arguments ``lr_options`` may hold besides the step options."""
+
+_TUNE_OWN = frozenset(
+    {"model", "optimizer", "loss_fn", "dataset", "make_loader", "step_fn", "device", "progress"}
+    | {"loader_options", "step_options"}
+)
+BATCH_OPTIONS = (
+    frozenset(inspect.signature(find_batch_size).parameters) - _TUNE_OWN
+) | TRIAL_STEP_OPTIONS
+"""What ``tune(batch_options=...)`` accepts: :func:`find_batch_size`'s own options and the
+step options a trial uses."""
+LR_OPTIONS = FIND_LR_ARGUMENTS | (STEP_OPTIONS - {"accumulation_steps"})
+"""What ``tune(lr_options=...)`` accepts (``accumulation_steps`` comes from the batch search)."""
+
+
+def _options(name: str, options: Mapping[str, Any] | None) -> dict[str, Any]:
+    if options is None:
+        return {}
+    if not isinstance(options, Mapping):
+        raise TypeError(
+            f"{name} must be a dict of options or None, got {options!r} "
+            f"({type(options).__name__}); pass e.g. {name}={{'num_iter': 100}}"
+        )
+    return dict(options)
 
 
 def tune(
@@ -303,11 +375,24 @@ def tune(
             "tune needs dataset= or make_loader= (the LR test needs batches; step_fn= is for "
             "find_batch_size alone)"
         )
-    batch_options = dict(batch_options or {})
-    lr_options = dict(lr_options or {})
-    for name in ("dataset", "make_loader", "step_fn", "device", "progress"):
+    batch_options = _options("batch_options", batch_options)
+    lr_options = _options("lr_options", lr_options)
+    for name in ("dataset", "make_loader", "step_fn", "device", "progress", "loader_options"):
         if name in batch_options or name in lr_options:
             raise TypeError(f"pass {name}= to tune() itself, not in batch_options/lr_options")
+    if "accumulation_steps" in lr_options or "accumulation_steps" in step_options:
+        raise TypeError(
+            "tune sets accumulation_steps itself (from the batch-size search); pass "
+            "batch_options={'target_batch': N} to keep a global batch of N"
+        )
+    _validate.known_options("tune's batch_options", batch_options, BATCH_OPTIONS)
+    _validate.known_options("tune's lr_options", lr_options, LR_OPTIONS)
+    _validate.known_options("tune", step_options, BATCH_OPTIONS & LR_OPTIONS)
+    # Every LR option is checked now: a typo must not cost a whole batch-size search first.
+    lr_step = {k: v for k, v in lr_options.items() if k not in FIND_LR_ARGUMENTS}
+    LearningRateFinder(
+        model, optimizer, loss_fn, device, progress=False, **lr_step, **step_options
+    ).prepare([()], **{k: v for k, v in lr_options.items() if k in FIND_LR_ARGUMENTS})
     batch = find_batch_size(
         model,
         optimizer,

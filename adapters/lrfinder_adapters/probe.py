@@ -18,6 +18,7 @@ require("torch", "torch")
 import torch  # noqa: E402
 
 from lrfinder_adapters import _torch_state  # noqa: E402
+from lrfinder_adapters._schedulers import check_schedulers  # noqa: E402
 from lrfinder_adapters._trials import (  # noqa: E402
     STEP_OPTIONS,
     StepFn,
@@ -28,6 +29,8 @@ from lrfinder_adapters._trials import (  # noqa: E402
 )
 from lrfinder_adapters.pytorch import (  # noqa: E402
     LossFn,
+    check_grad_enabled,
+    check_loss_fn,
     check_model_and_optimizer,
     make_reducer,
 )
@@ -69,22 +72,17 @@ class TorchProbe:
     ) -> None:
         check_model_and_optimizer(model, optimizer)
         check_sources(dataset, make_loader, step_fn)
-        unknown = set(step_options) - STEP_OPTIONS
-        if unknown:
-            raise TypeError(
-                f"unknown option(s) {sorted(unknown)}; a torch batch-size search accepts "
-                f"{sorted(STEP_OPTIONS)}"
-            )
+        _validate.known_options("the batch-size search", step_options, STEP_OPTIONS)
         if memory_budget is not None:
             _validate.int_at_least("memory_budget", memory_budget, 1)
         if loader_options is not None and dataset is None:
             raise TypeError(
                 "loader_options only applies to dataset=; build the loader in make_loader"
             )
-        if loss_fn is not None and not callable(loss_fn):
-            raise TypeError(f"loss_fn must be callable or None, got {type(loss_fn).__name__}")
+        check_loss_fn("loss_fn", loss_fn)
+        check_grad_enabled("the batch-size search")
         self.model, self.optimizer = model, optimizer
-        self.schedulers = tuple(step_options.get("schedulers", ()))
+        self.schedulers = check_schedulers(step_options.get("schedulers", ()), optimizer)
         self.scaler = step_options.get("scaler")
         self.snapshot_to = step_options.get("snapshot", "cpu")
         _validate.one_of("snapshot", self.snapshot_to, ("cpu", "disk"))

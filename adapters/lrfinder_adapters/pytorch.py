@@ -13,6 +13,7 @@ import inspect
 import itertools
 import logging
 import math
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,6 +25,7 @@ require("torch", "torch")
 import torch  # noqa: E402
 
 from lrfinder_adapters import _torch_state  # noqa: E402
+from lrfinder_adapters._schedulers import check_schedulers, move_schedule  # noqa: E402
 from lrfinder_plugins.spi import (  # noqa: E402
     RangeTest,
     RangeTestResult,
@@ -124,8 +126,7 @@ def make_reducer(
 
     if distributed is not None and not isinstance(distributed, bool):
         raise TypeError(f"distributed must be True, False or None, got {distributed!r}")
-    if not isinstance(all_reduce_grads, bool):
-        raise TypeError(f"all_reduce_grads must be True or False, got {all_reduce_grads!r}")
+    _validate.boolean("all_reduce_grads", all_reduce_grads)
     dist = torch.distributed
     initialised = dist.is_available() and dist.is_initialized()
     if distributed and not initialised:
@@ -160,36 +161,162 @@ def make_reducer(
 def _check_loader(name: str, loader: Any) -> None:
     if not isinstance(loader, Iterable):
         raise TypeError(
-            f"{name} must be an iterable of batches (e.g. a DataLoader), got {type(loader).__name__}"
+            f"{name} must be an iterable of batches (e.g. a DataLoader), got {loader!r} "
+            f"({type(loader).__name__}); pass e.g. {name}=DataLoader(dataset, batch_size=32)"
         )
     try:
         size = len(loader)  # type: ignore[arg-type]
     except TypeError:
         return
     if size == 0:
-        raise ValueError(f"{name} is empty (len {name} == 0); give it at least one batch")
+        raise ValueError(
+            f"{name} is empty ({name}={loader!r} has no batches); give it at least one batch"
+        )
 
 
 def check_model_and_optimizer(model: Any, optimizer: Any) -> None:
-    """Raise a clear error unless ``optimizer`` trains some of ``model``'s trainable parameters."""
-    if not isinstance(model, torch.nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    if not isinstance(optimizer, torch.optim.Optimizer):
+    """Raise a clear error unless ``optimizer`` trains some of ``model``'s trainable parameters.
+
+    A closure optimizer (``LBFGS``: its ``step`` needs a ``closure`` that re-evaluates the loss)
+    is refused by name: a range test takes one loss per step at one LR.
+    """
+    if isinstance(model, type) and issubclass(model, torch.nn.Module):
         raise TypeError(
-            f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}"
+            f"model is the class {model.__name__}, not an instance; pass model={model.__name__}(...)"
+        )
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(
+            f"model must be a torch.nn.Module, got {model!r} ({type(model).__name__}); pass the "
+            "model to search (e.g. model=MyModel().to(device))"
+        )
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        if isinstance(optimizer, type):
+            raise TypeError(
+                f"optimizer is the class {optimizer.__name__}, not an instance; pass "
+                f"optimizer={optimizer.__name__}(model.parameters(), lr=...)"
+            )
+        raise TypeError(
+            f"optimizer must be a torch.optim.Optimizer, got {optimizer!r} "
+            f"({type(optimizer).__name__}); pass e.g. torch.optim.AdamW(model.parameters())"
+        )
+    if _needs_closure(optimizer):
+        raise TypeError(
+            f"optimizer is {type(optimizer).__name__}, whose step() needs a closure that "
+            "re-evaluates the loss several times per step; the range test and the batch-size "
+            "search take one loss per step, so they cannot drive it: run them with a first-order "
+            "optimizer over the same parameters (e.g. torch.optim.SGD(model.parameters()))"
         )
     trainable = {id(p) for p in model.parameters() if p.requires_grad}
     if not trainable:
         raise ValueError(
-            "model has no trainable parameters (every requires_grad is False); unfreeze some "
-            "before running a range test"
+            f"model ({type(model).__name__}) has no trainable parameters (every requires_grad "
+            "is False); unfreeze some (p.requires_grad_(True)) before running a search"
         )
     held = {id(p) for group in optimizer.param_groups for p in group["params"]}
     if not trainable & held:
         raise ValueError(
-            "optimizer does not hold any of model's trainable parameters; build it from "
-            "model.parameters() (e.g. torch.optim.AdamW(model.parameters()))"
+            f"optimizer ({type(optimizer).__name__}) does not hold any of model's trainable "
+            "parameters; build it from model.parameters() (e.g. "
+            "torch.optim.AdamW(model.parameters()))"
         )
+
+
+def _needs_closure(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether ``optimizer.step`` requires a ``closure`` argument (LBFGS does)."""
+    if isinstance(optimizer, torch.optim.LBFGS):
+        return True
+    try:
+        closure = inspect.signature(optimizer.step).parameters.get("closure")
+    except (TypeError, ValueError):
+        return False
+    return closure is not None and closure.default is inspect.Parameter.empty
+
+
+def check_loss_fn(name: str, loss_fn: Any) -> None:
+    """Raise unless ``loss_fn`` is ``None`` or a callable (a loss *class* is refused by name)."""
+    if isinstance(loss_fn, type):
+        raise TypeError(
+            f"{name} is the class {loss_fn.__name__}, not an instance; pass "
+            f"{name}={loss_fn.__name__}() (with parentheses)"
+        )
+    if loss_fn is not None and not callable(loss_fn):
+        raise TypeError(
+            f"{name} must be callable or None, got {loss_fn!r} ({type(loss_fn).__name__}); "
+            f"pass e.g. {name}=torch.nn.MSELoss()"
+        )
+
+
+def check_grad_enabled(entry: str) -> None:
+    """Raise if autograd is off here (``torch.no_grad()``, ``torch.inference_mode()``)."""
+    if torch.is_inference_mode_enabled():
+        raise RuntimeError(
+            f"{entry} was called under torch.inference_mode(), where nothing can be trained; "
+            "call it outside the `with torch.inference_mode():` block"
+        )
+    if not torch.is_grad_enabled():
+        raise RuntimeError(
+            f"{entry} was called with gradients disabled (torch.no_grad() or "
+            "torch.set_grad_enabled(False)), where nothing can be trained; call it outside the "
+            "`with torch.no_grad():` block"
+        )
+
+
+def check_device(device: Any) -> torch.device | None:
+    """``device`` as a ``torch.device`` (``None`` stays ``None``), or a clear error.
+
+    Raises:
+        TypeError: ``device`` is not a str, int or ``torch.device``.
+        ValueError: ``device`` names no torch device, or one this machine does not have.
+    """
+    if device is None:
+        return None
+    if isinstance(device, bool) or not isinstance(device, (str, int, torch.device)):
+        raise TypeError(
+            f"device must be a str, int or torch.device, got {device!r} "
+            f"({type(device).__name__}); pass e.g. device='cpu' or device='cuda:0'"
+        )
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError) as error:
+        raise ValueError(
+            f"device must name a torch device (e.g. 'cpu', 'cuda:0'), got {device!r}"
+        ) from error
+    if parsed.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ValueError(
+                f"device={device!r} but CUDA is not available on this machine "
+                "(torch.cuda.is_available() is False); pass device='cpu', or device=None to "
+                "leave the batches where they are"
+            )
+        if parsed.index is not None and parsed.index >= count:
+            raise ValueError(
+                f"device={device!r} but this machine has {count} CUDA device(s) "
+                f"(cuda:0 to cuda:{count - 1}); pass one of those"
+            )
+    elif parsed.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(
+            f"device={device!r} but MPS is not available on this machine; pass device='cpu'"
+        )
+    return parsed
+
+
+def loader_generators(*loaders: Any) -> list[torch.Generator]:
+    """The ``torch.Generator`` objects a loader draws its shuffling from, each once.
+
+    A ``DataLoader(..., shuffle=True, generator=g)`` (PyTorch's reproducibility recipe) draws
+    from ``g`` through its sampler; its own ``generator`` seeds the workers. Both advance when
+    the loader is iterated.
+    """
+    found: list[torch.Generator] = []
+    for loader in loaders:
+        sampler = getattr(loader, "sampler", None)
+        batch_sampler = getattr(loader, "batch_sampler", None)
+        for owner in (loader, sampler, getattr(batch_sampler, "sampler", None), batch_sampler):
+            generator = getattr(owner, "generator", None)
+            if isinstance(generator, torch.Generator) and all(generator is not g for g in found):
+                found.append(generator)
+    return found
 
 
 class TorchStep:
@@ -267,19 +394,17 @@ class TorchStep:
         lookahead: bool | None = None,
     ) -> None:
         check_model_and_optimizer(model, optimizer)
-        if loss_fn is not None and not callable(loss_fn):
-            raise TypeError(f"loss_fn must be callable or None, got {type(loss_fn).__name__}")
-        if compute_loss is not None and not callable(compute_loss):
-            raise TypeError(
-                f"compute_loss must be callable or None, got {type(compute_loss).__name__}"
-            )
+        check_grad_enabled("the LR range test")
+        check_loss_fn("loss_fn", loss_fn)
+        check_loss_fn("compute_loss", compute_loss)
         _check_loader("train_loader", train_loader)
         if val_loader is not None:
             _check_loader("val_loader", val_loader)
             if isinstance(val_loader, Iterator):
                 raise TypeError(
-                    "val_loader is a one-shot iterator, but it is read again at every point; "
-                    "pass a DataLoader or a list of batches (e.g. list(val_loader))"
+                    f"val_loader is a one-shot iterator ({type(val_loader).__name__}), but it "
+                    "is read again at every point; pass a DataLoader or a list of batches "
+                    "(e.g. list(val_loader))"
                 )
         if val_batches is not None:
             _validate.int_at_least("val_batches", val_batches, 1)
@@ -289,31 +414,22 @@ class TorchStep:
         if max_grad_norm is not None:
             _validate.positive_finite("max_grad_norm", max_grad_norm, "1.0")
         _validate.one_of("snapshot", snapshot, ("cpu", "disk"))
-        if not isinstance(keep_weights, bool):
-            raise TypeError(f"keep_weights must be True or False, got {keep_weights!r}")
+        _validate.boolean("keep_weights", keep_weights)
         if amp_dtype is not None and not isinstance(amp_dtype, torch.dtype):
             raise TypeError(
-                f"amp_dtype must be a torch.dtype (e.g. torch.bfloat16) or None, got {amp_dtype!r}"
+                f"amp_dtype must be a torch.dtype or None, got {amp_dtype!r}; pass e.g. "
+                "amp_dtype=torch.bfloat16"
             )
-        schedulers = tuple(schedulers)
-        for scheduler in schedulers:
-            if not (hasattr(scheduler, "state_dict") and hasattr(scheduler, "load_state_dict")):
-                raise TypeError(
-                    "schedulers must hold LR schedulers (with state_dict/load_state_dict), got "
-                    f"{type(scheduler).__name__}"
-                )
+        schedulers = check_schedulers(schedulers, optimizer)
         if scaler is not None and not isinstance(
             scaler, (torch.amp.GradScaler, torch.cuda.amp.GradScaler)
         ):
             raise TypeError(
-                f"scaler must be a torch.amp.GradScaler or None, got {type(scaler).__name__}"
+                f"scaler must be a torch.amp.GradScaler or None, got {scaler!r} "
+                f"({type(scaler).__name__}); "
+                "pass e.g. scaler=torch.amp.GradScaler() or leave it out"
             )
-        try:
-            self.device = None if device is None else torch.device(device)
-        except (RuntimeError, TypeError) as error:
-            raise ValueError(
-                f"device must name a torch device (e.g. 'cpu', 'cuda:0'), got {device!r}"
-            ) from error
+        self.device = check_device(device)
         self.model, self.optimizer, self.loss_fn = model, optimizer, loss_fn
         self.train_loader, self.val_loader, self.val_batches = train_loader, val_loader, val_batches
         self.max_grad_norm, self.scaler, self.compute_loss = max_grad_norm, scaler, compute_loss
@@ -360,6 +476,7 @@ class TorchStep:
             scaler=self.scaler,
             keep_weights=self.keep_weights,
             where=self.snapshot_to,
+            generators=loader_generators(self.train_loader, self.val_loader),
         )
         if not self.model.training:
             log.info("the model was in eval mode: the range test runs it in train mode")
@@ -486,8 +603,7 @@ class TorchStep:
     def _autocast_factory(
         self, amp: bool, dtype: torch.dtype | None
     ) -> Callable[[], contextlib.AbstractContextManager[Any]]:
-        if not isinstance(amp, bool):
-            raise TypeError(f"amp must be True or False, got {amp!r}")
+        _validate.boolean("amp", amp)
         if not amp:
             return contextlib.nullcontext
         device_type = (self.device or next(self.model.parameters()).device).type
@@ -592,12 +708,7 @@ class LearningRateFinder:
         **step_options: Any,
     ) -> None:
         check_model_and_optimizer(model, optimizer)
-        unknown = set(step_options) - _STEP_OPTIONS
-        if unknown:
-            raise TypeError(
-                f"unknown option(s) {sorted(unknown)}; LearningRateFinder accepts "
-                f"{sorted(_STEP_OPTIONS)}"
-            )
+        _validate.known_options("LearningRateFinder", step_options, _STEP_OPTIONS)
         self.model, self.optimizer, self.loss_fn, self.device = model, optimizer, loss_fn, device
         self.progress = progress
         self.step_options = step_options
@@ -640,6 +751,45 @@ class LearningRateFinder:
             suggested LR (NaN, with a ``NoSuggestionWarning``, when the curve allows none).
             ``self.result`` holds everything (raw losses, param groups, stop reason).
         """
+        arguments = dict(locals())  # every argument above, by name: prepare() checks them all
+        del arguments["self"], arguments["train_loader"]
+        step, test = self.prepare(train_loader, **arguments)
+        self._rank = step.reducer.rank
+        try:
+            self.result = run_range_test(step, test, progress=self.progress)
+        except BaseException:
+            self.result = test.result()
+            raise
+        suggestion = self.result.suggestion(method)
+        lrs = self.result.lrs or (math.nan,)  # no point at all (data ran out before the first)
+        log.info(
+            "LR range test: %d points from %.2e to %.2e, stopped: %s, suggested LR %.2e",
+            len(self.result),
+            lrs[0],
+            lrs[-1],
+            self.result.stop_reason,
+            suggestion.lr,
+        )
+        return list(self.result.lrs), list(self.result.smoothed_losses), suggestion.lr
+
+    def prepare(self, train_loader: Iterable[Any], **arguments: Any) -> tuple[TorchStep, RangeTest]:
+        """Check every argument of :meth:`find_lr` and build its step and test; run nothing.
+
+        ``arguments`` are :meth:`find_lr`'s keyword arguments (its defaults fill the rest).
+        ``tune()`` calls it before its batch-size search, so a bad LR option fails at once.
+
+        Raises:
+            TypeError, ValueError: a bad argument (named, with its value and a fix).
+        """
+        _validate.known_options("find_lr", arguments, FIND_LR_DEFAULTS)
+        a = {**FIND_LR_DEFAULTS, **arguments}
+        start_lr, end_lr, num_iter = a["start_lr"], a["end_lr"], a["num_iter"]
+        smooth_factor, diverge_threshold, mode = (
+            a["smooth_factor"],
+            a["diverge_threshold"],
+            a["mode"],
+        )
+        val_loader, val_batches, method = a["val_loader"], a["val_batches"], a["method"]
         # The engine calls it ``smoothing``; the error must name the argument the user passed.
         _validate.in_unit_interval("smooth_factor", smooth_factor)
         if method is not None:  # checked now, not after the whole test has run
@@ -663,23 +813,7 @@ class LearningRateFinder:
             diverge_threshold=diverge_threshold,
             group_ratios=step.ratios,
         )
-        self._rank = step.reducer.rank
-        try:
-            self.result = run_range_test(step, test, progress=self.progress)
-        except BaseException:
-            self.result = test.result()
-            raise
-        suggestion = self.result.suggestion(method)
-        lrs = self.result.lrs or (math.nan,)  # no point at all (data ran out before the first)
-        log.info(
-            "LR range test: %d points from %.2e to %.2e, stopped: %s, suggested LR %.2e",
-            len(self.result),
-            lrs[0],
-            lrs[-1],
-            self.result.stop_reason,
-            suggestion.lr,
-        )
-        return list(self.result.lrs), list(self.result.smoothed_losses), suggestion.lr
+        return step, test
 
     def _require_result(self) -> RangeTestResult:
         if self.result is None:
@@ -712,29 +846,93 @@ class LearningRateFinder:
             output_path, skip_start=skip_start, skip_end=skip_end, **options
         )
 
-    def apply_suggestion(self, suggestion: Suggestion | None = None) -> tuple[float, float]:
-        """Set the optimizer's LRs (and attached schedulers' base LRs) to a suggestion.
+    def apply_suggestion(
+        self, suggestion: Suggestion | None = None, *, force: bool = False
+    ) -> tuple[float, float]:
+        """Set the optimizer's LRs, and move the attached schedulers with them, to a suggestion.
 
-        Every param group gets its share (ratios kept). Returns ``(old, new)`` LR of the largest
-        group, as in the guide's ``Updated optimizer LR: 1.00e-03 → 3.16e-03``.
+        Every param group gets its share (ratios kept). The schedulers passed as
+        ``schedulers=[...]`` are moved consistently, keeping their shape: each LR they hold is
+        multiplied by one factor per param group, so their next steps continue from the new LR.
+        The factor makes the schedule's defining LR the suggestion's: for ``OneCycleLR`` and
+        ``CyclicLR`` the peak (``max_lr``) becomes the suggestion's ``upper`` end (as
+        :meth:`~lrfinder_plugins.Suggestion.one_cycle` does, or its ``lr`` when it has no range);
+        for every other kind (``StepLR``, ``CosineAnnealing*``, ``LinearLR``, ``ConstantLR``,
+        ``LambdaLR``, ``SequentialLR``, ``ChainedScheduler``, ``ReduceLROnPlateau``, ...) the base
+        LR becomes the suggestion's ``lr``.
+
+        Args:
+            suggestion: the suggestion to apply (``None``: the last test's default one).
+            force: apply a suggestion whose ``confidence`` is 0 (a flat, noisy or
+                from-the-start diverging curve) anyway.
+
+        Returns:
+            ``(old, new)``: the largest group's LR before and after, as in the guide's
+            ``Updated optimizer LR: 1.00e-03 → 3.16e-03``.
+
+        Raises:
+            ValueError: the suggestion has no LR, or has confidence 0 and ``force`` is not set,
+                or the optimizer carries a scheduler's keys (``initial_lr``) but no scheduler was
+                passed; the optimizer is left unchanged.
+            TypeError: a scheduler is not one of torch's kinds (its use of the LR is unknown).
         """
-        suggestion = suggestion or self.suggestion()
+        from lrfinder_plugins.suggest import LowConfidenceWarning, Suggestion
+
+        _validate.boolean("force", force)
+        if suggestion is None:
+            with warnings.catch_warnings():  # refused below, with the reason, unless forced
+                warnings.simplefilter("ignore", LowConfidenceWarning)
+                suggestion = self.suggestion()
+        elif not isinstance(suggestion, Suggestion):
+            raise TypeError(
+                f"suggestion must be a Suggestion (e.g. finder.suggestion('valley')) or None, got "
+                f"{type(suggestion).__name__}"
+            )
         if not suggestion.ok:
             raise ValueError(
                 f"the suggestion has no LR ({suggestion.reason}); pick one from the plot"
             )
+        if suggestion.confidence == 0 and not force:
+            raise ValueError(
+                f"the {suggestion.method!r} suggestion {suggestion.lr:.2e} has confidence 0: "
+                f"{suggestion.reason}; the optimizer was left unchanged. Rerun the test as the "
+                "reason says, or pass force=True to apply it anyway"
+            )
+        if suggestion.confidence == 0:
+            log.warning(
+                "applying a suggestion with confidence 0 (force=True): %s", suggestion.reason
+            )
+        schedulers = tuple(self.step_options.get("schedulers", ()))
         groups = self.optimizer.param_groups
+        if len(suggestion.group_lrs) != len(groups):
+            raise ValueError(
+                f"the suggestion has {len(suggestion.group_lrs)} param group LR(s), the optimizer "
+                f"{len(groups)} param groups; apply a suggestion from a test of this optimizer"
+            )
+        if not schedulers and any("initial_lr" in g for g in groups):
+            raise ValueError(
+                "the optimizer has an LR scheduler attached (its param groups carry "
+                "'initial_lr'), but none was passed, so it cannot be moved with the LR; pass "
+                "schedulers=[scheduler] to LearningRateFinder (or find_lr), or build the "
+                "scheduler after apply_suggestion()"
+            )
         old = max(float(g["lr"]) for g in groups)
-        for group, lr in zip(groups, suggestion.group_lrs):
-            group["lr"] = lr
-            if "initial_lr" in group:
-                group["initial_lr"] = lr
-        for scheduler in self.step_options.get("schedulers", ()):
-            if hasattr(scheduler, "base_lrs"):
-                scheduler.base_lrs = list(suggestion.group_lrs)
-        log.info("Updated optimizer LR: %.2e → %.2e", old, suggestion.lr)
-        return old, suggestion.lr
+        if schedulers:
+            move_schedule(self.optimizer, schedulers, suggestion)
+        else:
+            for group, lr in zip(groups, suggestion.group_lrs):
+                group["lr"] = lr
+        new = max(float(g["lr"]) for g in groups)
+        log.info("Updated optimizer LR: %.2e → %.2e", old, new)
+        return old, new
 
+
+FIND_LR_DEFAULTS = {
+    name: parameter.default
+    for name, parameter in inspect.signature(LearningRateFinder.find_lr).parameters.items()
+    if parameter.default is not inspect.Parameter.empty
+}
+"""find_lr's arguments besides the loader, with their defaults (derived: they cannot drift)."""
 
 _STEP_OPTIONS = frozenset(inspect.signature(TorchStep).parameters) - {
     # given to find_lr or LearningRateFinder by name, not as a pass-through option
@@ -747,6 +945,8 @@ _STEP_OPTIONS = frozenset(inspect.signature(TorchStep).parameters) - {
     "val_batches",
 }
 """The TorchStep options LearningRateFinder passes through (derived, so they cannot drift)."""
+STEP_OPTIONS = _STEP_OPTIONS
+"""The public name of :data:`_STEP_OPTIONS`, for the other front ends (``tune``)."""
 
 
 def find_lr(
@@ -773,6 +973,9 @@ def find_lr(
         >>> result = find_lr(model, optimizer, loss_fn, train_loader)  # doctest: +SKIP
         >>> result.suggestion().lr  # doctest: +SKIP
     """
+    # Named with every option find_lr takes, so a typo of a range-test argument (num_iters) is
+    # pointed at it too, not only at the step options.
+    _validate.known_options("find_lr", step_options, _STEP_OPTIONS | set(FIND_LR_DEFAULTS))
     finder = LearningRateFinder(
         model, optimizer, loss_fn, device, progress=progress, **step_options
     )

@@ -25,7 +25,9 @@ What :func:`capture` saves (a :class:`TrainingState`):
   uninitialised, and its per-iteration bookkeeping (so an error between ``unscale_`` and
   ``update`` does not leave it stuck);
 - the random generators (:class:`RngState`): Python's ``random``, NumPy's (if NumPy is
-  imported), torch's CPU generator and every CUDA generator (if CUDA is initialised).
+  imported), torch's CPU generator and every CUDA generator (if CUDA is initialised), and each
+  ``torch.Generator`` passed as ``generators=`` (the raw adapter passes its data loaders'
+  generators: :func:`lrfinder_adapters.pytorch.loader_generators`).
 
 ``keep_weights=True`` saves only what a search must put back when the user keeps the trained
 weights: LRs, schedulers, scaler and RNG.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -10,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from lrfinder_adapters.pytorch import LearningRateFinder
+from lrfinder_adapters.pytorch import LearningRateFinder, find_lr
 from tests.adapters.conftest import (
     Batch,
     assert_state_bitwise_equal,
@@ -63,7 +64,7 @@ FIND_LR_CASES = [
     pytest.param({"val_batches": 0}, ValueError, r"val_batches .*got 0", id="val_batches-0"),
     pytest.param({"train_loader": []}, ValueError, r"train_loader is empty", id="empty-list"),
     pytest.param({"train_loader": torch.utils.data.DataLoader([])}, ValueError, r"train_loader is empty", id="empty-DataLoader"),
-    pytest.param({"train_loader": 42}, TypeError, r"train_loader .*iterable.*got int", id="loader-int"),
+    pytest.param({"train_loader": 42}, TypeError, r"train_loader .*iterable.*got 42 \(int\)", id="loader-int"),
     pytest.param({"val_loader": []}, ValueError, r"val_loader is empty", id="empty-val_loader"),
 ]  # fmt: skip
 
@@ -95,10 +96,10 @@ OPTION_CASES = [
     pytest.param({"amp": "yes"}, TypeError, r"amp must be True or False, got 'yes'", id="amp-str"),
     pytest.param({"amp": 1}, TypeError, r"amp must be True or False, got 1", id="amp-int"),
     pytest.param({"amp": True, "amp_dtype": "bf16"}, TypeError, r"amp_dtype .*got 'bf16'", id="amp_dtype"),
-    pytest.param({"scaler": "yes"}, TypeError, r"scaler .*GradScaler.*got str", id="scaler"),
+    pytest.param({"scaler": "yes"}, TypeError, r"scaler .*GradScaler.*got 'yes' \(str\)", id="scaler"),
     pytest.param({"keep_weights": "no"}, TypeError, r"keep_weights .*got 'no'", id="keep_weights"),
-    pytest.param({"schedulers": [0.1]}, TypeError, r"schedulers .*got float", id="schedulers"),
-    pytest.param({"compute_loss": "mse"}, TypeError, r"compute_loss .*callable.*got str", id="compute_loss"),
+    pytest.param({"schedulers": [0.1]}, TypeError, r"schedulers .*got 0\.1 \(float\)", id="schedulers"),
+    pytest.param({"compute_loss": "mse"}, TypeError, r"compute_loss .*callable.*got 'mse' \(str\)", id="compute_loss"),
 ]  # fmt: skip
 
 
@@ -123,21 +124,41 @@ def test_unknown_option_rejected(setup: Any) -> None:
         LearningRateFinder(model, optimizer, counting_mse(calls), acumulation_steps=2)
 
 
+@pytest.mark.parametrize(
+    ("options", "hint"),
+    [
+        pytest.param({"num_iters": 10}, "num_iter= for num_iters", id="num_iters"),
+        pytest.param({"num_it": 10}, "num_iter= for num_it", id="fastai-num_it"),
+        pytest.param({"smooth_f": 0.1}, "smooth_factor= for smooth_f", id="torch-lr-finder-smooth_f"),
+        pytest.param({"step_mode": "linear"}, "mode= for step_mode", id="torch-lr-finder-step_mode"),
+        pytest.param({"accumulate_grad_batches": 2}, "accumulation_steps= for accumulate_grad_batches", id="lightning-name"),
+    ],
+)  # fmt: skip
+def test_unknown_find_lr_option_names_the_nearest_one(
+    setup: Any, options: dict[str, Any], hint: str
+) -> None:
+    """find_lr(typo=...) names the option meant, also for the names the peers use."""
+    model, optimizer, batches, calls = setup
+    with pytest.raises(TypeError, match=re.escape(hint)):
+        find_lr(model, optimizer, counting_mse(calls), batches, progress=False, **options)
+    assert calls == []
+
+
 def test_loss_fn_that_is_not_callable_rejected(setup: Any) -> None:
     """A loss_fn that is not callable is a TypeError naming its type."""
     model, optimizer, batches, _ = setup
     finder = LearningRateFinder(model, optimizer, "mse", progress=False)  # type: ignore[arg-type]
-    with pytest.raises(TypeError, match=r"loss_fn must be callable or None, got str"):
+    with pytest.raises(TypeError, match=r"loss_fn must be callable or None, got 'mse' \(str\)"):
         finder.find_lr(batches, num_iter=10)
 
 
 @pytest.mark.parametrize(
     ("make", "error", "message"),
     [
-        pytest.param(lambda m, o: ("model", o), TypeError, r"model must be a torch.nn.Module, got str", id="model-str"),
-        pytest.param(lambda m, o: (m, "adam"), TypeError, r"optimizer must be a torch.optim.Optimizer, got str", id="optimizer-str"),
-        pytest.param(lambda m, o: (m.requires_grad_(False), o), ValueError, r"model has no trainable parameters", id="all-frozen"),
-        pytest.param(lambda m, o: (m, torch.optim.SGD(make_mlp(seed=1).parameters(), lr=0.1)), ValueError, r"optimizer does not hold any of model's trainable parameters", id="foreign-optimizer"),
+        pytest.param(lambda m, o: ("model", o), TypeError, r"model must be a torch.nn.Module, got 'model' \(str\)", id="model-str"),
+        pytest.param(lambda m, o: (m, "adam"), TypeError, r"optimizer must be a torch.optim.Optimizer, got 'adam' \(str\)", id="optimizer-str"),
+        pytest.param(lambda m, o: (m.requires_grad_(False), o), ValueError, r"model \(Sequential\) has no trainable parameters", id="all-frozen"),
+        pytest.param(lambda m, o: (m, torch.optim.SGD(make_mlp(seed=1).parameters(), lr=0.1)), ValueError, r"optimizer \(SGD\) does not hold any of model's trainable parameters", id="foreign-optimizer"),
     ],
 )  # fmt: skip
 def test_bad_model_or_optimizer_rejected(

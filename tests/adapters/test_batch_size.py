@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import gc
+import json
 import math
 import weakref
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,6 +20,7 @@ from lrfinder_adapters.batch_size import TuneResult, find_batch_size, tune
 from lrfinder_plugins import (
     BatchStopReason,
     NothingFitsError,
+    ResultFileError,
     SearchInfo,
     get_plugin_manager,
     hookimpl,
@@ -437,14 +440,41 @@ def test_tune_runs_the_lr_test_at_the_found_batch_size(
     assert isinstance(found, TuneResult)
     assert found.batch_size == 57 and asked[-1] == 57
     assert len(found.lr) == 30 and math.isfinite(found.suggested_lr)
-    assert set(found.to_dict()) == {"batch_size", "lr"}
+    assert set(found.to_dict()) == {"format", "version", "batch_size", "lr"}
 
 
-def test_tune_keeps_the_target_batch_through_accumulation(
-    model: nn.Module, adam: torch.optim.Optimizer
+@pytest.mark.parametrize(
+    ("options", "fragment"),
+    [
+        pytest.param({"batch_options": {"max_size": 64}}, r"max_val= for max_size", id="max_size"),
+        pytest.param({"lr_options": {"num_iters": 5}}, r"num_iter= for num_iters", id="num_iters"),
+        pytest.param({"lr_options": {"smooth_f": 0.1}}, r"smooth_factor= for smooth_f", id="smooth_f"),
+        pytest.param({"lr_options": {"start_lr": -1.0}}, r"start_lr .*got -1\.0", id="bad-start_lr"),
+        pytest.param({"lr_options": {"mode": "cos"}}, r"mode must be one of", id="bad-mode"),
+        pytest.param({"lr_options": {"accumulation_steps": 2}}, r"tune sets accumulation_steps", id="accumulation"),
+        pytest.param({"lr_options": [("num_iter", 5)]}, r"lr_options must be a dict", id="not-a-dict"),
+        pytest.param({"max_grad_norms": 1.0}, r"max_grad_norm= for max_grad_norms", id="shared-typo"),
+    ],
+)  # fmt: skip
+def test_tune_checks_every_option_before_the_batch_size_search(
+    model: nn.Module, adam: torch.optim.Optimizer, options: dict[str, Any], fragment: str
 ) -> None:
-    """With a target batch the LR test accumulates, so it sees the target's effective batch."""
-    found = tune(
+    """A typo (with the nearest valid name) or a bad LR option fails before any trial runs."""
+    calls: list[None] = []
+
+    def loss_fn(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        calls.append(None)
+        return nn.functional.mse_loss(outputs, targets)
+
+    with pytest.raises((TypeError, ValueError), match=fragment):
+        tune(model, adam, loss_fn, dataset=dataset(), progress=False, **options)
+    assert calls == []
+
+
+@pytest.fixture
+def tuned(model: nn.Module, adam: torch.optim.Optimizer) -> TuneResult:
+    """tune() with a target batch of 128 on a model that runs out of memory above 40."""
+    return tune(
         model,
         adam,
         OutOfMemoryAbove(40),
@@ -453,8 +483,22 @@ def test_tune_keeps_the_target_batch_through_accumulation(
         lr_options={"num_iter": 30, "start_lr": 1e-4, "end_lr": 1.0},
         progress=False,
     )
-    assert (found.batch_size, found.accumulation_steps) == (32, 4)
-    assert len(found.lr) == 30
+
+
+def test_tune_keeps_the_target_batch_through_accumulation(tuned: TuneResult) -> None:
+    """With a target batch the LR test accumulates, so it sees the target's effective batch."""
+    assert (tuned.batch_size, tuned.accumulation_steps) == (32, 4)
+    assert len(tuned.lr) == 30
+
+
+def test_tune_result_saves_and_loads_like_its_parts(tmp_path: Path, tuned: TuneResult) -> None:
+    """TuneResult.save_json / load_json round-trip both parts; a broken file names itself."""
+    loaded = TuneResult.load_json(tuned.save_json(tmp_path / "tune.json"))
+    assert loaded == tuned and loaded.batch_size == tuned.batch_size
+    broken = tmp_path / "broken.json"
+    broken.write_text(json.dumps({**tuned.to_dict(), "lr": {"format": "lrfinder-range-test"}}))
+    with pytest.raises(ResultFileError, match=r"broken\.json: .*in field 'lr'"):
+        TuneResult.load_json(broken)
 
 
 def test_tune_needs_batches(model: nn.Module, adam: torch.optim.Optimizer) -> None:

@@ -224,6 +224,23 @@ def test_range_brackets_the_suggestion() -> None:
     assert suggestion.upper == pytest.approx(suggestion.lr * 10**0.25)
 
 
+@pytest.mark.parametrize("method", sorted(BUILTIN))
+@pytest.mark.parametrize(
+    "curve", [descent_then_blowup, sigmoid_curve, v_curve], ids=lambda f: f.__name__
+)
+def test_every_method_has_its_own_range_around_its_own_lr(method: str, curve: object) -> None:
+    """Each method's range contains its LR (same width), and its one_cycle peak is above it."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NoSuggestionWarning)
+        suggestion = result_from_losses(curve()).suggestion(method)  # type: ignore[operator]
+    assert suggestion.lower < suggestion.lr < suggestion.upper
+    assert suggestion.lower == pytest.approx(suggestion.lr / 10**0.4)
+    assert suggestion.upper == pytest.approx(suggestion.lr * 10**0.25)
+    kwargs = suggestion.one_cycle()
+    assert kwargs["max_lr"] > suggestion.lr
+    assert kwargs["max_lr"] / kwargs["div_factor"] == pytest.approx(suggestion.lower)
+
+
 def test_one_cycle_derives_max_lr_and_warmup_from_the_range() -> None:
     """max_lr is the range's upper end; the warm-up starts at its lower end."""
     suggestion = result_from_losses(descent_then_blowup()).suggestion()
@@ -297,3 +314,18 @@ def test_plot_can_leave_the_range_out() -> None:
     pytest.importorskip("matplotlib")
     figure = result_from_losses(descent_then_blowup()).plot(show_range=False)
     assert not [p for p in figure.axes[0].patches if p.get_label().startswith("usable range")]
+
+
+@pytest.mark.parametrize("method", ["valley", "steepest", "minimum"])
+def test_plot_band_contains_the_marked_lr_of_any_method(method: str) -> None:
+    """The shaded band is the first method's own range, so it contains that method's marker."""
+    pytest.importorskip("matplotlib")
+    import matplotlib.pyplot as plt
+
+    figure = result_from_losses(sigmoid_curve()).plot(suggest=method)
+    ax = figure.axes[0]
+    (band,) = [p for p in ax.patches if p.get_label().startswith("usable range")]
+    (x,) = ax.collections[0].get_offsets()[:, 0]
+    left, right = band.get_x(), band.get_x() + band.get_width()
+    plt.close(figure)
+    assert left < x < right
