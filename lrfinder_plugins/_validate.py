@@ -113,17 +113,59 @@ PEER_NAMES = {
 """Names the peers (torch-lr-finder, fastai, Lightning, Accelerate) use for our options."""
 
 
+_SAME_OPTION = (
+    # Our entry points name one setting differently where they mirror a peer's API (Lightning's
+    # Tuner takes num_training and min_lr, our find_lr num_iter and start_lr).
+    ("num_iter", "num_training", "num_training_steps"),
+    ("method", "suggest_method"),
+)
+
+
+def _aliases() -> dict[str, frozenset[str]]:
+    groups: list[set[str]] = [set(pair) for pair in PEER_NAMES.items()]
+    groups += [set(names) for names in _SAME_OPTION]
+    merged: list[set[str]] = []
+    for group in groups:
+        for other in [m for m in merged if m & group]:
+            group |= other
+            merged.remove(other)
+        merged.append(group)
+    return {name: frozenset(group) for group in merged for name in group}
+
+
+_ALIASES = _aliases()
+"""Each option name with every name the same setting goes by (ours and the peers')."""
+
+
 def nearest_name(name: str, accepted: Iterable[str]) -> str | None:
-    """The accepted option a mistyped or peer-named ``name`` most likely means, if any."""
+    """The accepted option a mistyped or peer-named ``name`` most likely means, if any.
+
+    A peer's name for the setting first (``max_size`` -> ``max_val``, Lightning's ``min_lr`` ->
+    ``start_lr`` and back), then the closest accepted spelling, then a typo of another name of
+    an accepted setting (``num_iters`` -> ``num_training`` where ``num_training`` is the name).
+    """
     accepted = list(accepted)
-    if PEER_NAMES.get(name) in accepted:
-        return PEER_NAMES[name]
+
+    def alias_in_accepted(known: str) -> str | None:
+        return next((a for a in sorted(_ALIASES.get(known, ())) if a in accepted), None)
+
+    found = alias_in_accepted(name)
+    if found is not None and found != name:
+        return found
     close = difflib.get_close_matches(name, accepted, n=1, cutoff=0.6)
-    return close[0] if close else None
+    if close:
+        return close[0]
+    near = difflib.get_close_matches(name, list(_ALIASES), n=1, cutoff=0.8)
+    return alias_in_accepted(near[0]) if near else None
+
+
+class UnknownOptionError(TypeError):
+    """A keyword option the call does not take (a ``TypeError``, as Python's own for a bad
+    keyword); the message names the nearest accepted option. Raised before anything runs."""
 
 
 def known_options(where: str, given: Iterable[str], accepted: Iterable[str]) -> None:
-    """Raise ``TypeError`` unless every name in ``given`` is in ``accepted``.
+    """Raise :class:`UnknownOptionError` unless every name in ``given`` is in ``accepted``.
 
     The message names each unknown option with the nearest accepted name (``max_size`` →
     ``max_val``) and lists what ``where`` accepts.
@@ -132,7 +174,7 @@ def known_options(where: str, given: Iterable[str], accepted: Iterable[str]) -> 
         >>> known_options("batch_options", ["max_size"], ["max_val", "mode"])
         Traceback (most recent call last):
         ...
-        TypeError: unknown option(s) ['max_size'] in batch_options (did you mean max_val= for max_size?); batch_options accepts ['max_val', 'mode']
+        lrfinder_plugins._validate.UnknownOptionError: unknown option(s) ['max_size'] in batch_options (did you mean max_val= for max_size?); batch_options accepts ['max_val', 'mode']
     """
     accepted = sorted(accepted)
     unknown = sorted(set(given) - set(accepted))
@@ -144,4 +186,6 @@ def known_options(where: str, given: Iterable[str], accepted: Iterable[str]) -> 
         if close is not None:
             hints.append(f"{close}= for {name}")
     hint = f" (did you mean {', '.join(hints)}?)" if hints else ""
-    raise TypeError(f"unknown option(s) {unknown} in {where}{hint}; {where} accepts {accepted}")
+    raise UnknownOptionError(
+        f"unknown option(s) {unknown} in {where}{hint}; {where} accepts {accepted}"
+    )

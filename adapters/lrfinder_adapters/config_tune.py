@@ -35,6 +35,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from lrfinder_plugins.spi import validate
+
 if TYPE_CHECKING:
     from lrfinder_plugins import RangeTestResult, Suggestion
 
@@ -350,10 +352,8 @@ def tune_lightning(
     def run(**which: bool) -> Any:
         try:
             return tune(trainer, module, datamodule, **which, **options)
-        except TypeError as error:
-            if "unknown option" in str(error):  # tune() checks its options before any work
-                raise BadConfigError(f"{options_key}: {error}") from None
-            raise
+        except validate.UnknownOptionError as error:  # tune() checks them before any work
+            raise BadConfigError(f"{options_key}: {error}") from None
 
     # Both searches off: tune() only checks its options, so a misspelt one fails before any work.
     run(lr=False, batch_size=False)

@@ -628,6 +628,16 @@ class LearningRateFinder(Callback):
         milestones: Sequence[int] = (),
     ) -> None:
         self.milestones = _milestones(milestones)
+        # Lightning's names in the errors (the engine would name them start_lr, end_lr, ...).
+        min_lr = _validate.positive_finite("min_lr", min_lr, "1e-8")
+        max_lr = _validate.positive_finite("max_lr", max_lr, "1.0")
+        if max_lr <= min_lr:
+            raise ValueError(
+                f"max_lr={max_lr!r} must be above min_lr={min_lr!r}; e.g. min_lr=1e-8, max_lr=1.0"
+            )
+        _validate.int_at_least("num_training_steps", num_training_steps, 2)
+        if early_stop_threshold is not None:
+            _validate.greater_than_one("early_stop_threshold", early_stop_threshold)
         if not isinstance(log_to_loggers, bool):
             raise TypeError(f"log_to_loggers must be True or False, got {log_to_loggers!r}")
         self.log_to_loggers = log_to_loggers
@@ -775,6 +785,10 @@ class LearningRateFinder(Callback):
 
 
 _BATCH_OPTIONS = frozenset({"margin", "memory_budget", "max_val", "progress", "target_batch"})
+_LR_OPTIONS = frozenset(
+    {"suggest_method", "plot_path", "smoothing", "progress", "fault_timeout", "log_to_loggers"}
+)
+"""Our keyword options of :meth:`Tuner.lr_find` (beyond Lightning's parameters)."""
 """Our keyword options of :class:`BatchSizeFinder` (beyond Lightning's parameters)."""
 
 
@@ -1250,19 +1264,8 @@ class Tuner:
             )
         if train_dataloaders is not None and datamodule is not None:
             raise ValueError("pass either train_dataloaders= or datamodule=, not both")
-        unknown = set(ours) - {
-            "suggest_method",
-            "plot_path",
-            "smoothing",
-            "progress",
-            "fault_timeout",
-            "log_to_loggers",
-        }
-        if unknown:
-            raise TypeError(
-                f"unknown option(s) {sorted(unknown)}; lr_find accepts Lightning's arguments "
-                "and suggest_method, plot_path, smoothing, progress, fault_timeout, log_to_loggers"
-            )
+        _validate.known_options("lr_find", ours, _LR_OPTIONS)
+        _validate.int_at_least("num_training", num_training, 2)
         if update_attr:
             find_lr_attr(model, attr_name)  # before anything runs
         options = dict(ours)
@@ -1322,12 +1325,7 @@ class Tuner:
             )
         if train_dataloaders is not None and datamodule is not None:
             raise ValueError("pass either train_dataloaders= or datamodule=, not both")
-        unknown = set(ours) - _BATCH_OPTIONS
-        if unknown:
-            raise TypeError(
-                f"unknown option(s) {sorted(unknown)}; scale_batch_size accepts Lightning's "
-                f"arguments and {', '.join(sorted(_BATCH_OPTIONS))}"
-            )
+        _validate.known_options("scale_batch_size", ours, _BATCH_OPTIONS)
         # Before anything runs: somewhere to put the size, or a loader that can be resized.
         if train_dataloaders is None:
             find_batch_size_attr(model, datamodule, batch_arg_name)
@@ -1379,6 +1377,18 @@ _TUNE_LR = frozenset(
 )
 
 
+_TUNE_BOTH = frozenset({"batch_size_mode", "lr_mode", "progress"})
+
+
+def _lr_finder_options(rate: Mapping[str, Any]) -> LearningRateFinder:
+    """The :class:`LearningRateFinder` :meth:`Tuner.lr_find` would build from ``rate`` (its
+    settings checked): Lightning's names mapped to the callback's."""
+    if "num_training" in rate:
+        _validate.int_at_least("num_training", rate["num_training"], 2)
+    names = {"num_training": "num_training_steps", "suggest_method": "method"}
+    return LearningRateFinder(**{names.get(k, k): v for k, v in rate.items()})
+
+
 def tune(
     trainer: pl.Trainer,
     model: pl.LightningModule,
@@ -1406,10 +1416,7 @@ def tune(
         >>> found = tune(trainer, model, memory_budget=2**30)  # doctest: +SKIP
         >>> found.batch_size, found.lr_finder.suggestion()  # doctest: +SKIP
     """
-    allowed = _TUNE_BATCH | _TUNE_LR | {"batch_size_mode", "lr_mode", "progress"}
-    unknown = set(options) - allowed
-    if unknown:
-        raise TypeError(f"unknown option(s) {sorted(unknown)}; tune accepts {sorted(allowed)}")
+    _validate.known_options("tune", options, _TUNE_BATCH | _TUNE_LR | _TUNE_BOTH)
     batch = {k: v for k, v in options.items() if k in _TUNE_BATCH}
     rate = {k: v for k, v in options.items() if k in _TUNE_LR}
     if "batch_size_mode" in options:
@@ -1418,7 +1425,12 @@ def tune(
         rate["mode"] = options["lr_mode"]
     if "progress" in options:
         batch["progress"] = rate["progress"] = options["progress"]
-    # Both checks before anything runs: a missing attribute fails before the first trial.
+    # Every check before anything runs: a bad LR option or a missing attribute fails before
+    # the first batch-size trial, not after the search.
+    if lr:
+        _lr_finder_options(rate)
+    if batch_size:
+        BatchSizeFinder(**batch)
     if batch_size and train_dataloaders is None:
         find_batch_size_attr(model, datamodule, batch.get("batch_arg_name", "batch_size"))
     if lr and rate.get("update_attr", True):

@@ -412,8 +412,12 @@ def test_lightning_compatible_result_surface(tmp_path: Path) -> None:
 
 
 def test_bad_arguments() -> None:
-    with pytest.raises(ValueError, match="start_lr"):
+    with pytest.raises(ValueError, match="must be above min_lr"):  # Lightning's names
         LearningRateFinder(min_lr=1.0, max_lr=0.1)
+    with pytest.raises(ValueError, match="min_lr"):
+        LearningRateFinder(min_lr=-1.0)
+    with pytest.raises(ValueError, match="early_stop_threshold"):
+        LearningRateFinder(early_stop_threshold=0.5)
     tuner = Tuner(_trainer())
     with pytest.raises(ValueError, match="method='fit'"):
         tuner.lr_find(Regressor(), method="validate")
@@ -923,3 +927,34 @@ def test_target_batch_keeps_the_global_batch_through_accumulation() -> None:
     assert set(model.shapes) == {found}
     with pytest.raises(ValueError, match="target_batch"):
         BatchSizeFinder(target_batch=0)
+
+
+@pytest.mark.parametrize(
+    ("options", "error", "match"),
+    [
+        ({"min_lr": -1.0}, ValueError, "min_lr"),  # an LR option: checked before any trial
+        ({"num_training": 0}, ValueError, "num_training"),
+        ({"max_lr": 1e-9}, ValueError, "max_lr"),
+        ({"max_size": 64}, TypeError, "did you mean max_val="),
+        ({"num_iters": 5}, TypeError, "did you mean num_training="),
+        ({"steps_per_trial": 0}, ValueError, "steps_per_trial"),
+    ],
+)
+def test_tune_checks_every_option_before_the_batch_size_search(
+    options: dict[str, Any], error: type[Exception], match: str
+) -> None:
+    model = Sized()
+    trainer = _trainer()
+    with pytest.raises(error, match=match):
+        tune(trainer, model, memory_budget=BUDGET, progress=False, **options)
+    assert model.shapes == [] and model.batch_size == 4 and trainer.global_step == 0
+
+
+def test_lightning_unknown_options_name_the_nearest() -> None:
+    from lrfinder_plugins.spi import validate
+
+    tuner = Tuner(_trainer())
+    with pytest.raises(validate.UnknownOptionError, match="did you mean plot_path="):
+        tuner.lr_find(Regressor(), plot_pth="x.png")
+    with pytest.raises(validate.UnknownOptionError, match="did you mean memory_budget="):
+        tuner.scale_batch_size(Sized(), memory_budgt=1)
