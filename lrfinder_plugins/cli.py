@@ -18,6 +18,14 @@ from lrfinder_plugins._usage import (
     one_line,
 )
 
+DESCRIPTION = (
+    "Find a good initial learning rate (the LR range test) and the largest batch size that "
+    "fits, before training. Commands: demo (a built-in example), plugins (what is "
+    "registered), show (a saved result), tune (a model a config file names). "
+    "Run lrfinder COMMAND --help for each."
+)
+"""The top-level --help text: plain words (no reST markup, as the module docstring has)."""
+
 USAGE_ERROR = 2
 """The exit code of bad input (argparse's own)."""
 
@@ -120,6 +128,7 @@ def _plugins(args: argparse.Namespace) -> int:
 
 
 def _show(args: argparse.Namespace) -> int:
+    from lrfinder_plugins._json_file import ResultFileError
     from lrfinder_plugins._results import RangeTestResult
 
     _check_method("--method", args.method)
@@ -132,6 +141,8 @@ def _show(args: argparse.Namespace) -> int:
     load = RangeTestResult.load_csv if path.suffix == ".csv" else RangeTestResult.load_json
     try:
         result = load(path)
+    except ResultFileError as error:  # names the file and what is wrong already
+        raise UsageError(one_line(error)) from None
     except (OSError, ValueError, KeyError, TypeError) as error:
         kind = "CSV" if path.suffix == ".csv" else "JSON"
         raise UsageError(
@@ -149,7 +160,7 @@ def _show(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``lrfinder`` command."""
-    parser = _Parser(prog="lrfinder", description=__doc__)
+    parser = _Parser(prog="lrfinder", description=DESCRIPTION)
     parser.add_argument("--version", action="version", version=lrfinder_plugins.__version__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     sub = parser.add_subparsers(dest="command", required=True)

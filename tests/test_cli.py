@@ -143,3 +143,12 @@ def test_readme_starts_with_demo_and_test_commands() -> None:
     assert blocks[0].endswith("lrfinder demo")
     assert "pytest" in blocks[1]
     assert all(".venv" in block for block in blocks[:2])
+
+
+def test_help_is_plain_text(capsys: pytest.CaptureFixture[str]) -> None:
+    """``lrfinder --help`` reads as plain text: no reST markup from a docstring."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "``" not in out and ":func:" not in out and "learning rate" in out
