@@ -92,6 +92,7 @@ def _demo(args: argparse.Namespace) -> int:
             memory_budget=int(args.memory_budget_mib * 2**20),
             method=args.method,
             progress=not args.no_progress,
+            threads=args.threads,
         )
     except NothingFitsError:
         raise UsageError(
@@ -190,6 +191,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--method", default=None, help="suggestion method (default: the default)")
     demo.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    demo.add_argument(
+        "--threads",
+        type=_int_at_least(1),
+        default=1,
+        help="torch threads (default 1: the demo's small model runs fastest on one)",
+    )
     demo.set_defaults(func=_demo)
 
     plugins = sub.add_parser("plugins", help="list registered plugins and the hooks they implement")

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from lrfinder_plugins import _validate
+
 if TYPE_CHECKING:
     import torch
 
@@ -77,6 +79,7 @@ def run_demo(
     memory_budget: int = MEMORY_BUDGET,
     method: str | None = None,
     progress: bool = True,
+    threads: int = 1,
 ) -> DemoRun:
     """Find the batch size, run the LR range test at it, save the plot and JSON, apply the LR.
 
@@ -93,7 +96,34 @@ def run_demo(
         memory_budget: the bytes the batch-size search may use at its peak.
         method: the suggestion method (``None``: the default).
         progress: show a progress bar.
+        threads: torch's intra-op threads for the demo (put back after). One by default: the
+            demo's MLP multiplies matrices too small for a second thread to pay, and on a
+            machine whose other core is busy two threads wait on each other (measured on 2
+            cores with another process running: 7.5 s with one, 15 s with two).
     """
+    import torch
+
+    threads = _validate.int_at_least("threads", threads, 1)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return _run(
+            output_dir, plot_path, json_path, num_iter, batch_size, memory_budget, method, progress
+        )
+    finally:
+        torch.set_num_threads(before)
+
+
+def _run(
+    output_dir: str | Path,
+    plot_path: str | Path | None,
+    json_path: str | Path | None,
+    num_iter: int,
+    batch_size: int | None,
+    memory_budget: int,
+    method: str | None,
+    progress: bool,
+) -> DemoRun:
     import torch
 
     from lrfinder_adapters.batch_size import find_batch_size

@@ -152,3 +152,26 @@ def test_help_is_plain_text(capsys: pytest.CaptureFixture[str]) -> None:
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
     assert "``" not in out and ":func:" not in out and "learning rate" in out
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")  # a 20-point curve: low confidence is fine
+def test_the_demo_runs_on_its_thread_count_and_puts_the_callers_back(tmp_path: Path) -> None:
+    import torch
+
+    from lrfinder_plugins.demo import run_demo
+
+    before = torch.get_num_threads()
+    seen: list[int] = []
+    original = torch.nn.Module.__call__
+
+    def spy(self: torch.nn.Module, *args: object, **kwargs: object) -> object:
+        seen.append(torch.get_num_threads())
+        return original(self, *args, **kwargs)
+
+    torch.nn.Module.__call__ = spy  # type: ignore[method-assign]
+    try:
+        run_demo(output_dir=tmp_path, num_iter=20, batch_size=8, progress=False, threads=1)
+    finally:
+        torch.nn.Module.__call__ = original  # type: ignore[method-assign]
+    assert seen and set(seen) == {1}
+    assert torch.get_num_threads() == before

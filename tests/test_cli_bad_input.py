@@ -397,3 +397,8 @@ def test_demo_and_show_without_matplotlib_name_the_plot_extra(
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     line = _error(capsys, argv)
     assert "pip install 'lrfinder-plugins[plot]'" in line
+
+
+def test_demo_threads_must_be_positive(capsys: pytest.CaptureFixture[str]) -> None:
+    line = _error(capsys, ["demo", "--threads", "0"])
+    assert "--threads" in line
