@@ -103,56 +103,39 @@ def run_demo(
     """
     import torch
 
+    from lrfinder_adapters.batch_size import find_batch_size
+
     threads = _validate.int_at_least("threads", threads, 1)
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        return _run(
-            output_dir, plot_path, json_path, num_iter, batch_size, memory_budget, method, progress
-        )
+        dataset, model = make_problem()
+        # Seeded inside fork_rng: the same curve on every run (dropout draws from the global
+        # generator), and the caller's RNG is left alone.
+        with torch.random.fork_rng():
+            torch.manual_seed(0)
+            batch = None
+            size = batch_size
+            if size is None:
+                probe_optimizer = torch.optim.AdamW(model.parameters(), lr=INITIAL_LR)
+                batch = find_batch_size(
+                    model,
+                    probe_optimizer,
+                    torch.nn.functional.cross_entropy,
+                    dataset=dataset,
+                    memory_budget=memory_budget,
+                    progress=progress,
+                )
+                size = int(batch.batch_size or 1)  # find_batch_size raises when nothing fits
+            loader = torch.utils.data.DataLoader(
+                dataset, batch_size=size, shuffle=True, generator=torch.Generator().manual_seed(1)
+            )
+            run = _find_and_save(
+                model, loader, output_dir, plot_path, json_path, num_iter, method, progress
+            )
+        return dataclasses.replace(run, batch=batch, batch_size=size, memory_budget=memory_budget)
     finally:
         torch.set_num_threads(before)
-
-
-def _run(
-    output_dir: str | Path,
-    plot_path: str | Path | None,
-    json_path: str | Path | None,
-    num_iter: int,
-    batch_size: int | None,
-    memory_budget: int,
-    method: str | None,
-    progress: bool,
-) -> DemoRun:
-    import torch
-
-    from lrfinder_adapters.batch_size import find_batch_size
-
-    dataset, model = make_problem()
-    # Seeded inside fork_rng: the same curve on every run (dropout draws from the global
-    # generator), and the caller's RNG is left alone.
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        batch = None
-        size = batch_size
-        if size is None:
-            probe_optimizer = torch.optim.AdamW(model.parameters(), lr=INITIAL_LR)
-            batch = find_batch_size(
-                model,
-                probe_optimizer,
-                torch.nn.functional.cross_entropy,
-                dataset=dataset,
-                memory_budget=memory_budget,
-                progress=progress,
-            )
-            size = int(batch.batch_size or 1)  # find_batch_size raises when nothing fits
-        loader = torch.utils.data.DataLoader(
-            dataset, batch_size=size, shuffle=True, generator=torch.Generator().manual_seed(1)
-        )
-        run = _find_and_save(
-            model, loader, output_dir, plot_path, json_path, num_iter, method, progress
-        )
-    return dataclasses.replace(run, batch=batch, batch_size=size, memory_budget=memory_budget)
 
 
 def _find_and_save(

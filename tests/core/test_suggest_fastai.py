@@ -118,19 +118,6 @@ def test_strictly_falling_window_lands_on_its_last_point_when_short() -> None:
     assert valley(result).lr == result.lrs[3]
 
 
-def _quadratic_run(losses: list[float]) -> tuple[int, int]:
-    """fastai's double loop, verbatim in spirit: the reference for the O(n log n) form."""
-    run = [1] * len(losses)
-    best_end, best_start = 0, 0
-    for i in range(1, len(losses)):
-        for j in range(i):
-            if losses[i] < losses[j] and run[i] < run[j] + 1:
-                run[i] = run[j] + 1
-            if run[best_end] < run[i]:
-                best_end, best_start = i, i - run[i]
-    return best_start, best_end
-
-
 @given(
     losses=st.one_of(
         st.lists(st.floats(-1e6, 1e6), max_size=200),
@@ -138,6 +125,7 @@ def _quadratic_run(losses: list[float]) -> tuple[int, int]:
     )
 )
 def test_the_n_log_n_run_is_the_double_loops(losses: list[float]) -> None:
+    from benchmarks.suggestion_scaling import quadratic_run  # fastai's double loop, the peer
     from lrfinder_plugins.suggest import longest_decreasing_run
 
-    assert longest_decreasing_run(losses) == _quadratic_run(losses)
+    assert longest_decreasing_run(losses) == quadratic_run(losses)
