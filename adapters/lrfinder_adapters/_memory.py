@@ -14,10 +14,22 @@ so a trial over budget fails exactly like a real out-of-memory trial, only soone
 are what the results report on CUDA and what a budget is held to there.
 
 Capacity (what the peak may reach): the budget when one is given; on CUDA the free device
-memory plus the allocator's cached blocks (within ``set_per_process_memory_fraction``); on the CPU (Linux) the smallest of ``MemAvailable``,
-the address space left under ``RLIMIT_AS`` and the cgroup's limit. It is read after each trial's
-clean-up, and after an out-of-memory error the live bytes at the failing operation plus the size
-it asked for (read from the message) bound it from above.
+memory plus the allocator's cached blocks (within ``set_per_process_memory_fraction``); on the
+CPU (Linux) the smallest of ``MemAvailable``, the address space left under ``RLIMIT_AS`` and the
+cgroup's limit. The address space left counts what glibc's allocator holds free in its heap
+(``mallinfo2``) as room: that memory is reused before any new address space is taken, so a trial
+that fitted and was freed does not shrink the reading. It is read after each trial's clean-up,
+and after an out-of-memory error the live bytes at the failing operation plus the size it asked
+for (read from the message) bound it from above.
+
+Allocator pinning (:func:`pin_allocator`): on glibc under a finite ``RLIMIT_AS`` the address
+space glibc takes depends on history: its first allocation failure in a thread adds an arena
+(64 MiB of address space, kept), and its moving mmap threshold puts tensors of up to 32 MiB on
+the heap once one that size was freed, and keeps them there. The search sets
+``M_ARENA_MAX=1`` and a fixed ``M_MMAP_THRESHOLD`` (128 KiB, glibc's starting value) through
+``mallopt`` so that what fits is a function of the size alone; the process keeps those settings
+(glibc cannot go back to a moving threshold), so the training that follows runs as the trials
+did. ``MALLOC_ARENA_MAX`` or ``MALLOC_MMAP_THRESHOLD_`` in the environment win.
 
 Phases: the trial runner marks the optimizer step (through ``register_step_pre_hook`` /
 ``register_step_post_hook``), so each trial reports a ``forward_backward`` and an ``optimizer``
@@ -28,7 +40,9 @@ peak, at large ones the activations do.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import functools
+import logging
 import os
 import re
 import resource
@@ -43,6 +57,14 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 FORWARD_BACKWARD = "forward_backward"
 OPTIMIZER = "optimizer"
+
+M_MMAP_THRESHOLD = -3
+M_ARENA_MAX = -8
+MMAP_THRESHOLD = 128 * 2**10
+"""The fixed mmap threshold the search pins: glibc's starting value, so that every tensor
+larger than it gets its own mapping, returned to the system when it is freed."""
+
+log = logging.getLogger("lrfinder_plugins")
 
 
 def _leaves(tree: Any) -> Iterator[torch.Tensor]:
@@ -307,9 +329,9 @@ def cpu_headroom() -> int | None:
     """Bytes this process may still allocate on the CPU (Linux), or ``None`` elsewhere.
 
     The smallest of the memory the kernel reports available (``MemAvailable``), the address
-    space left under ``RLIMIT_AS`` and the cgroup's limit less its usage. A rough figure: the
-    C allocator keeps freed memory, and the address space also holds non-tensor data; the
-    guided search verifies every prediction made from it.
+    space left under ``RLIMIT_AS`` (plus what glibc holds free in its heap, which it reuses
+    first) and the cgroup's limit less its usage. The address space also holds non-tensor data;
+    the guided search checks every prediction made from it.
     """
     if not sys.platform.startswith("linux"):
         return None
@@ -320,8 +342,103 @@ def cpu_headroom() -> int | None:
     soft, _hard = resource.getrlimit(resource.RLIMIT_AS)
     vm_size = _read_kib(f"/proc/{os.getpid()}/status", "VmSize")
     if soft != resource.RLIM_INFINITY and vm_size is not None:
-        candidates.append(soft - vm_size)
+        candidates.append(soft - vm_size + (malloc_free_bytes() or 0))
     cgroup = _cgroup_headroom()
     if cgroup is not None:
         candidates.append(cgroup)
     return max(0, min(candidates)) if candidates else None
+
+
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [
+        (name, ctypes.c_size_t)
+        for name in (
+            "arena",
+            "ordblks",
+            "smblks",
+            "hblks",
+            "hblkhd",
+            "usmblks",
+            "fsmblks",
+            "uordblks",
+            "fordblks",
+            "keepcost",
+        )
+    ]
+
+
+@functools.cache
+def _glibc() -> Any:
+    """The C library when it is glibc (``mallopt`` and ``mallinfo2`` exist), else ``None``."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(None)
+        libc.gnu_get_libc_version  # noqa: B018  (raises AttributeError off glibc)
+    except (OSError, AttributeError):
+        return None
+    return libc
+
+
+def malloc_free_bytes() -> int | None:
+    """Bytes glibc's allocator holds free in its arenas (``mallinfo2().fordblks``), or ``None``
+    off glibc or before glibc 2.33 (no ``mallinfo2``).
+
+    Example:
+        >>> malloc_free_bytes() is None or malloc_free_bytes() >= 0
+        True
+    """
+    libc = _glibc()
+    mallinfo2 = None if libc is None else getattr(libc, "mallinfo2", None)
+    if mallinfo2 is None:
+        return None
+    mallinfo2.restype = _MallInfo2
+    return int(mallinfo2().fordblks)
+
+
+def address_space_limited() -> bool:
+    """Whether this process runs under a finite ``RLIMIT_AS``."""
+    soft, _hard = resource.getrlimit(resource.RLIMIT_AS)
+    return soft != resource.RLIM_INFINITY
+
+
+_PINNED: dict[str, int] = {}
+
+
+def pin_allocator(pin: bool | None = None) -> dict[str, int]:
+    """Pin glibc's allocator for the search (see the module docs); return what was set.
+
+    Args:
+        pin: ``None`` (default): pin on glibc under a finite ``RLIMIT_AS``, where what fits
+            depends on the allocator's history; ``True``: pin on glibc whatever the limit;
+            ``False``: leave the allocator alone.
+
+    Returns:
+        The settings made, by ``mallopt`` name (empty when nothing was set). It logs them once.
+
+    Example:
+        >>> pin_allocator(False)
+        {}
+    """
+    if pin is False or (pin is None and not address_space_limited()):
+        return {}
+    libc = _glibc()
+    if libc is None:
+        return {}
+    wanted = {"M_ARENA_MAX": (M_ARENA_MAX, 1, "MALLOC_ARENA_MAX")}
+    wanted["M_MMAP_THRESHOLD"] = (M_MMAP_THRESHOLD, MMAP_THRESHOLD, "MALLOC_MMAP_THRESHOLD_")
+    made: dict[str, int] = {}
+    for name, (param, value, variable) in wanted.items():
+        if variable in os.environ:
+            continue  # the user's own glibc tunable wins
+        if _PINNED.get(name) == value or libc.mallopt(param, value) == 1:
+            made[name] = value
+    if made and made != _PINNED:
+        _PINNED.update(made)
+        log.info(
+            "batch-size search: pinned glibc malloc (%s) so that what fits under RLIMIT_AS "
+            "does not depend on the allocator's history; the process keeps it "
+            "(pin_allocator=False leaves the allocator alone)",
+            ", ".join(f"{k}={v}" for k, v in made.items()),
+        )
+    return made
