@@ -217,10 +217,12 @@ class CudaMeter(TensorMeter):
     """Tensor counting plus the CUDA caching allocator's own peaks, on one device.
 
     The reported peaks are ``torch.cuda.max_memory_allocated``, reset at each phase boundary;
-    the profile and the capacity stay in tensor bytes (the allocator's free and cached bytes
-    added to the live tensors), so the guided search compares like with like. Near the limit the
-    allocator can reserve noticeably more than the tensors it holds (fragmentation): the guided
-    search then overshoots and falls back to galloping and bisection.
+    the profile and the capacity stay in tensor bytes (see :func:`cuda_capacity`: the free
+    device memory and the allocator's cached blocks added to the live tensors), so the guided
+    search compares like with like. Near the limit the allocator reserves more than the tensors
+    it holds (fragmentation): the largest gap seen at a phase's peak
+    (``max_memory_reserved - max_memory_allocated``) is kept off the capacity, so the prediction
+    leaves the room the allocator itself took.
     """
 
     def __init__(self, device: torch.device, budget: int | None = None) -> None:
@@ -230,11 +232,14 @@ class CudaMeter(TensorMeter):
         self.device = torch.device("cuda", index)
         self.device_budget = budget
         self.device_peaks: dict[str, int] = {}
+        self.fragmentation = 0
         torch.cuda.reset_peak_memory_stats(self.device)
 
     def mark(self, phase: str) -> None:
         super().mark(phase)
         peak = int(torch.cuda.max_memory_allocated(self.device))
+        reserved = int(torch.cuda.max_memory_reserved(self.device))
+        self.fragmentation = max(self.fragmentation, reserved - peak)
         self.device_peaks[phase] = max(self.device_peaks.get(phase, 0), peak)
         torch.cuda.reset_peak_memory_stats(self.device)
         if self.device_budget is not None and peak > self.device_budget:
@@ -249,18 +254,52 @@ class CudaMeter(TensorMeter):
         if self.device_budget is not None:
             return int(self.live + self.device_budget - allocated)
         free, total = torch.cuda.mem_get_info(self.device)
-        # What new tensors may still take: the free memory plus the allocator's cached blocks,
-        # within the share set by torch.cuda.set_per_process_memory_fraction (if any).
-        reachable = free + torch.cuda.memory_reserved(self.device)
-        fraction = getattr(torch.cuda, "get_per_process_memory_fraction", None)
-        if fraction is not None and fraction(self.device) < 1.0:
-            reachable = min(reachable, int(fraction(self.device) * total))
-        return int(self.live + reachable - allocated)
+        share = getattr(torch.cuda, "get_per_process_memory_fraction", None)
+        return cuda_capacity(
+            live=self.live,
+            free=int(free),
+            total=int(total),
+            reserved=int(torch.cuda.memory_reserved(self.device)),
+            allocated=int(allocated),
+            fraction=None if share is None else float(share(self.device)),
+            fragmentation=self.fragmentation,
+        )
 
     def capacity_after(self, error: BaseException) -> int | None:
         if self.device_budget is not None:
             return self.capacity()
         return super().capacity_after(error)
+
+
+def cuda_capacity(
+    *,
+    live: int,
+    free: int,
+    total: int,
+    reserved: int,
+    allocated: int,
+    fraction: float | None = None,
+    fragmentation: int = 0,
+) -> int:
+    """What the live tensor bytes may reach on a CUDA device, read between trials.
+
+    New tensors may take the free device memory plus the caching allocator's cached blocks
+    (``reserved - allocated``: freed, kept, reused before the device is asked), within the
+    share ``torch.cuda.set_per_process_memory_fraction`` set (``fraction`` of ``total``, which
+    caps what the allocator may reserve); less the ``fragmentation`` the allocator needed at a
+    trial's peak (reserved beyond allocated), which tensors cannot use.
+
+    Example:
+        >>> cuda_capacity(live=100, free=1000, total=4000, reserved=300, allocated=200)
+        1200
+        >>> cuda_capacity(live=100, free=1000, total=4000, reserved=300, allocated=200,
+        ...               fraction=0.25, fragmentation=50)
+        850
+    """
+    reachable = free + reserved
+    if fraction is not None and fraction < 1.0:
+        reachable = min(reachable, int(fraction * total))
+    return int(live + reachable - allocated - fragmentation)
 
 
 def make_meter(device: torch.device, budget: int | None) -> TensorMeter:

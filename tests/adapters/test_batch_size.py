@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from lrfinder_adapters._memory import TensorMeter, requested_bytes
+from lrfinder_adapters._memory import TensorMeter, cuda_capacity, requested_bytes
 from lrfinder_adapters._oom import builtin_is_oom, is_oom
 from lrfinder_adapters.batch_size import TuneResult, find_batch_size, tune
 from lrfinder_plugins import (
@@ -529,3 +529,22 @@ def test_cuda_peaks_are_the_allocators_and_a_budget_holds() -> None:
     assert all(t.peak_bytes is not None and t.peak_bytes <= budget for t in fitted)
     assert max(t.peak_bytes or 0 for t in fitted) > 0.8 * budget
     assert result.oom_trials >= 1 and len(result.trials) <= 8, result.summary()
+
+
+@pytest.mark.parametrize(
+    ("reading", "expected"),
+    [
+        ({}, 100 + 1000 + 300 - 200),  # free memory plus the cached blocks, over the live bytes
+        ({"fraction": 0.25}, 100 + 1000 - 200),  # the fraction caps what may be reserved
+        ({"fraction": 1.0}, 100 + 1000 + 300 - 200),  # no cap at 1
+        ({"fragmentation": 64}, 100 + 1000 + 300 - 200 - 64),  # room the allocator itself took
+    ],
+    ids=["cached-blocks-count", "fraction-caps", "fraction-one", "fragmentation-kept-off"],
+)
+def test_the_cuda_capacity_counts_cached_blocks_within_the_fraction(
+    reading: dict[str, float], expected: int
+) -> None:
+    """Reserved-but-unallocated blocks are room (the caching allocator reuses them first), the
+    per-process fraction caps it, and fragmentation seen at a peak is kept off."""
+    base = {"live": 100, "free": 1000, "total": 4000, "reserved": 300, "allocated": 200}
+    assert cuda_capacity(**base, **reading) == expected  # type: ignore[arg-type]
