@@ -16,9 +16,12 @@ are what the results report on CUDA and what a budget is held to there.
 Capacity (what the peak may reach): the budget when one is given; on CUDA the free device
 memory plus the allocator's cached blocks (within ``set_per_process_memory_fraction``); on the
 CPU (Linux) the smallest of ``MemAvailable``, the address space left under ``RLIMIT_AS`` and the
-cgroup's limit. The address space left counts what glibc's allocator holds free in its heap
-(``mallinfo2``) as room: that memory is reused before any new address space is taken, so a trial
-that fitted and was freed does not shrink the reading. It is read after each trial's clean-up,
+cgroup's limit. While glibc's mmap threshold moves (the allocator left alone), the address space
+left counts what glibc holds free in its heap (``mallinfo2``) as room: freed tensors of up to
+32 MiB stay there and are reused before new address space is taken, so a trial that fitted and
+was freed does not shrink the reading. Pinned, every tensor above the threshold is mapped on its
+own and unmapped when freed, so the address space left is the room itself (the heap's free
+memory then serves small allocations only, and is not counted). It is read after each trial's clean-up,
 and after an out-of-memory error the live bytes at the failing operation plus the size it asked
 for (read from the message) bound it from above.
 
@@ -368,8 +371,8 @@ def cpu_headroom() -> int | None:
     """Bytes this process may still allocate on the CPU (Linux), or ``None`` elsewhere.
 
     The smallest of the memory the kernel reports available (``MemAvailable``), the address
-    space left under ``RLIMIT_AS`` (plus what glibc holds free in its heap, which it reuses
-    first) and the cgroup's limit less its usage. The address space also holds non-tensor data;
+    space left under ``RLIMIT_AS`` (plus what glibc holds free in its heap while its mmap
+    threshold moves: it reuses that first) and the cgroup's limit less its usage. The address space also holds non-tensor data;
     the guided search checks every prediction made from it.
     """
     if not sys.platform.startswith("linux"):
@@ -381,7 +384,8 @@ def cpu_headroom() -> int | None:
     soft, _hard = resource.getrlimit(resource.RLIMIT_AS)
     vm_size = _read_kib(f"/proc/{os.getpid()}/status", "VmSize")
     if soft != resource.RLIM_INFINITY and vm_size is not None:
-        candidates.append(soft - vm_size + (malloc_free_bytes() or 0))
+        held = 0 if threshold_fixed() else malloc_free_bytes() or 0
+        candidates.append(soft - vm_size + held)
     cgroup = _cgroup_headroom()
     if cgroup is not None:
         candidates.append(cgroup)
@@ -442,6 +446,11 @@ def address_space_limited() -> bool:
 
 
 _PINNED: dict[str, int] = {}
+
+
+def threshold_fixed() -> bool:
+    """Whether glibc's mmap threshold is fixed: pinned here, or by ``MALLOC_MMAP_THRESHOLD_``."""
+    return "M_MMAP_THRESHOLD" in _PINNED or "MALLOC_MMAP_THRESHOLD_" in os.environ
 
 
 def pin_allocator(pin: bool | None = None) -> dict[str, int]:
