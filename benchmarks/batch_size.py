@@ -121,7 +121,11 @@ def _steps(model: Any, optimizer: Any, data: Any, size: int, steps: int = STEPS)
     loader = torch.utils.data.DataLoader(data, batch_size=size, drop_last=True)
     batches = iter(loader)
     for _ in range(steps):
-        x, y = (t.to(DEVICE) for t in next(batches))
+        batch = next(batches, None)
+        if batch is None:  # fewer batches than steps at this size: start the loader again
+            batches = iter(loader)
+            batch = next(batches)
+        x, y = (t.to(DEVICE) for t in batch)
         loss = torch.nn.functional.cross_entropy(model(x), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -553,11 +553,15 @@ class BatchSizeSearch:
                 return None
         if len(self.trials) >= self.max_trials:
             return self._finish(BatchStopReason.MAX_TRIALS)
-        if largest is not None and len(self.trials) == self.max_trials - 1:
-            wanted = self._final_size(largest, oom)
-            if wanted not in settled:  # spend the last trial on a usable answer
-                self._proposal = (wanted, "verify")
-                return None
+        anchor = largest
+        if anchor is None and oom is not None:  # only older fits: the best of them
+            anchor = max((t.size for t in self.trials if t.fitted and t.size < oom), default=None)
+        if anchor is not None and len(self.trials) == self.max_trials - 1:
+            wanted = self._final_size(anchor, oom)
+            if wanted in settled:  # a last probe could only fail after the answer: stop here
+                return self._finish(BatchStopReason.MAX_TRIALS)
+            self._proposal = (wanted, "verify")  # spend the last trial on a usable answer
+            return None
         aim = None if self.mode != "guided" or largest is None else self._aim(largest, oom)
         if aim is not None and aim[0] in settled:  # the model puts the answer on a size run
             self._predicted = aim[0]

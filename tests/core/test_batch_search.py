@@ -493,3 +493,15 @@ def test_guided_after_an_out_of_memory_aim_aims_below_it_from_the_new_reading() 
     assert len(result.trials) == 5 and result.oom_trials == 1
     assert result.stop_reason is BatchStopReason.PREDICTION_HELD
     assert math.floor(0.95 * limit) - 1 <= (result.batch_size or 0) <= limit
+
+
+@pytest.mark.parametrize("max_trials", range(5, 20))
+def test_a_budget_that_runs_out_still_answers_a_size_run_after_the_last_failure(
+    max_trials: int,
+) -> None:
+    """Whenever the budget ends the search, the answer ran after the last failure: the last
+    trial runs the answer, or the search stops one trial early when it already ran."""
+    result = run(ShrinkingOracle(1000, after=900), mode="binsearch", max_trials=max_trials)
+    failures = [i for i, t in enumerate(result.trials) if not t.fitted]
+    after = [t.size for t in result.trials[(failures[-1] + 1 if failures else 0) :] if t.fitted]
+    assert result.batch_size in after and len(result.trials) <= max_trials
