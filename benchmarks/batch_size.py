@@ -1,24 +1,29 @@
-"""Batch-size finders under one real memory limit: ours vs Lightning's and accelerate's.
+"""Batch-size finders under real memory limits: ours vs Lightning's and accelerate's.
 
-Every contender runs in a fresh subprocess on the same model, data and address-space limit
-(``RLIMIT_AS`` = the address space after a warm-up step + ``--headroom-mib``), so running out of
-memory is a real ``DefaultCPUAllocator`` failure, not a simulation. Each reports the size it
-found, its trials (and how many ran out of memory) and its wall time; then the found size is run
-again in the same process to check that it really fits. The true limit comes from an independent
-linear scan in its own process (stride 16 up to the first failure, then stride 1).
+For each model (``mlp``: Linear 4 -> 32768 -> 10; ``conv``: a 3x3 convolution with 32 channels,
+BatchNorm, ReLU, max-pool and a linear head on 3x32x32 images; ``transformer``: one encoder
+layer, d_model 32, 4 heads, 64 tokens) and each limit (``RLIMIT_AS`` = the address space after a
+small warm-up step + ``--headroom-mib``: 0.5, 1 and 2 GiB), every contender runs in a fresh
+subprocess, so running out of memory is a real ``DefaultCPUAllocator`` failure, not a
+simulation. Each reports the size it found, its trials (and how many ran out of memory) and its
+wall time; the found size is then run again in the same process and in a fresh one. The true
+limit comes from an independent bisection in its own process (doubling from 16 to the first
+failure, then bisection to 0.5% of the size).
 
 Contenders: ``find_batch_size`` in each mode (``guided``, ``binsearch``, ``power``), Lightning's
 ``Tuner.scale_batch_size`` (``power``, ``binsearch``), accelerate's ``find_executable_batch_size``
-(from its default ``starting_batch_size=128`` and from 8192, the others' ``max_val``). All use
+(from its default ``starting_batch_size=128`` and from 16384, the others' ``max_val``). All use
 ``init_val=2``, ``max_trials=25``, ``steps_per_trial=3``, ``margin=0.05`` where they have them.
 
-The subprocesses pin what would otherwise make the limit depend on history, equally for all:
-one thread (``OMP_NUM_THREADS=1``), glibc's mmap threshold fixed (``MALLOC_MMAP_THRESHOLD_``: the
-dynamic one leaves freed memory in the heap after a failure) and oneDNN off (its scratch memory
-outlives a failure and poisons later trials).
+Every child runs on one thread (``OMP_NUM_THREADS=1``) with oneDNN off (its scratch memory
+outlives a failure). glibc's allocator is pinned (``MALLOC_ARENA_MAX=1``,
+``MALLOC_MMAP_THRESHOLD_=131072``) from the start in the bisection, the re-fits and the other
+libraries' children; ours get no such environment: ``find_batch_size`` pins it itself before
+its first trial (``pin_allocator``), as it would for a user.
 
 Usage:
-    .venv/bin/python benchmarks/batch_size.py [--headroom-mib 128] [--only ours-guided,...]
+    .venv/bin/python benchmarks/batch_size.py [--models mlp,conv,transformer]
+        [--headroom-mib 512,1024,2048] [--only ours-guided,...] [--repeat 1] [--write FILE]
 """
 
 from __future__ import annotations
@@ -36,8 +41,9 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-FEATURES, WIDTH, CLASSES, SAMPLES = 4, 16384, 10, 16384
-STEPS, INIT, MAX_TRIALS, MARGIN, MAX_VAL = 3, 2, 25, 0.05, 8192
+CLASSES, SAMPLES = 10, 16384
+STEPS, INIT, MAX_TRIALS, MARGIN, MAX_VAL = 3, 2, 25, 0.05, 16384
+MODELS = ("mlp", "conv", "transformer")
 CONTENDERS = (
     "ours-guided",
     "ours-binsearch",
@@ -45,18 +51,56 @@ CONTENDERS = (
     "lightning-binsearch",
     "lightning-power",
     "accelerate-128",
-    "accelerate-8192",
+    "accelerate-16384",
 )
-CHILD_ENV = {
-    "OMP_NUM_THREADS": "1",
-    "MKL_NUM_THREADS": "1",
-    "MALLOC_MMAP_THRESHOLD_": "131072",
-    "PYTHONHASHSEED": "0",
-}
+CHILD_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONHASHSEED": "0"}
+PINNED_ENV = {"MALLOC_ARENA_MAX": "1", "MALLOC_MMAP_THRESHOLD_": "131072"}
+"""glibc pinned from the start as our search pins it at its first trial: for the bisection,
+the re-fit and the other libraries' contenders (ours pins itself)."""
 
 
 # -- the workload (runs in the child) ----------------------------------------------------------
 DEVICE = "cpu"  # set by --device in the child
+MODEL = "mlp"  # set by --model in the child
+
+
+def _network() -> Any:
+    import torch
+    from torch import nn
+
+    if MODEL == "mlp":  # Linear 4 -> 32768, ReLU, Linear 32768 -> 10
+        return nn.Sequential(nn.Linear(4, 32768), nn.ReLU(), nn.Linear(32768, CLASSES))
+    if MODEL == "conv":  # 3x32x32 images: conv 3x3 (32 channels), BatchNorm, ReLU, pool, linear
+        return nn.Sequential(
+            nn.Conv2d(3, 32, 3, padding=1),
+            nn.BatchNorm2d(32),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Flatten(),
+            nn.Linear(32 * 16 * 16, CLASSES),
+        )
+
+    class Transformer(nn.Module):  # 64 tokens of a 1000-word vocabulary, one encoder layer
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed = nn.Embedding(1000, 32)
+            self.encoder = nn.TransformerEncoderLayer(32, 4, 64, batch_first=True)
+            self.head = nn.Linear(32, CLASSES)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(self.encoder(self.embed(x)).mean(dim=1))
+
+    return Transformer()
+
+
+def _inputs() -> Any:
+    import torch
+
+    if MODEL == "mlp":
+        return torch.randn(SAMPLES, 4)
+    if MODEL == "conv":
+        return torch.randn(SAMPLES // 4, 3, 32, 32).repeat(4, 1, 1, 1)
+    return torch.randint(0, 1000, (SAMPLES, 64))
 
 
 def _workload() -> tuple[Any, Any, Any]:
@@ -64,13 +108,9 @@ def _workload() -> tuple[Any, Any, Any]:
 
     torch.backends.mkldnn.enabled = False
     torch.manual_seed(0)
-    model = torch.nn.Sequential(
-        torch.nn.Linear(FEATURES, WIDTH), torch.nn.ReLU(), torch.nn.Linear(WIDTH, CLASSES)
-    ).to(DEVICE)
+    model = _network().to(DEVICE)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    data = torch.utils.data.TensorDataset(
-        torch.randn(SAMPLES, FEATURES), torch.randint(0, CLASSES, (SAMPLES,))
-    )
+    data = torch.utils.data.TensorDataset(_inputs(), torch.randint(0, CLASSES, (SAMPLES,)))
     return model, optimizer, data
 
 
@@ -81,7 +121,11 @@ def _steps(model: Any, optimizer: Any, data: Any, size: int, steps: int = STEPS)
     loader = torch.utils.data.DataLoader(data, batch_size=size, drop_last=True)
     batches = iter(loader)
     for _ in range(steps):
-        x, y = (t.to(DEVICE) for t in next(batches))
+        batch = next(batches, None)
+        if batch is None:  # fewer batches than steps at this size: start the loader again
+            batches = iter(loader)
+            batch = next(batches)
+        x, y = (t.to(DEVICE) for t in batch)
         loss = torch.nn.functional.cross_entropy(model(x), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -249,54 +293,81 @@ RUNNERS: dict[str, Callable[[Any, Any, Any], dict[str, Any]]] = {
     "lightning-binsearch": _lightning("binsearch"),
     "lightning-power": _lightning("power"),
     "accelerate-128": _accelerate(128),
-    "accelerate-8192": _accelerate(MAX_VAL),
+    "accelerate-16384": _accelerate(MAX_VAL),
 }
 
 
-def _scan(model: Any, optimizer: Any, data: Any) -> dict[str, Any]:
-    size = 16
-    while _fits(model, optimizer, data, size):
-        size += 16
-    last = size - 16
-    while _fits(model, optimizer, data, last + 1):
-        last += 1
-    return {"found": last, "trials": [], "stop": ""}
+def _bisect(model: Any, optimizer: Any, data: Any) -> dict[str, Any]:
+    """The true limit, independently: doubling from 16 to the first failure, then bisection to
+    0.5% of the size (the allocator is pinned from the start, so outcomes depend on the size
+    alone)."""
+    low, high = 0, 16
+    while high <= MAX_VAL and _fits(model, optimizer, data, high):
+        low, high = high, 2 * high
+    if high > MAX_VAL:
+        return {"found": low, "trials": [], "stop": "max_val"}
+    while high - low > max(1, low // 200):
+        middle = (low + high) // 2
+        low, high = (middle, high) if _fits(model, optimizer, data, middle) else (low, middle)
+    return {"found": low, "trials": [], "stop": ""}
 
 
-def worker(name: str, headroom_mib: int) -> dict[str, Any]:
-    """Run one contender in this process under the memory limit; return its figures."""
+def worker(name: str, headroom_mib: int, size: int | None = None) -> dict[str, Any]:
+    """Run one contender (or the bisection, or a re-fit of ``size``) in this process under the
+    memory limit; return its figures."""
     import logging
 
     import torch
 
     logging.disable(logging.WARNING)
     model, optimizer, data = _workload()
-    # Warm up above the limit-to-be: threads, lazy imports and the allocators' one-off
-    # reservations (they grow with the largest batch run so far) are made before the cap.
-    _fits(model, optimizer, data, 4096)
+    # Warm up (threads, lazy imports) at a small size, before the cap: a large one would leave
+    # glibc's heap holding freed memory that differs between the pinned and unpinned children.
+    _fits(model, optimizer, data, 32)
     if name.startswith("lightning"):
         import lightning.pytorch  # noqa: F401  (its import is not part of the search)
     if name.startswith("accelerate"):
         import accelerate  # noqa: F401
     _limit_memory(headroom_mib * 2**20)
+    if name == "refit":
+        assert size is not None
+        return {"fits": _fits(model, optimizer, data, size)}
     start = time.perf_counter()
-    figures = (_scan if name == "scan" else RUNNERS[name])(model, optimizer, data)
+    figures = (_bisect if name == "bisect" else RUNNERS[name])(model, optimizer, data)
     figures["seconds"] = time.perf_counter() - start
     found = figures["found"]
-    figures["refit"] = bool(found) and _fits(model, optimizer, data, found)
+    figures["refit_same"] = bool(found) and _fits(model, optimizer, data, found)
     figures["torch"] = torch.__version__
     return figures
 
 
-def run_child(name: str, headroom_mib: int, timeout: float, device: str = "cpu") -> dict[str, Any]:
-    """Run ``worker(name)`` in a fresh interpreter with the pinned environment."""
+def run_child(
+    name: str,
+    headroom_mib: int,
+    timeout: float,
+    *,
+    model: str = "mlp",
+    device: str = "cpu",
+    size: int | None = None,
+) -> dict[str, Any]:
+    """Run ``worker(name)`` in a fresh interpreter: one thread; glibc pinned from the start
+    except for our contenders, which pin it themselves."""
     env = {**os.environ, **CHILD_ENV}
+    for variable in PINNED_ENV:
+        env.pop(variable, None)
+    if not name.startswith("ours"):
+        env.update(PINNED_ENV)
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(ROOT / "adapters")])
     command = [sys.executable, __file__, "--worker", name, "--headroom-mib", str(headroom_mib)]
-    command += ["--device", device]
-    done = subprocess.run(
-        command, env=env, capture_output=True, text=True, timeout=timeout, check=False
-    )
+    command += ["--device", device, "--models", model]
+    if size is not None:
+        command += ["--size", str(size)]
+    try:
+        done = subprocess.run(
+            command, env=env, capture_output=True, text=True, timeout=timeout, check=False
+        )
+    except subprocess.TimeoutExpired:
+        return {"error": [f"timed out after {timeout:.0f} s"]}
     if done.returncode != 0:
         return {"error": done.stderr.strip().splitlines()[-1:] or [f"exit {done.returncode}"]}
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -323,93 +394,131 @@ def _span(values: list[float], fmt: str = "{:.0f}") -> str:
     return f"{middle} ({fmt.format(min(values))}–{fmt.format(max(values))})"
 
 
-def _goals(guided: dict[str, Any], lightning: dict[str, Any], limit: int) -> list[tuple[str, bool]]:
+def _goals(guided: dict[str, Any], limit: int) -> list[tuple[str, bool]]:
+    """Issue 13's goal for the guided mode, in one cell."""
     ooms = sum(not fitted for _, fitted in guided["trials"])
     return [
-        ("found >= Lightning binsearch's", guided["found"] >= lightning["found"]),
-        (
-            "found >= 95% of the limit less the margin",
-            guided["found"] >= 0.95 * (1 - MARGIN) * limit,
-        ),
-        (
-            "trials <= half of Lightning binsearch's",
-            2 * len(guided["trials"]) <= len(lightning["trials"]),
-        ),
-        ("at most 2 out-of-memory trials", ooms <= 2),
-        ("the found size fits when run again", bool(guided["refit"])),
+        (">= 95% of (1 - margin) x limit", guided["found"] >= 0.95 * (1 - MARGIN) * limit),
+        ("<= 5 trials", len(guided["trials"]) <= 5),
+        ("<= 1 out of memory", ooms <= 1),
+        ("fits again in a fresh process", bool(guided.get("refit"))),
     ]
 
 
-def report(runs: dict[str, list[dict[str, Any]]], limit: int, headroom: int, device: str) -> str:
-    """The results as a Markdown table (median and range over the repeats) plus the goal check."""
-    repeats = max(len(rows) for rows in runs.values())
+Cell = tuple[str, int]  # (model, headroom MiB)
+
+
+def report(cells: dict[Cell, dict[str, Any]], device: str) -> str:
+    """The results as one Markdown table (median and range over the repeats), the goal check of
+    the guided mode in every cell, and the trial sequences of the first repeat."""
     lines = [
-        f"Device {device}; headroom {headroom} MiB over the warmed-up process; {repeats} "
-        f"repeat(s) per contender, each in a fresh process. True limit (linear scan): "
-        f"**{limit}**; (1 - margin) × limit = {(1 - MARGIN) * limit:.0f}.",
-        "",
-        "| contender | found | % of limit | trials | out of memory | wall s | re-run fits |",
-        "|---|---:|---:|---:|---:|---:|---|",
+        "| model | limit | true limit | contender | found | % of (1 - margin) × limit | trials "
+        "| out of memory | wall s | re-run fits (same / fresh process) |",
+        "|---|---|---:|---|---:|---:|---:|---:|---:|---|",
     ]
-    for name, rows in runs.items():
-        good = [row for row in rows if "error" not in row]
-        if not good:
-            lines.append(f"| {name} | error: {rows[0]['error']} | | | | | |")
-            continue
-        found = [row["found"] or 0 for row in good]
-        lines.append(
-            f"| {name} | {_span(found)} | {_span([100 * f / limit for f in found], '{:.1f}')} | "
-            f"{_span([len(row['trials']) for row in good])} | "
-            f"{_span([sum(not f for _, f in row['trials']) for row in good])} | "
-            f"{_span([row['seconds'] for row in good], '{:.1f}')} | "
-            f"{'yes' if all(row['refit'] for row in good) else 'NO'} |"
-        )
-    pairs = list(zip(runs.get("ours-guided", []), runs.get("lightning-binsearch", [])))
-    pairs = [(g, lb) for g, lb in pairs if "trials" in g and "trials" in lb]
-    if pairs:
-        checks = [_goals(g, lb, limit) for g, lb in pairs]
-        lines += [
-            "",
-            f"Goal (ours-guided against Lightning binsearch, each of {len(pairs)} repeats):",
-        ]
-        for i, (text, _) in enumerate(checks[0]):
-            met = sum(check[i][1] for check in checks)
+    goal_lines: list[str] = []
+    sequences: list[str] = []
+    for (model, headroom), cell in cells.items():
+        limit = cell["limit"]
+        where = f"| {model} | {headroom / 1024:g} GiB | {limit} |"
+        for name, rows in cell["runs"].items():
+            good = [row for row in rows if "error" not in row]
+            if not good:
+                lines.append(f"{where} {name} | error: {rows[0]['error']} | | | | | |")
+                continue
+            found = [row["found"] or 0 for row in good]
+            same = "yes" if all(row["refit_same"] for row in good) else "NO"
+            fresh = "yes" if all(row.get("refit") for row in good) else "NO"
+            share = [100 * f / ((1 - MARGIN) * limit) for f in found]
             lines.append(
-                f"- {'met' if met == len(checks) else 'MISSED'} ({met}/{len(checks)}): {text}"
+                f"{where} {name} | {_span(found)} | {_span(share, '{:.1f}')} | "
+                f"{_span([len(row['trials']) for row in good])} | "
+                f"{_span([sum(not f for _, f in row['trials']) for row in good])} | "
+                f"{_span([row['seconds'] for row in good], '{:.1f}')} | {same} / {fresh} |"
             )
-    lines += ["", "Trial sequences of the first repeat (size, ✗ = out of memory):", ""]
-    for name, rows in runs.items():
-        if "trials" in rows[0]:
-            seq = " ".join(f"{size}{'' if fitted else '✗'}" for size, fitted in rows[0]["trials"])
-            lines.append(f"- {name}: {seq}")
-    return "\n".join(lines)
+            seq = " ".join(f"{size}{'' if fit else '✗'}" for size, fit in good[0]["trials"])
+            sequences.append(f"- {model}, {headroom / 1024:g} GiB, {name}: {seq}")
+        guided = [row for row in cell["runs"].get("ours-guided", []) if "trials" in row]
+        if guided:
+            checks = [_goals(row, limit) for row in guided]
+            verdicts = [
+                f"{'met' if all(c[i][1] for c in checks) else 'MISSED'} "
+                f"({sum(c[i][1] for c in checks)}/{len(checks)}) {text}"
+                for i, (text, _) in enumerate(checks[0])
+            ]
+            goal_lines.append(f"- {model}, {headroom / 1024:g} GiB: " + "; ".join(verdicts))
+    return "\n".join(
+        [
+            f"Device {device}. The limit is the address space (RLIMIT_AS) over the warmed-up "
+            "process; the true limit is an independent bisection in a fresh process; each "
+            "contender runs in a fresh process, and its answer is run again there and in a "
+            "fresh process.",
+            "",
+            *lines,
+            "",
+            "Goal (issue 13, ours-guided in every cell, over the repeats):",
+            "",
+            *goal_lines,
+            "",
+            "Trial sequences of the first repeat (size, ✗ = out of memory):",
+            "",
+            *sequences,
+        ]
+    )
+
+
+def run_cell(
+    model: str, headroom: int, names: list[str], args: argparse.Namespace
+) -> dict[str, Any]:
+    """The bisection and every contender (with a fresh-process re-fit) for one model and limit."""
+    limit_row = run_child("bisect", headroom, args.timeout, model=model, device=args.device)
+    if "error" in limit_row:
+        raise SystemExit(f"the bisection failed ({model}, {headroom} MiB): {limit_row['error']}")
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
+    for _ in range(args.repeat):
+        for name in names:
+            row = run_child(name, headroom, args.timeout, model=model, device=args.device)
+            if row.get("found"):
+                refit = run_child(
+                    "refit",
+                    headroom,
+                    args.timeout,
+                    model=model,
+                    device=args.device,
+                    size=row["found"],
+                )
+                row["refit"] = bool(refit.get("fits"))
+            runs[name].append(row)
+            print(f"{model} {headroom} MiB {name}: {row}", file=sys.stderr)
+    return {"limit": limit_row["found"], "bisect_seconds": limit_row["seconds"], "runs": runs}
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Run every contender (each in its own process) and print the table."""
-    global DEVICE
+    """Run every contender (each in its own process) for every model and limit; print the table."""
+    global DEVICE, MODEL
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--headroom-mib", type=int, default=128)
+    parser.add_argument("--headroom-mib", default="512,1024,2048", help="comma-separated limits")
+    parser.add_argument("--models", default=",".join(MODELS), help="comma-separated models")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--repeat", type=int, default=1, help="runs per contender")
     parser.add_argument("--only", default=",".join(CONTENDERS), help="comma-separated names")
-    parser.add_argument("--timeout", type=float, default=600.0, help="seconds per contender")
+    parser.add_argument("--timeout", type=float, default=900.0, help="seconds per contender")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--size", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--write", type=Path, help="also write the Markdown report there")
+    parser.add_argument("--json", type=Path, help="also write the raw figures there")
     args = parser.parse_args(argv)
     if args.worker:
-        DEVICE = args.device
-        print(json.dumps(worker(args.worker, args.headroom_mib)))
+        DEVICE, MODEL = args.device, args.models
+        print(json.dumps(worker(args.worker, int(args.headroom_mib), args.size)))
         return
-    limit_row = run_child("scan", args.headroom_mib, args.timeout, args.device)
-    if "error" in limit_row:
-        raise SystemExit(f"the linear scan failed: {limit_row['error']}")
-    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in args.only.split(",")}
-    for _ in range(args.repeat):
-        for name in runs:
-            runs[name].append(run_child(name, args.headroom_mib, args.timeout, args.device))
-            print(f"{name}: {runs[name][-1]}", file=sys.stderr)
-    text = report(runs, limit_row["found"], args.headroom_mib, args.device)
+    start = time.perf_counter()
+    cells = {
+        (model, int(headroom)): run_cell(model, int(headroom), args.only.split(","), args)
+        for model in args.models.split(",")
+        for headroom in args.headroom_mib.split(",")
+    }
+    text = report(cells, args.device)
     machine = (
         f"{platform.machine()}, {os.cpu_count()} CPU cores, Python {platform.python_version()}"
     )
@@ -418,10 +527,17 @@ def main(argv: list[str] | None = None) -> None:
 
         machine += f", {torch.cuda.get_device_name(0)}"
     command = "python benchmarks/batch_size.py " + " ".join(argv or sys.argv[1:])
-    text = f"Command: `{command.strip()}`\n\n{text}\n\nMachine: {machine}; {_versions()}.\n"
+    minutes = (time.perf_counter() - start) / 60
+    text = (
+        f"Command: `{command.strip()}` ({minutes:.0f} minutes)\n\n{text}\n\n"
+        f"Machine: {machine}; {_versions()}.\n"
+    )
     print(text)
     if args.write:
         args.write.write_text(text)
+    if args.json:
+        rows = {f"{model}@{headroom}": cell for (model, headroom), cell in cells.items()}
+        args.json.write_text(json.dumps(rows, indent=1))
 
 
 if __name__ == "__main__":

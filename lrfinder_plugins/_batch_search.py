@@ -15,21 +15,26 @@ Modes:
     ``"shrink"``: accelerate's ``find_executable_batch_size`` policy: starts at ``init_val`` and,
         after each size that ran out of memory, tries ``shrink(size)`` (default
         ``int(0.9 * size)``) until one fits; that size is the answer (no margin, no growing).
-    ``"guided"`` (the default): measures the memory in use at every moment of a training step
-        at small sizes, fits how each moment grows with the batch (:class:`MemoryModel`), jumps
-        just below the predicted limit, then verifies: the next size is one ``margin / 5``
-        above the largest fit (or the re-predicted limit, from the latest capacity reading,
-        while that reading agrees with the trials), so that one out-of-memory trial brackets
-        the limit. When the reading contradicts the trials, or two predictions missed, it
-        gallops away from the last trial in doubling steps (never further than bisection
-        would) until the outcome flips, then bisects. It stops once the limit is bracketed to
-        ``margin / 5`` of the size. Without peak or capacity figures it doubles and bisects
-        like ``binsearch``, to that same relative precision.
+    ``"guided"`` (the default), predict-first: measures the memory in use at every moment of a
+        training step at small sizes, fits how each moment grows with the batch
+        (:class:`MemoryModel`) and aims straight at ``(1 - margin)`` times the predicted limit.
+        It stops there when that size fits and its measured peak matches the prediction
+        (``prediction_held``); a peak that misses re-fits the model through the two largest
+        sizes and aims again, an out-of-memory aim aims again from the capacity read after the
+        failure, below it. After two failed aims, three aims, or when the capacity reading
+        contradicts a size that fitted, it doubles and bisects like ``binsearch``, to
+        ``margin / 5`` of the size. Without peak or capacity figures it does that from the start.
 
-Every mode ends the same way: the answer is ``(1 - margin)`` times the largest size not known to
-fail (the smallest failing size minus one), never more than the largest size that fitted, and it
-is always a size that ran successfully for the full ``steps_per_trial``: when it was not tried
-yet, one last trial runs it.
+An out-of-memory trial changes the state of memory (an allocator may keep more address space
+after one), so a size that fitted before a failure and a failure after it never form a bracket:
+the bracket's lower end fitted after the last failure that preceded its upper end (or after it),
+and a size that fitted only before the last failure is run again before it is bisected from or
+answered.
+
+Every mode but ``shrink`` ends the same way: the answer is ``(1 - margin)`` times the largest size
+not known to fail (the smallest failing size minus one), never more than the largest size that
+fitted, and it is always a size that ran successfully for the full ``steps_per_trial`` after the
+last out-of-memory trial: when it was not run since, one last trial (``verify``) runs it.
 """
 
 from __future__ import annotations
@@ -53,6 +58,15 @@ TOLERANCE_SHARE = 0.2
 """The guided mode brackets the limit to ``TOLERANCE_SHARE * margin`` of the size (1% at the
 default 5% margin): precise enough that the margin, not the search, decides the answer."""
 
+MATCH_SHARE = 0.01
+"""The guided mode's prediction holds when the measured peak lies within ``max(margin / 5,
+MATCH_SHARE)`` of the predicted growth (the predicted peak less the peak extrapolated to size 0)
+of the predicted peak."""
+
+MAX_AIMS = 3
+"""The most trials the guided mode aims from a prediction; after two that ran out of memory it
+stops predicting too. Then it doubles and bisects."""
+
 COLLINEAR_TOLERANCE = 0.1
 """How far off (as a share of the peak's growth over three sizes) the memory model, fitted on the
 two smaller sizes, may predict the peak at the largest before it is trusted."""
@@ -63,6 +77,9 @@ class BatchStopReason(str, enum.Enum):
 
     LIMIT_FOUND = "limit_found"
     """A size ran out of memory and the limit is bracketed; the answer keeps the margin."""
+    PREDICTION_HELD = "prediction_held"
+    """The guided mode aimed at ``(1 - margin)`` x the predicted limit, and that size fitted
+    with the peak the memory model predicted for it: the answer is that size."""
     MAX_VAL = "max_val"
     """The largest allowed size (``max_val``) fitted."""
     UPPER_BOUND = "upper_bound"
@@ -98,8 +115,9 @@ class BatchTrial:
         peak_bytes: the largest memory in use during the trial, where the backend reports it.
         seconds: how long the trial took.
         role: why the search proposed this size: ``"init"``, ``"explore"`` (doubling),
-            ``"jump"`` (the guided prediction), ``"gallop"``, ``"bisect"`` or ``"verify"`` (the
-            final answer, run to prove it fits).
+            ``"jump"`` (the guided mode's first aim), ``"predict"`` (a later aim), ``"bisect"``,
+            ``"recheck"`` (a size that fitted before the last failure, run again), ``"shrink"``
+            or ``"verify"`` (the final answer, run to prove it fits).
         phase_peaks: the peak of each phase (e.g. ``forward_backward``, ``optimizer``), if known.
         capacity_bytes: the memory the peak could have used, if known (device or budget).
         error: the first line of the out-of-memory error, when it did not fit.
@@ -232,11 +250,28 @@ class BatchSizeResult(JsonFile):
 
 
 def _bracket(trials: tuple[BatchTrial, ...] | list[BatchTrial]) -> tuple[int | None, int | None]:
-    # U: the smallest size that failed; F: the largest size that fitted below it. A size above U
-    # that fitted (flaky memory) is not trusted.
-    oom = min((t.size for t in trials if not t.fitted), default=None)
-    fits = [t.size for t in trials if t.fitted and (oom is None or t.size < oom)]
-    return max(fits, default=None), oom
+    """(F, U): U is the smallest size that ran out of memory; F the largest size below U that
+    fitted in a state no failure separates from U's failure: after the last failure before it,
+    or later. A size above U that fitted (flaky memory) is not trusted."""
+    failures = [i for i, t in enumerate(trials) if not t.fitted]
+    if not failures:
+        return max((t.size for t in trials), default=None), None
+    oom = min(trials[i].size for i in failures)
+    largest: int | None = None
+    for i in failures:
+        if trials[i].size != oom:
+            continue
+        since = max((k for k in failures if k < i), default=-1)
+        for t in trials[since + 1 :]:
+            if t.fitted and t.size < oom and (largest is None or t.size > largest):
+                largest = t.size
+    return largest, oom
+
+
+def _settled(trials: Sequence[BatchTrial]) -> set[int]:
+    """The sizes that fitted after the last out-of-memory trial (all fits, before any)."""
+    last = max((i for i, t in enumerate(trials) if not t.fitted), default=-1)
+    return {t.size for t in trials[last + 1 :] if t.fitted}
 
 
 def _shrink_by_a_tenth(size: int) -> int:
@@ -342,6 +377,8 @@ class BatchSizeSearch:
         self._profiles: dict[int, tuple[int, ...]] = {}
         self.stop_reason: BatchStopReason | None = None
         self._proposal: tuple[int, str] | None = (self.init_val, "init")
+        self._expected: float | None = None  # the peak predicted for the proposed aim
+        self._predicted: int | None = None  # the answer, once a prediction held
 
     # -- the state machine ---------------------------------------------------------------------
     @property
@@ -477,16 +514,24 @@ class BatchSizeSearch:
 
     def _answer(self) -> tuple[int, int] | None:
         largest, oom = _bracket(self.trials)
-        if largest is None:
+        fitted = [t.size for t in self.trials if t.fitted]
+        if not fitted or self.stop_reason is BatchStopReason.NOTHING_FITS:
             return None
-        if self.mode == "shrink":  # the first size that ran, as accelerate answers
-            size = largest
+        if self._predicted is not None:
+            size = self._predicted
+            fits = [size]
+        elif self.mode == "shrink":  # the first size that ran, as accelerate answers
+            size = fitted[-1] if largest is None else largest
             fits = [size]
         else:
+            if largest is None:  # the budget ran out before a recheck: the best older fit
+                largest = max((s for s in fitted if oom is None or s < oom), default=min(fitted))
             wanted = self._final_size(largest, oom)
-            fits = [t.size for t in self.trials if t.fitted and t.size <= wanted]
-            # Only a tested size is ever answered; below the wanted one if the budget ran out.
-            size = max(fits, default=min(t.size for t in self.trials if t.fitted))
+            # Only a size run since the last failure is answered; an older one only when the
+            # budget ran out first, and below the wanted one if it did.
+            fits = [s for s in _settled(self.trials) if s <= wanted]
+            fits = fits or [s for s in fitted if s <= wanted]
+            size = max(fits, default=min(fitted))
         target = self.target_batch
         if target is None:
             return size, 1
@@ -505,6 +550,10 @@ class BatchSizeSearch:
         largest, oom = _bracket(self.trials)
         if largest is None and oom == 1:
             return self._finish(BatchStopReason.NOTHING_FITS)
+        if self._prediction_held() and (largest is None or largest < self.cap):
+            self._predicted = self.trials[-1].size
+            return self._finish(BatchStopReason.PREDICTION_HELD)
+        self._expected = None
         final = None
         if largest is not None and largest >= self.cap:
             final = (
@@ -512,23 +561,30 @@ class BatchSizeSearch:
             )
         elif largest is not None and oom is not None and self._bracketed(largest, oom):
             final = BatchStopReason.LIMIT_FOUND
+        settled = _settled(self.trials)
         if final is not None:
             wanted = self._final_size(largest, oom)  # type: ignore[arg-type]
-            tested = self._tested(wanted)
-            if tested is None and len(self.trials) < self.max_trials:
+            if wanted in settled:
+                return self._finish(final)
+            if len(self.trials) < self.max_trials:  # not run since the last failure: run it
                 self._proposal = (wanted, "verify")
                 return None
-            if tested is not None and tested.fitted:
-                return self._finish(final)
-            # The verified size failed (memory is not monotone here): search on below it.
         if len(self.trials) >= self.max_trials:
             return self._finish(BatchStopReason.MAX_TRIALS)
-        if largest is not None and len(self.trials) == self.max_trials - 1:
-            wanted = self._final_size(largest, oom)
-            if self._tested(wanted) is None:  # spend the last trial on a usable answer
-                self._proposal = (wanted, "verify")
-                return None
-        self._proposal = self._propose(largest, oom)
+        anchor = largest
+        if anchor is None and oom is not None:  # only older fits: the best of them
+            anchor = max((t.size for t in self.trials if t.fitted and t.size < oom), default=None)
+        if anchor is not None and len(self.trials) == self.max_trials - 1:
+            wanted = self._final_size(anchor, oom)
+            if wanted in settled:  # a last probe could only fail after the answer: stop here
+                return self._finish(BatchStopReason.MAX_TRIALS)
+            self._proposal = (wanted, "verify")  # spend the last trial on a usable answer
+            return None
+        aim = None if self.mode != "guided" or largest is None else self._aim(largest, oom)
+        if aim is not None and aim[0] in settled:  # the model puts the answer on a size run
+            self._predicted = aim[0]
+            return self._finish(BatchStopReason.PREDICTION_HELD)
+        self._proposal = aim or self._propose(largest, oom)
         return None
 
     def _advance_shrinking(self) -> None:
@@ -555,15 +611,18 @@ class BatchSizeSearch:
         return oom - 1 - largest <= math.floor(self.tolerance * largest)
 
     def _propose(self, largest: int | None, oom: int | None) -> tuple[int, str]:
-        if largest is None:  # even init_val failed: halve until something fits
+        if largest is None:
             assert oom is not None
-            return max(1, oom // 2), "explore"
-        if self.mode == "guided":
-            model = self._memory_model(oom)
-            if model is not None:
-                guided = self._guided(largest, oom, model)
-                if guided is not None and self._tested(guided[0]) is None:
-                    return guided
+            older = [t.size for t in self.trials if t.fitted and t.size < oom]
+            if older and self.mode == "guided" and self._aims():
+                # A failed aim: descend to the answer the failure allows (at least 5% below),
+                # doubling the step with every failure in a row, down to the older fit.
+                streak = next(i for i, t in enumerate(reversed(self.trials)) if t.fitted)
+                share = min(max(self.margin, 0.05) * 2.0 ** max(streak - 1, 0), 1.0)
+                return max(max(older), math.floor((1.0 - share) * (oom - 1))), "verify"
+            if older:  # they fitted before the last failure only: run the largest again
+                return max(older), "recheck"
+            return max(1, oom // 2), "explore"  # even init_val failed: halve until one fits
         if oom is None:
             return min(2 * largest, self.cap), "explore"
         return (largest + oom) // 2, "bisect"
@@ -597,43 +656,79 @@ class BatchSizeSearch:
             moments = [[t.peak_bytes or 0] for t in points]
         return MemoryModel.fit([t.size for t in points], moments)
 
-    def _guided(self, largest: int, oom: int | None, model: MemoryModel) -> tuple[int, str] | None:
-        """Probe where the model puts the limit while the capacity reading agrees with the trials;
-        otherwise gallop away from the last trial in doubling steps until the outcome flips
-        (``None``: bisect instead)."""
-        tol = self.tolerance
-        top = self.cap if oom is None else min(self.cap, oom - 1)
-        if top <= largest:
+    def _aims(self) -> list[BatchTrial]:
+        return [t for t in self.trials if t.role in ("jump", "predict")]
+
+    def _prediction_held(self) -> bool:
+        """The last trial was an aim that fitted with the peak predicted for it."""
+        last = self.trials[-1]
+        if self.mode != "guided" or self._expected is None or last.role not in ("jump", "predict"):
+            return False
+        measured = self._measured(last)
+        if not last.fitted or measured is None:
+            return False
+        model = self._local_model(last.size + 1)
+        base = 0.0 if model is None else max(0.0, model.peak(0))
+        share = max(self.tolerance, MATCH_SHARE)
+        return abs(measured - self._expected) <= share * max(self._expected - base, 0.0) + 1
+
+    def _measured(self, trial: BatchTrial) -> float | None:
+        profile = self._profiles.get(trial.size)
+        if profile:
+            return float(max(profile))
+        return None if trial.peak_bytes is None else float(trial.peak_bytes)
+
+    def _aim(self, largest: int, oom: int | None) -> tuple[int, str] | None:
+        """Aim at ``(1 - margin)`` x the limit predicted from the latest capacity reading (read
+        after the last failure, if any), below any failure (a size that fitted since the last
+        failure means the prediction holds there); ``None``: no prediction to trust
+        (too few measurements, no reading, a reading that a size which fitted contradicts, or
+        the aims are used up), so double and bisect."""
+        aims = self._aims()
+        if len(aims) >= MAX_AIMS or sum(not t.fitted for t in aims) >= 2:
             return None
         capacity = next((t.capacity_bytes for t in reversed(self.trials) if t.capacity_bytes), None)
-        since = [t for t in self.trials if t.role not in ("init", "explore")]
-        missed = sum(not t.fitted for t in since if t.role in ("jump", "predict"))
-        proven = model.peak(largest)  # what the largest fit is modelled to have used
-        refuted = math.inf if oom is None else model.peak(oom)
-        if capacity is not None and proven <= capacity < refuted and missed < 2:
-            # Never creep: a probe closer than one tolerance above the largest fit becomes the
-            # closing probe (if it fails, the limit is bracketed).
-            aim = math.floor(model.limit(capacity) * (1.0 - tol / 2.0))
-            closing = largest + math.floor(tol * largest) + 1
-            return min(max(aim, closing), top), ("predict" if since else "jump")
-        if capacity is None and not since:
+        # The first aim needs a model that passed its backtest; later ones extrapolate along
+        # the line through the two largest sizes measured, the nearest to the limit.
+        model = self._memory_model(oom) if not aims else self._local_model(oom)
+        if capacity is None or model is None or model.peak(largest) > capacity:
             return None
-        # The reading contradicts the trials, or two predictions missed: gallop, doubling the
-        # step, while every trial since the jump went the same way; then bisect.
-        outcomes = [t.fitted for t in since]
-        if outcomes and any(o != outcomes[-1] for o in outcomes):
+        aim = math.floor((1.0 - self.margin) * model.limit(capacity))
+        if oom is not None:
+            aim = min(aim, math.floor((1.0 - self.margin) * (oom - 1)))
+        aim = min(aim, self.cap)
+        if self.target_batch is not None and aim >= 1:
+            aim = accumulation_for(self.target_batch, aim)[0]
+        if aim < 1:
             return None
-        down = bool(outcomes) and not outcomes[-1]
-        k = min(max(len(outcomes) - 1, 0), 30)
-        if down:
-            assert oom is not None
-            size = min(math.floor((oom - 1) / (1.0 + tol * 2**k)), oom - 2**k)
-            size = max(size, (largest + oom) // 2)  # never further than bisection would go
-        else:
-            size = min(largest + (math.floor(tol * largest) + 1) * 2**k, 2 * largest)
-            if oom is not None:
-                size = min(size, (largest + oom) // 2)
-        return min(max(size, largest + 1), top), "gallop"
+        if aim not in _settled(self.trials):
+            self._expected = model.peak(aim)
+        return aim, ("predict" if aims else "jump")
+
+    def _local_model(self, below: int | None) -> MemoryModel | None:
+        """The line through the two largest measured sizes that fitted below ``below``."""
+        points = sorted(
+            {
+                t.size: t for t in self.trials if t.fitted and (below is None or t.size < below)
+            }.values(),
+            key=lambda t: t.size,
+        )
+        moments = [(t.size, self._moments(t)) for t in points]
+        moments = [(size, m) for size, m in moments if m]
+        if len(moments) < 2:
+            return None
+        (s1, m1), (s2, m2) = moments[-2:]
+        if len(m1) != len(m2):
+            m1, m2 = (max(m1),), (max(m2),)
+        return MemoryModel(s2, tuple(m2), tuple((b - a) / (s2 - s1) for a, b in zip(m1, m2)))
+
+    def _moments(self, trial: BatchTrial) -> tuple[int, ...]:
+        profile = self._profiles.get(trial.size)
+        if profile:
+            return profile
+        if trial.phase_peaks:
+            return tuple(trial.phase_peaks[k] for k in sorted(trial.phase_peaks))
+        return () if trial.peak_bytes is None else (trial.peak_bytes,)
 
 
 @dataclass(frozen=True)

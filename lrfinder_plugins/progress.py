@@ -33,9 +33,20 @@ class TqdmProgress:
             return
         from tqdm.auto import tqdm
 
-        self._bars[search.search_id] = tqdm(
-            total=search.total, desc=search.description, unit="step", leave=False
-        )
+        # No monitor thread: its stack and its malloc arena (about 72 MiB of address space)
+        # would leave a search under RLIMIT_AS less room than the training it sizes. The bar
+        # only needs it for mininterval tuning; the setting is put back at once.
+        own = vars(tqdm).get("monitor_interval")  # None: inherited from tqdm's base class
+        tqdm.monitor_interval = 0
+        try:
+            self._bars[search.search_id] = tqdm(
+                total=search.total, desc=search.description, unit="step", leave=False
+            )
+        finally:
+            if own is None:
+                del tqdm.monitor_interval
+            else:
+                tqdm.monitor_interval = own
 
     @hookimpl
     def lrfinder_step_recorded(self, search: SearchInfo, point: Point) -> None:

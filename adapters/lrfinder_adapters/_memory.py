@@ -14,10 +14,25 @@ so a trial over budget fails exactly like a real out-of-memory trial, only soone
 are what the results report on CUDA and what a budget is held to there.
 
 Capacity (what the peak may reach): the budget when one is given; on CUDA the free device
-memory plus the allocator's cached blocks (within ``set_per_process_memory_fraction``); on the CPU (Linux) the smallest of ``MemAvailable``,
-the address space left under ``RLIMIT_AS`` and the cgroup's limit. It is read after each trial's
-clean-up, and after an out-of-memory error the live bytes at the failing operation plus the size
-it asked for (read from the message) bound it from above.
+memory plus the allocator's cached blocks (within ``set_per_process_memory_fraction``); on the
+CPU (Linux) the smallest of ``MemAvailable``, the address space left under ``RLIMIT_AS`` and the
+cgroup's limit. While glibc's mmap threshold moves (the allocator left alone), the address space
+left counts what glibc holds free in its heap (``mallinfo2``) as room: freed tensors of up to
+32 MiB stay there and are reused before new address space is taken, so a trial that fitted and
+was freed does not shrink the reading. Pinned, every tensor above the threshold is mapped on its
+own and unmapped when freed, so the address space left is the room itself (the heap's free
+memory then serves small allocations only, and is not counted). It is read after each trial's clean-up,
+and after an out-of-memory error the live bytes at the failing operation plus the size it asked
+for (read from the message) bound it from above.
+
+Allocator pinning (:func:`pin_allocator`): on glibc under a finite ``RLIMIT_AS`` the address
+space glibc takes depends on history: its first allocation failure in a thread adds an arena
+(64 MiB of address space, kept), and its moving mmap threshold puts tensors of up to 32 MiB on
+the heap once one that size was freed, and keeps them there. The search sets
+``M_ARENA_MAX=1`` and a fixed ``M_MMAP_THRESHOLD`` (128 KiB, glibc's starting value) through
+``mallopt`` so that what fits is a function of the size alone; the process keeps those settings
+(glibc cannot go back to a moving threshold), so the training that follows runs as the trials
+did. ``MALLOC_ARENA_MAX`` or ``MALLOC_MMAP_THRESHOLD_`` in the environment win.
 
 Phases: the trial runner marks the optimizer step (through ``register_step_pre_hook`` /
 ``register_step_post_hook``), so each trial reports a ``forward_backward`` and an ``optimizer``
@@ -28,7 +43,9 @@ peak, at large ones the activations do.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import functools
+import logging
 import os
 import re
 import resource
@@ -43,6 +60,14 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 FORWARD_BACKWARD = "forward_backward"
 OPTIMIZER = "optimizer"
+
+M_MMAP_THRESHOLD = -3
+M_ARENA_MAX = -8
+MMAP_THRESHOLD = 128 * 2**10
+"""The fixed mmap threshold the search pins: glibc's starting value, so that every tensor
+larger than it gets its own mapping, returned to the system when it is freed."""
+
+log = logging.getLogger("lrfinder_plugins")
 
 
 def _leaves(tree: Any) -> Iterator[torch.Tensor]:
@@ -195,10 +220,12 @@ class CudaMeter(TensorMeter):
     """Tensor counting plus the CUDA caching allocator's own peaks, on one device.
 
     The reported peaks are ``torch.cuda.max_memory_allocated``, reset at each phase boundary;
-    the profile and the capacity stay in tensor bytes (the allocator's free and cached bytes
-    added to the live tensors), so the guided search compares like with like. Near the limit the
-    allocator can reserve noticeably more than the tensors it holds (fragmentation): the guided
-    search then overshoots and falls back to galloping and bisection.
+    the profile and the capacity stay in tensor bytes (see :func:`cuda_capacity`: the free
+    device memory and the allocator's cached blocks added to the live tensors), so the guided
+    search compares like with like. Near the limit the allocator reserves more than the tensors
+    it holds (fragmentation): the largest gap seen at a phase's peak
+    (``max_memory_reserved - max_memory_allocated``) is kept off the capacity, so the prediction
+    leaves the room the allocator itself took.
     """
 
     def __init__(self, device: torch.device, budget: int | None = None) -> None:
@@ -208,11 +235,14 @@ class CudaMeter(TensorMeter):
         self.device = torch.device("cuda", index)
         self.device_budget = budget
         self.device_peaks: dict[str, int] = {}
+        self.fragmentation = 0
         torch.cuda.reset_peak_memory_stats(self.device)
 
     def mark(self, phase: str) -> None:
         super().mark(phase)
         peak = int(torch.cuda.max_memory_allocated(self.device))
+        reserved = int(torch.cuda.max_memory_reserved(self.device))
+        self.fragmentation = max(self.fragmentation, reserved - peak)
         self.device_peaks[phase] = max(self.device_peaks.get(phase, 0), peak)
         torch.cuda.reset_peak_memory_stats(self.device)
         if self.device_budget is not None and peak > self.device_budget:
@@ -227,18 +257,52 @@ class CudaMeter(TensorMeter):
         if self.device_budget is not None:
             return int(self.live + self.device_budget - allocated)
         free, total = torch.cuda.mem_get_info(self.device)
-        # What new tensors may still take: the free memory plus the allocator's cached blocks,
-        # within the share set by torch.cuda.set_per_process_memory_fraction (if any).
-        reachable = free + torch.cuda.memory_reserved(self.device)
-        fraction = getattr(torch.cuda, "get_per_process_memory_fraction", None)
-        if fraction is not None and fraction(self.device) < 1.0:
-            reachable = min(reachable, int(fraction(self.device) * total))
-        return int(self.live + reachable - allocated)
+        share = getattr(torch.cuda, "get_per_process_memory_fraction", None)
+        return cuda_capacity(
+            live=self.live,
+            free=int(free),
+            total=int(total),
+            reserved=int(torch.cuda.memory_reserved(self.device)),
+            allocated=int(allocated),
+            fraction=None if share is None else float(share(self.device)),
+            fragmentation=self.fragmentation,
+        )
 
     def capacity_after(self, error: BaseException) -> int | None:
         if self.device_budget is not None:
             return self.capacity()
         return super().capacity_after(error)
+
+
+def cuda_capacity(
+    *,
+    live: int,
+    free: int,
+    total: int,
+    reserved: int,
+    allocated: int,
+    fraction: float | None = None,
+    fragmentation: int = 0,
+) -> int:
+    """What the live tensor bytes may reach on a CUDA device, read between trials.
+
+    New tensors may take the free device memory plus the caching allocator's cached blocks
+    (``reserved - allocated``: freed, kept, reused before the device is asked), within the
+    share ``torch.cuda.set_per_process_memory_fraction`` set (``fraction`` of ``total``, which
+    caps what the allocator may reserve); less the ``fragmentation`` the allocator needed at a
+    trial's peak (reserved beyond allocated), which tensors cannot use.
+
+    Example:
+        >>> cuda_capacity(live=100, free=1000, total=4000, reserved=300, allocated=200)
+        1200
+        >>> cuda_capacity(live=100, free=1000, total=4000, reserved=300, allocated=200,
+        ...               fraction=0.25, fragmentation=50)
+        850
+    """
+    reachable = free + reserved
+    if fraction is not None and fraction < 1.0:
+        reachable = min(reachable, int(fraction * total))
+    return int(live + reachable - allocated - fragmentation)
 
 
 def make_meter(device: torch.device, budget: int | None) -> TensorMeter:
@@ -307,9 +371,9 @@ def cpu_headroom() -> int | None:
     """Bytes this process may still allocate on the CPU (Linux), or ``None`` elsewhere.
 
     The smallest of the memory the kernel reports available (``MemAvailable``), the address
-    space left under ``RLIMIT_AS`` and the cgroup's limit less its usage. A rough figure: the
-    C allocator keeps freed memory, and the address space also holds non-tensor data; the
-    guided search verifies every prediction made from it.
+    space left under ``RLIMIT_AS`` (plus what glibc holds free in its heap while its mmap
+    threshold moves: it reuses that first) and the cgroup's limit less its usage. The address space also holds non-tensor data;
+    the guided search checks every prediction made from it.
     """
     if not sys.platform.startswith("linux"):
         return None
@@ -320,8 +384,109 @@ def cpu_headroom() -> int | None:
     soft, _hard = resource.getrlimit(resource.RLIMIT_AS)
     vm_size = _read_kib(f"/proc/{os.getpid()}/status", "VmSize")
     if soft != resource.RLIM_INFINITY and vm_size is not None:
-        candidates.append(soft - vm_size)
+        held = 0 if threshold_fixed() else malloc_free_bytes() or 0
+        candidates.append(soft - vm_size + held)
     cgroup = _cgroup_headroom()
     if cgroup is not None:
         candidates.append(cgroup)
     return max(0, min(candidates)) if candidates else None
+
+
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [
+        (name, ctypes.c_size_t)
+        for name in (
+            "arena",
+            "ordblks",
+            "smblks",
+            "hblks",
+            "hblkhd",
+            "usmblks",
+            "fsmblks",
+            "uordblks",
+            "fordblks",
+            "keepcost",
+        )
+    ]
+
+
+@functools.cache
+def _glibc() -> Any:
+    """The C library when it is glibc (``mallopt`` and ``mallinfo2`` exist), else ``None``."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(None)
+        libc.gnu_get_libc_version  # noqa: B018  (raises AttributeError off glibc)
+    except (OSError, AttributeError):
+        return None
+    return libc
+
+
+def malloc_free_bytes() -> int | None:
+    """Bytes glibc's allocator holds free in its arenas (``mallinfo2().fordblks``), or ``None``
+    off glibc or before glibc 2.33 (no ``mallinfo2``).
+
+    Example:
+        >>> malloc_free_bytes() is None or malloc_free_bytes() >= 0
+        True
+    """
+    libc = _glibc()
+    mallinfo2 = None if libc is None else getattr(libc, "mallinfo2", None)
+    if mallinfo2 is None:
+        return None
+    mallinfo2.restype = _MallInfo2
+    return int(mallinfo2().fordblks)
+
+
+def address_space_limited() -> bool:
+    """Whether this process runs under a finite ``RLIMIT_AS``."""
+    soft, _hard = resource.getrlimit(resource.RLIMIT_AS)
+    return soft != resource.RLIM_INFINITY
+
+
+_PINNED: dict[str, int] = {}
+
+
+def threshold_fixed() -> bool:
+    """Whether glibc's mmap threshold is fixed: pinned here, or by ``MALLOC_MMAP_THRESHOLD_``."""
+    return "M_MMAP_THRESHOLD" in _PINNED or "MALLOC_MMAP_THRESHOLD_" in os.environ
+
+
+def pin_allocator(pin: bool | None = None) -> dict[str, int]:
+    """Pin glibc's allocator for the search (see the module docs); return what was set.
+
+    Args:
+        pin: ``None`` (default): pin on glibc under a finite ``RLIMIT_AS``, where what fits
+            depends on the allocator's history; ``True``: pin on glibc whatever the limit;
+            ``False``: leave the allocator alone.
+
+    Returns:
+        The settings made, by ``mallopt`` name (empty when nothing was set). It logs them once.
+
+    Example:
+        >>> pin_allocator(False)
+        {}
+    """
+    if pin is False or (pin is None and not address_space_limited()):
+        return {}
+    libc = _glibc()
+    if libc is None:
+        return {}
+    wanted = {"M_ARENA_MAX": (M_ARENA_MAX, 1, "MALLOC_ARENA_MAX")}
+    wanted["M_MMAP_THRESHOLD"] = (M_MMAP_THRESHOLD, MMAP_THRESHOLD, "MALLOC_MMAP_THRESHOLD_")
+    made: dict[str, int] = {}
+    for name, (param, value, variable) in wanted.items():
+        if variable in os.environ:
+            continue  # the user's own glibc tunable wins
+        if _PINNED.get(name) == value or libc.mallopt(param, value) == 1:
+            made[name] = value
+    if made and made != _PINNED:
+        _PINNED.update(made)
+        log.info(
+            "batch-size search: pinned glibc malloc (%s) so that what fits under RLIMIT_AS "
+            "does not depend on the allocator's history; the process keeps it "
+            "(pin_allocator=False leaves the allocator alone)",
+            ", ".join(f"{k}={v}" for k, v in made.items()),
+        )
+    return made

@@ -69,12 +69,14 @@ class Trials:
         memory_budget: int | None,
         loader_options: Mapping[str, Any],
         step_options: Mapping[str, Any],
+        pin_allocator: bool | None = None,
     ) -> None:
         # The inner module of a DDP wrapper: same parameters, no collective per step.
         self.model, self.optimizer, self.loss_fn = unwrap(model), optimizer, loss_fn
         self.dataset, self.make_loader, self.step_fn = dataset, make_loader, step_fn
         self.device, self.memory_budget = device, memory_budget
         self.loader_options, self.step_options = dict(loader_options), dict(step_options)
+        self.pin_allocator: bool | None = pin_allocator  # applied before the first trial
 
     def _loader(self, size: int) -> Iterable[Any]:
         if self.make_loader is not None:
@@ -126,8 +128,12 @@ class Trials:
     def run(self, size: int, steps: int) -> TrialOutcome:
         """Run a trial; an out-of-memory error is an outcome, any other error propagates.
 
-        Memory is freed after the trial (the previous trial's clean-up serves this one).
+        Memory is freed after the trial (the previous trial's clean-up serves this one). The
+        first trial pins glibc's allocator first (see :func:`_memory.pin_allocator`).
         """
+        if self.pin_allocator is not False:
+            _memory.pin_allocator(self.pin_allocator)
+            self.pin_allocator = False  # once: mallopt settings last for the process
         meter = _memory.make_meter(self.device, self.memory_budget)
         meter.track(_memory.state_tensors(self.model, self.optimizer))
         hooks = [

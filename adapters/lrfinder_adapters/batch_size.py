@@ -137,6 +137,7 @@ def find_batch_size(
     process_group: Any = None,
     all_reduce_grads: bool = False,
     fault_timeout: float = 30.0,
+    pin_allocator: bool | None = None,
     **step_options: Any,
 ) -> BatchSizeResult:
     """Find the largest batch size that trains without running out of memory.
@@ -182,6 +183,10 @@ def find_batch_size(
         all_reduce_grads: the model is not wrapped in DDP and the loop averages gradients by
             hand (accepted so that :func:`tune` can pass it on; trials do not synchronise).
         fault_timeout: seconds a rank waits for a peer before counting it as failed.
+        pin_allocator: ``None`` (default): on glibc under a finite ``RLIMIT_AS``, pin the C
+            allocator before the first trial (``mallopt``: one arena, a fixed mmap threshold),
+            so that what fits depends on the size alone; it is logged and lasts for the process.
+            ``True``: pin on glibc whatever the limit; ``False``: leave the allocator alone.
         **step_options: ``TorchStep`` options: ``max_grad_norm``, ``amp``, ``amp_dtype``,
             ``scaler``, ``schedulers``, ``snapshot``, ``compute_loss``.
 
@@ -212,6 +217,7 @@ def find_batch_size(
         process_group=process_group,
         all_reduce_grads=all_reduce_grads,
         fault_timeout=fault_timeout,
+        pin_allocator=pin_allocator,
         **step_options,
     )
     return search_with_probe(

@@ -43,7 +43,8 @@ class TorchProbe:
 
     Args: as :func:`~lrfinder_adapters.batch_size.find_batch_size` (``model``, ``optimizer``,
     ``loss_fn``, one of ``dataset``/``make_loader``/``step_fn``, ``device``, ``memory_budget``,
-    ``loader_options``, the distributed options and the ``TorchStep`` options). Under
+    ``loader_options``, ``pin_allocator``, the distributed options and the ``TorchStep``
+    options). Under
     ``torch.distributed`` every rank runs each trial (a DDP model through its inner module, so
     no collective runs inside a trial) and the ranks agree on its outcome once per trial.
 
@@ -68,9 +69,12 @@ class TorchProbe:
         process_group: Any = None,
         all_reduce_grads: bool = False,
         fault_timeout: float = 30.0,
+        pin_allocator: bool | None = None,
         **step_options: Any,
     ) -> None:
         check_model_and_optimizer(model, optimizer)
+        if pin_allocator is not None and not isinstance(pin_allocator, bool):
+            raise TypeError(f"pin_allocator must be True, False or None, got {pin_allocator!r}")
         check_sources(dataset, make_loader, step_fn)
         _validate.known_options("the batch-size search", step_options, STEP_OPTIONS)
         if memory_budget is not None:
@@ -98,6 +102,7 @@ class TorchProbe:
             memory_budget=memory_budget,
             loader_options=loader_options or {},
             step_options=step_options,
+            pin_allocator=pin_allocator,
         )
         self._trials.check()
         # Every rank runs the same trial; one all-gather per trial makes them agree on it.

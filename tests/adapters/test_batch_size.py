@@ -14,7 +14,7 @@ import pytest
 import torch
 from torch import nn
 
-from lrfinder_adapters._memory import TensorMeter, requested_bytes
+from lrfinder_adapters._memory import TensorMeter, cuda_capacity, requested_bytes
 from lrfinder_adapters._oom import builtin_is_oom, is_oom
 from lrfinder_adapters.batch_size import TuneResult, find_batch_size, tune
 from lrfinder_plugins import (
@@ -238,7 +238,8 @@ def wide_model() -> nn.Module:
 
 def test_a_cpu_memory_budget_is_respected() -> None:
     """With a budget, every trial that fitted peaked under it and the guided search needs few
-    trials: the tensor meter's per-operation profile predicts the limit."""
+    trials: the tensor meter's per-operation profile predicts the limit, and the size aimed at
+    fits with the predicted peak."""
     model = wide_model()
     optimizer = torch.optim.Adam(model.parameters())
     budget = 8 * 2**20
@@ -247,8 +248,8 @@ def test_a_cpu_memory_budget_is_respected() -> None:
     )
     fitted = [t for t in result.trials if t.fitted]
     assert all(t.peak_bytes is not None and t.peak_bytes <= budget for t in fitted)
-    assert result.stop_reason is BatchStopReason.LIMIT_FOUND
-    assert len(result.trials) <= 8 and result.oom_trials <= 2
+    assert result.stop_reason is BatchStopReason.PREDICTION_HELD
+    assert len(result.trials) <= 5 and result.oom_trials <= 1
     assert all("memory_budget" in (t.error or "") for t in result.trials if not t.fitted)
 
 
@@ -572,3 +573,22 @@ def test_cuda_peaks_are_the_allocators_and_a_budget_holds() -> None:
     assert all(t.peak_bytes is not None and t.peak_bytes <= budget for t in fitted)
     assert max(t.peak_bytes or 0 for t in fitted) > 0.8 * budget
     assert result.oom_trials >= 1 and len(result.trials) <= 8, result.summary()
+
+
+@pytest.mark.parametrize(
+    ("reading", "expected"),
+    [
+        ({}, 100 + 1000 + 300 - 200),  # free memory plus the cached blocks, over the live bytes
+        ({"fraction": 0.25}, 100 + 1000 - 200),  # the fraction caps what may be reserved
+        ({"fraction": 1.0}, 100 + 1000 + 300 - 200),  # no cap at 1
+        ({"fragmentation": 64}, 100 + 1000 + 300 - 200 - 64),  # room the allocator itself took
+    ],
+    ids=["cached-blocks-count", "fraction-caps", "fraction-one", "fragmentation-kept-off"],
+)
+def test_the_cuda_capacity_counts_cached_blocks_within_the_fraction(
+    reading: dict[str, float], expected: int
+) -> None:
+    """Reserved-but-unallocated blocks are room (the caching allocator reuses them first), the
+    per-process fraction caps it, and fragmentation seen at a peak is kept off."""
+    base = {"live": 100, "free": 1000, "total": 4000, "reserved": 300, "allocated": 200}
+    assert cuda_capacity(**base, **reading) == expected  # type: ignore[arg-type]

@@ -1,10 +1,13 @@
-"""A real allocation failure: the search runs in a subprocess under ``RLIMIT_AS``.
+"""Real allocation failures: the search runs in subprocesses under ``RLIMIT_AS``.
 
 The model needs more memory as the batch grows (a 16384-wide hidden layer); the address space
 is capped a few dozen MiB above what the warmed-up process uses, so large batches fail in the
 CPU allocator for real. The search must survive those failures, end on a size that really fits
-(run again in the same process), and land within the margin of the true limit, which an
-independent linear scan finds in a process of its own.
+(run again in the same process and in a fresh one), and land within the margin of the true
+limit, which an independent linear scan finds in a process of its own. Every child pins glibc's
+allocator as the search does (one arena, a fixed mmap threshold), so the scan measures the
+allocator the training runs with after a search. Each child is bounded by a timeout; nothing
+here asserts a wall time.
 """
 
 from __future__ import annotations
@@ -25,14 +28,16 @@ MARGIN = 0.05
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RLIMIT_AS and /proc: Linux"),
+    pytest.mark.timeout(300),
 ]
 
 CHILD = r"""
-import gc, json, resource, sys
+import gc, json, logging, resource, sys
 import torch
 
 torch.set_num_threads(1)
 torch.backends.mkldnn.enabled = False  # oneDNN keeps scratch memory after a failure
+from lrfinder_adapters._memory import pin_allocator
 from lrfinder_adapters.batch_size import find_batch_size
 
 torch.manual_seed(0)
@@ -76,18 +81,30 @@ vm_size = next(
 headroom = int(sys.argv[2]) * 2**20
 resource.setrlimit(resource.RLIMIT_AS, (vm_size + headroom, resource.RLIM_INFINITY))
 
-if sys.argv[1] == "search":
+if sys.argv[1] in ("guided", "binsearch", "power"):
+    records = []
+    handler = logging.Handler()
+    handler.emit = lambda record: records.append(record.getMessage())
+    logging.getLogger("lrfinder_plugins").addHandler(handler)
+    logging.getLogger("lrfinder_plugins").setLevel(logging.INFO)
     result = find_batch_size(
-        model, optimizer, loss_fn, dataset=data, margin=float(sys.argv[3]), progress=False
+        model, optimizer, loss_fn, dataset=data, mode=sys.argv[1], margin=float(sys.argv[3]),
+        progress=False,
     )
     found = result.batch_size
     report = {
         "found": found,
         "trials": [[t.size, t.fitted, t.error] for t in result.trials],
         "oom_trials": result.oom_trials,
+        "stop": str(result.stop_reason),
         "fits_again": fits(found),
+        "pinned": any("pinned glibc malloc" in message for message in records),
     }
+elif sys.argv[1] == "refit":  # the answer, run in a fresh process pinned as the search pins
+    pin_allocator(None)
+    report = {"fits": fits(int(sys.argv[3]))}
 else:  # an independent linear scan for the true limit: stride 16, then stride 1
+    pin_allocator(None)
     size = 16
     while fits(size):
         size += 16
@@ -98,19 +115,51 @@ else:  # an independent linear scan for the true limit: stride 16, then stride 1
 print(json.dumps(report))
 """
 
+PINNING = r"""
+import json, resource, sys
+import torch
+from lrfinder_adapters import _memory
 
-def start_child(*args: str) -> subprocess.Popen[str]:
-    """Start the child script with the pinned environment."""
+
+def vm_size():
+    return _memory._read_kib("/proc/self/status", "VmSize")
+
+
+def churn(mib):  # allocate, touch and free a tensor three times
+    for _ in range(3):
+        block = torch.empty(mib * 2**20, dtype=torch.uint8)
+        block.fill_(1)
+        del block
+
+
+soft = vm_size() + 512 * 2**20
+resource.setrlimit(resource.RLIMIT_AS, (soft, resource.RLIM_INFINITY))
+churn(4)  # before any pinning: glibc's moving threshold leaves 4 MiB free on the heap
+made = _memory.pin_allocator({"auto": None, "off": False}[sys.argv[1]])
+counted = _memory.cpu_headroom() - (soft - vm_size())
+before, headroom = vm_size(), _memory.cpu_headroom()
+churn(16)  # left alone, the second 16 MiB tensor lands on the heap and stays there when freed
+print(json.dumps({
+    "made": made,
+    "heap_counted": counted,
+    "grew": vm_size() - before,
+    "headroom_change": _memory.cpu_headroom() - headroom,
+    "held_free": _memory.malloc_free_bytes(),
+}))
+"""
+
+
+def start_child(*args: str, script: str = CHILD) -> subprocess.Popen[str]:
+    """Start a child script on one thread, with glibc's allocator left to the library."""
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "adapters")]),
         "OMP_NUM_THREADS": "1",
-        # glibc's dynamic mmap threshold would keep freed memory in the heap after a failure,
-        # making the limit depend on the order of the trials; fix it.
-        "MALLOC_MMAP_THRESHOLD_": "131072",
     }
+    for tunable in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_ARENA_MAX"):
+        env.pop(tunable, None)
     return subprocess.Popen(
-        [sys.executable, "-c", CHILD, *args],
+        [sys.executable, "-c", script, *args],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -130,15 +179,47 @@ def report_of(child: subprocess.Popen[str]) -> dict[str, Any]:
     return json.loads(out.strip().splitlines()[-1])
 
 
-def test_the_search_survives_real_allocation_failures_and_lands_within_the_margin() -> None:
-    """Real DefaultCPUAllocator failures end trials, the process lives on, the answer fits when
-    run again, and it lies between 95% of the limit less the margin and the limit itself."""
-    # Two processes of one thread each, side by side: the scan and the search.
-    scan = start_child("scan", str(HEADROOM_MIB))
-    search = start_child("search", str(HEADROOM_MIB), str(MARGIN))
-    report, true_limit = report_of(search), report_of(scan)["limit"]
-    failures = [error for _, fitted, error in report["trials"] if not fitted]
-    assert report["oom_trials"] >= 1
-    assert all("DefaultCPUAllocator" in error for error in failures), failures
-    assert report["fits_again"], report
+@pytest.fixture(scope="module")
+def true_limit() -> int:
+    """The largest size that fits, by an independent linear scan in a process of its own."""
+    return int(report_of(start_child("scan", str(HEADROOM_MIB)))["limit"])
+
+
+def test_guided_predicts_the_limit_under_a_real_address_space_limit(true_limit: int) -> None:
+    """Guided: at most 5 trials with at most 1 out of memory, at least 95% of the limit less the
+    margin, never above the limit; the allocator pinning is logged, and the answer fits when run
+    again, in the same process and in a fresh one."""
+    report = report_of(start_child("guided", str(HEADROOM_MIB), str(MARGIN)))
+    assert len(report["trials"]) <= 5 and report["oom_trials"] <= 1, report
     assert 0.95 * (1 - MARGIN) * true_limit <= report["found"] <= true_limit, (report, true_limit)
+    assert report["fits_again"] and report["pinned"], report
+    refit = report_of(start_child("refit", str(HEADROOM_MIB), str(report["found"])))
+    assert refit["fits"], (report, true_limit)
+
+
+@pytest.mark.parametrize("mode", ["binsearch", "power"])
+def test_real_allocation_failures_end_trials_and_the_answer_ran_after_the_last(
+    mode: str, true_limit: int
+) -> None:
+    """binsearch and power run out of memory for real (DefaultCPUAllocator), the process lives
+    on, and the answer is a size that fitted after the last failure, and fits again."""
+    report = report_of(start_child(mode, str(HEADROOM_MIB), str(MARGIN)))
+    failures = [i for i, (_, fitted, _) in enumerate(report["trials"]) if not fitted]
+    assert failures, report
+    assert all("DefaultCPUAllocator" in report["trials"][i][2] for i in failures), report
+    after = [size for size, fitted, _ in report["trials"][failures[-1] + 1 :] if fitted]
+    assert report["found"] in after and report["found"] <= true_limit, (report, true_limit)
+    assert report["fits_again"], report
+
+
+def test_pinning_makes_freed_tensors_leave_the_address_space() -> None:
+    """Pinned, a freed 16 MiB tensor gives its address space back, and the heap's free memory
+    (too small for such tensors) is not counted as room; left alone, glibc keeps the tensor on
+    the heap, and the capacity reading counts it as room anyway (mallinfo2)."""
+    pinned = report_of(start_child("auto", script=PINNING))
+    alone = report_of(start_child("off", script=PINNING))
+    assert pinned["made"] == {"M_ARENA_MAX": 1, "M_MMAP_THRESHOLD": 128 * 2**10}
+    assert alone["made"] == {}
+    assert pinned["grew"] < 2**20 and alone["grew"] >= 16 * 2**20, (pinned, alone)
+    assert pinned["held_free"] >= 4 * 2**20 > abs(pinned["heap_counted"]) * 4, pinned
+    assert alone["held_free"] >= 16 * 2**20 and abs(alone["headroom_change"]) < 2**20, alone

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import logging
+import os
+import subprocess
+import sys
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -497,3 +501,34 @@ def test_an_observer_whose_observes_hook_raises_is_left_out(
         result = run_range_test(FakeStep(), small_test(), progress=False)
     assert len(result) == 5 and broken.calls == []
     assert "test.broken-observes" in caplog.text and "lrfinder_observes" in caplog.text
+
+
+def test_the_progress_bar_starts_no_monitor_thread() -> None:
+    """A batch-size search with its bar, in a fresh process: no tqdm monitor thread (an 8 MiB
+    stack and a malloc arena the training would not pay), and tqdm's setting is left as it was."""
+    child = r"""
+import threading
+from tqdm import tqdm
+from tqdm.auto import tqdm as auto
+from lrfinder_plugins import BatchSizeSearch, BatchSizeSession, TrialReport
+session = BatchSizeSession(BatchSizeSearch(mode="power"), progress=True)
+session.start()
+while not session.finished:
+    size = session.next_size()
+    session.end_trial(size, TrialReport(fitted=size <= 16))
+session.finish()
+names = [type(t).__name__ for t in threading.enumerate()]
+assert "TMonitor" not in names and tqdm.monitor is None, names
+assert tqdm.monitor_interval == auto.monitor_interval == 10 and "monitor_interval" not in vars(auto)
+print("ok")
+"""
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run(
+        [sys.executable, "-c", child],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join([str(root), str(root / "adapters")])},
+        check=False,
+    )
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]

@@ -160,15 +160,20 @@ def test_finish_is_idempotent_and_marks_an_unfinished_test_interrupted() -> None
 
 
 def test_a_trial_fits_only_if_it_fitted_on_every_rank() -> None:
-    """The other rank's out of memory at 8 makes 8 a failure here too."""
-    reducer = TwoRanks(trial=lambda i: TrialReport(fitted=i < 2, steps=3 if i < 2 else 0))
+    """The other rank's out of memory at 8 makes 8 a failure here too (then 4 runs again)."""
+    reducer = TwoRanks(trial=lambda i: TrialReport(fitted=i != 2, steps=3 if i != 2 else 0))
     s = BatchSizeSession(BatchSizeSearch(mode="power", init_val=2), reducer=reducer, progress=False)
     s.start()
     while not s.finished:
         size = s.next_size()
         s.end_trial(size, TrialReport())
     result = s.finish()
-    assert [(t.size, t.fitted) for t in result.trials] == [(2, True), (4, True), (8, False)]
+    assert [(t.size, t.fitted) for t in result.trials] == [
+        (2, True),
+        (4, True),
+        (8, False),
+        (4, True),
+    ]
     assert result.batch_size == 4 and result.world_size == 2 and result.global_batch == 8
 
 
