@@ -784,7 +784,9 @@ class LearningRateFinder(Callback):
         log.info("LR finder: learning rate set to %.3g (%s.%s)", lr, type(container).__name__, name)
 
 
-_BATCH_OPTIONS = frozenset({"margin", "memory_budget", "max_val", "progress", "target_batch"})
+_BATCH_OPTIONS = frozenset(
+    {"margin", "memory_budget", "max_val", "progress", "target_batch", "pin_allocator"}
+)
 _LR_OPTIONS = frozenset(
     {"suggest_method", "plot_path", "smoothing", "progress", "fault_timeout", "log_to_loggers"}
 )
@@ -918,6 +920,10 @@ class BatchSizeFinder(Callback):
             memory (``None``: the device's real limit).
         max_val: the largest size tried (``None``: no limit).
         progress: show a progress bar (``None``: when the trainer shows one).
+        pin_allocator: ``None``: on glibc under a finite ``RLIMIT_AS``, pin the C allocator
+            for the search (one arena, a fixed mmap threshold: what fits then depends on the
+            size only; logged, kept for the process), as ``find_batch_size`` does; ``True``:
+            pin whatever the limit; ``False``: leave it alone.
         target_batch: a global batch to keep (per-rank batch x ranks x accumulation): the
             found size is then the largest per-rank batch that fits and divides it, and
             ``trainer.accumulate_grad_batches`` is set to make up the rest.
@@ -949,7 +955,14 @@ class BatchSizeFinder(Callback):
         progress: bool | None = None,
         milestones: Sequence[int] = (),
         target_batch: int | None = None,
+        pin_allocator: bool | None = None,
     ) -> None:
+        if pin_allocator is not None and not isinstance(pin_allocator, bool):
+            raise TypeError(
+                f"pin_allocator must be None, True or False, got {pin_allocator!r}; "
+                "e.g. pin_allocator=False to leave the C allocator alone"
+            )
+        self.pin_allocator = pin_allocator
         self.milestones = _milestones(milestones)
         self.target_batch = (
             None
@@ -1046,6 +1059,7 @@ class BatchSizeFinder(Callback):
         progress = (
             trainer.progress_bar_callback is not None if self.progress is None else self.progress
         )
+        _memory.pin_allocator(self.pin_allocator)  # before the first trial (see _memory)
         outer = _TrainData(trainer)  # the trials build their own data; the fit's is kept
         try:
             session = BatchSizeSession(

@@ -770,6 +770,8 @@ def test_bad_batch_size_arguments() -> None:
         BatchSizeFinder(mode="sideways")
     with pytest.raises(TypeError, match="init_val"):
         BatchSizeFinder(init_val=1.5)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="pin_allocator"):
+        BatchSizeFinder(pin_allocator="yes")  # type: ignore[arg-type]
     tuner = Tuner(_trainer())
     with pytest.raises(TypeError, match="unknown option"):
         tuner.scale_batch_size(Sized(), budget=5)
