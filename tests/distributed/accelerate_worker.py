@@ -113,6 +113,11 @@ def scenario_batch(accelerator: Accelerator) -> dict[str, Any]:
         "oom_trials": result.oom_trials,
         "trials": [(t.size, t.fitted) for t in result.trials],
         "world_size": result.world_size,
+        # The largest peak over the ranks (the reduce keeps the larger), of the answer's trial.
+        "answer_peak": max(
+            (t.peak_bytes or 0 for t in result.trials if t.fitted and t.size == result.batch_size),
+            default=None,
+        ),
     }
 
 

@@ -274,9 +274,11 @@ def test_accelerate_nan_on_one_process_stops_both(accelerate_run: Path) -> None:
 
 
 def test_accelerate_processes_with_different_memory_end_on_one_size(accelerate_run: Path) -> None:
-    """Budgets of 4 and 2 MiB: the same trials and answer on both; process 1's OOM counts."""
+    """Budgets of 4 and 2 MiB: the same trials and answer on both, within process 1's budget
+    (the guided search predicts it: at most one trial runs out of memory)."""
     rank0, rank1 = records(accelerate_run, "batch")
-    assert rank0 == rank1 and rank0["oom_trials"] >= 1 and rank0["world_size"] == 2
+    assert rank0 == rank1 and rank0["oom_trials"] <= 1 and rank0["world_size"] == 2
+    assert rank0["answer_peak"] is not None and rank0["answer_peak"] <= 2 * 2**20, rank0
 
 
 def test_accelerate_decorator_agrees_across_processes(accelerate_run: Path) -> None:
