@@ -244,6 +244,8 @@ def test_pinning_makes_freed_tensors_leave_the_address_space() -> None:
     alone = report_of(start_child("off", script=PINNING))
     assert pinned["made"] == {"M_ARENA_MAX": 1, "M_MMAP_THRESHOLD": 128 * 2**10}
     assert alone["made"] == {}
-    assert pinned["grew"] < 2**20 and alone["grew"] >= 16 * 2**20, (pinned, alone)
+    # Left alone, glibc keeps at least part of the churned 16 MiB on the heap (seen: 12-16 MiB,
+    # depending on where its moving threshold stood); pinned, less than 1 MiB stays.
+    assert pinned["grew"] < 2**20 and alone["grew"] >= 8 * 2**20, (pinned, alone)
     assert pinned["held_free"] >= 4 * 2**20 > abs(pinned["heap_counted"]) * 4, pinned
-    assert alone["held_free"] >= 16 * 2**20 and abs(alone["headroom_change"]) < 2**20, alone
+    assert alone["held_free"] >= 8 * 2**20 and abs(alone["headroom_change"]) < 2**20, alone
