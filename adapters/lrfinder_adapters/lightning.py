@@ -572,7 +572,43 @@ def _ratios(trainer: pl.Trainer) -> tuple[list[tuple[float, ...]], tuple[float, 
     return out, flat
 
 
-class LearningRateFinder(Callback):
+class _SearchCallback(Callback):
+    """What both finders do around their search: run it at fit start (skipped under
+    ``fast_dev_run``, as Lightning does), end the fit there under the Tuner, and run it again at
+    the start of each epoch in ``milestones``."""
+
+    _LABEL = "search"
+    milestones: frozenset[int] = frozenset()
+    _early_exit = False
+
+    def _search(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> Any:
+        raise NotImplementedError
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Run the search, restore everything; with the Tuner, end the fit here.
+
+        Under ``fast_dev_run`` the search is skipped with a warning and the result stays
+        ``None``.
+        """
+        if getattr(trainer, "fast_dev_run", False):  # set by a connector, untyped
+            warnings.warn(
+                f"skipping the {self._LABEL}: fast_dev_run is on (it runs a handful of batches "
+                "only)",
+                UserWarning,
+                stacklevel=2,
+            )
+        else:
+            self._search(trainer, pl_module)
+        if self._early_exit:
+            raise _TunerExitException()
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Search again at the start of each epoch in :attr:`milestones` (not under the Tuner)."""
+        if trainer.current_epoch in self.milestones and not self._early_exit:
+            self._search(trainer, pl_module)
+
+
+class LearningRateFinder(_SearchCallback):
     """Lightning's ``LearningRateFinder`` callback, running our range test at fit start.
 
     Args:
@@ -677,27 +713,10 @@ class LearningRateFinder(Callback):
             if self._update_attr:
                 find_lr_attr(pl_module, self._attr_name)
 
-    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Run the sweep, restore everything; with the Tuner, end the fit here.
+    _LABEL = "LR finder"
 
-        Under ``fast_dev_run`` the sweep is skipped with a warning (as Lightning does) and
-        :attr:`optimal_lr` stays ``None``.
-        """
-        if getattr(trainer, "fast_dev_run", False):  # set by a connector, untyped
-            warnings.warn(
-                "skipping the LR finder: fast_dev_run is on (it runs a handful of batches only)",
-                UserWarning,
-                stacklevel=2,
-            )
-        else:
-            self.lr_find(trainer, pl_module)
-        if self._early_exit:
-            raise _TunerExitException()
-
-    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Sweep again at the start of each epoch in :attr:`milestones` (not under the Tuner)."""
-        if trainer.current_epoch in self.milestones and not self._early_exit:
-            self.lr_find(trainer, pl_module)
+    def _search(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> Any:
+        return self.lr_find(trainer, pl_module)
 
     def lr_find(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> LRFinderResult:
         """Run the sweep in ``trainer``'s fit loop now; the state is restored afterwards.
@@ -894,7 +913,7 @@ class _TrialCallback(Callback):
             trainer.should_stop = True
 
 
-class BatchSizeFinder(Callback):
+class BatchSizeFinder(_SearchCallback):
     """Lightning's ``BatchSizeFinder`` callback, running our batch-size search at fit start.
 
     Each trial sets the proposed size where Lightning looks (every one of ``model.<name>``,
@@ -1025,28 +1044,10 @@ class BatchSizeFinder(Callback):
         (the fit goes on with it; after the Tuner, pass it to your ``fit``); else ``None``."""
         return None if self._fit_loader is None else self._fit_loader.loader
 
-    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Run the search, restore everything, set the size; with the Tuner, end the fit here.
+    _LABEL = "batch-size finder"
 
-        Under ``fast_dev_run`` the search is skipped with a warning and
-        :attr:`optimal_batch_size` stays ``None``.
-        """
-        if getattr(trainer, "fast_dev_run", False):  # set by a connector, untyped
-            warnings.warn(
-                "skipping the batch-size finder: fast_dev_run is on (it runs a handful of "
-                "batches only)",
-                UserWarning,
-                stacklevel=2,
-            )
-        else:
-            self.scale_batch_size(trainer, pl_module)
-        if self._early_exit:
-            raise _TunerExitException()
-
-    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        """Search again at the start of each epoch in :attr:`milestones` (not under the Tuner)."""
-        if trainer.current_epoch in self.milestones and not self._early_exit:
-            self.scale_batch_size(trainer, pl_module)
+    def _search(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> Any:
+        return self.scale_batch_size(trainer, pl_module)
 
     def scale_batch_size(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> int:
         """Run the search in ``trainer``'s fit loop now; the state is restored after each trial.

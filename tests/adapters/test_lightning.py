@@ -139,6 +139,16 @@ class _Probe(pl.Callback):
         trainer.should_stop = True  # nothing more of this fit is needed
 
 
+def _assert_put_back(before: _Probe, after: _Probe, trainer: pl.Trainer, finder: Any) -> None:
+    """What the probe saw before the finder is what it sees after: state, counters, settings."""
+    for saved, now in zip(before.state["torch"], after.state["torch"], strict=True):
+        assert_state_bitwise_equal(saved, now)
+    for key in ("global_step", "current_epoch", "loop"):
+        assert before.state[key] == after.state[key], key
+    assert trainer.limit_val_batches == 1.0 and trainer.max_epochs == 1
+    assert trainer.callbacks[:3] == [before, finder, after]
+
+
 def test_callback_restores_everything_bitwise() -> None:
     pl.seed_everything(0, verbose=False)
     before, after = _Probe(prime=True), _Probe()
@@ -147,12 +157,7 @@ def test_callback_restores_everything_bitwise() -> None:
     model = Regressor()
     trainer.fit(model)
     assert finder.optimal_lr is not None and len(finder.optimal_lr.results["lr"]) == 15
-    for saved, now in zip(before.state["torch"], after.state["torch"], strict=True):
-        assert_state_bitwise_equal(saved, now)
-    for key in ("global_step", "current_epoch", "loop"):
-        assert before.state[key] == after.state[key], key
-    assert trainer.limit_val_batches == 1.0 and trainer.max_epochs == 1
-    assert trainer.callbacks[:3] == [before, finder, after]
+    _assert_put_back(before, after, trainer, finder)
 
 
 def test_tuner_restores_model_rng_and_counters(tmp_path: Path) -> None:
@@ -711,12 +716,7 @@ def test_scale_batch_size_restores_everything_bitwise() -> None:
     trainer = _trainer(callbacks=[before, finder, after], limit_train_batches=4)
     trainer.fit(Sized())
     assert finder.optimal_batch_size is not None
-    for saved, now in zip(before.state["torch"], after.state["torch"], strict=True):
-        assert_state_bitwise_equal(saved, now)
-    for key in ("global_step", "current_epoch", "loop"):
-        assert before.state[key] == after.state[key], key
-    assert trainer.limit_val_batches == 1.0 and trainer.max_epochs == 1
-    assert trainer.callbacks[:3] == [before, finder, after]
+    _assert_put_back(before, after, trainer, finder)
 
 
 def test_tuner_scale_batch_size_restores_model_and_counters(tmp_path: Path) -> None:
