@@ -7,7 +7,9 @@ runs on several processes (``torchrun``, a DDP model, a loop that all-reduces gr
   its samples, the samples, and one count per flag (non-finite, skipped, out of data, error),
   packed into two numbers while the world has fewer than 32 ranks (:func:`pack_step`).
   Every rank then records the same loss (the sample-weighted mean over ranks) and takes the same
-  decision at the same step. No barrier, nothing else per step.
+  decision at the same step. No barrier, nothing else per step. :meth:`~TorchDistributedReducer.
+  start_step` starts it asynchronously, so a search that decides one step late (``overlap``)
+  waits for step k's sum only after step k+1 ran.
 - **one** ``all_gather_object`` per batch-size trial, combined by the core's
   :func:`~lrfinder_plugins.spi.combine_reports` (fitted only if it fitted everywhere, the
   largest peak, the smallest capacity, the profile's largest value per operation).
