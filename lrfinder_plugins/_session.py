@@ -10,6 +10,10 @@ an error on any rank, and the finish log. Whoever owns the loop only does::
         session.end_step(outcome_of_step)   # one reduce, then the same decision on every rank
     result = session.finish()
 
+A loop that decides one step late (so the reduce and a device's loss read overlap the next
+step) uses ``pending = session.submit(outcome)``, runs the next step at
+``session.lr_ahead(1)``, then ``session.decide(pending)``.
+
 The pull drivers (:func:`~lrfinder_plugins.run_range_test`,
 :func:`~lrfinder_plugins.run_batch_size_search`) are such loops; so are the Lightning callbacks.
 """

@@ -612,6 +612,7 @@ class TorchStep:
         whose data ran out re-runs its last batches (a step that is never recorded) so that the
         collectives of the step the other ranks already started still match.
         """
+        self.can_continue = not self._collectives  # until this step's collectives are done
         if self._batches is None:
             self._batches = self._cycle(self.train_loader, "train_loader")
             self._last_scale = self.scaler.get_scale() if self.scaler is not None else 0.0
@@ -625,7 +626,6 @@ class TorchStep:
             batches = self._fetch()
         self._ahead = None
         self._last_batches = batches if self.overlap else None
-        self.can_continue = not self._collectives
         optimizer.zero_grad(set_to_none=True)
         total: torch.Tensor | None = None
         samples = 0
