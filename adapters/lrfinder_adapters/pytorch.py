@@ -226,10 +226,25 @@ def _needs_closure(optimizer: torch.optim.Optimizer) -> bool:
     """Whether ``optimizer.step`` requires a ``closure`` argument (LBFGS does)."""
     if isinstance(optimizer, torch.optim.LBFGS):
         return True
+    step = optimizer.step
+    # The signature of a class's step, read once per class (inspect costs ~25 us a call).
+    owner: Any = type(optimizer) if getattr(step, "__func__", None) is not None else None
+    if owner is not None and "step" not in vars(optimizer):
+        return _class_step_needs_closure(owner)
+    return _signature_needs_closure(step)
+
+
+@functools.lru_cache(maxsize=256)
+def _class_step_needs_closure(kind: Any) -> bool:
+    return _signature_needs_closure(kind.step)
+
+
+def _signature_needs_closure(step: Any) -> bool:
     try:
-        closure = inspect.signature(optimizer.step).parameters.get("closure")
+        parameters = inspect.signature(step).parameters
     except (TypeError, ValueError):
         return False
+    closure = parameters.get("closure")
     return closure is not None and closure.default is inspect.Parameter.empty
 
 
@@ -872,13 +887,8 @@ class LearningRateFinder:
         """
         arguments = dict(locals())  # every argument above, by name: prepare() checks them all
         del arguments["self"], arguments["train_loader"]
-        step, test = self.prepare(train_loader, **arguments)
-        self._rank = step.reducer.rank
-        try:
-            self.result = run_range_test(step, test, progress=self.progress)
-        except BaseException:
-            self.result = test.result()
-            raise
+        self.run(train_loader, **arguments)
+        assert self.result is not None
         suggestion = self.result.suggestion(method)
         lrs = self.result.lrs or (math.nan,)  # no point at all (data ran out before the first)
         log.info(
@@ -890,6 +900,19 @@ class LearningRateFinder:
             suggestion.lr,
         )
         return list(self.result.lrs), list(self.result.smoothed_losses), suggestion.lr
+
+    def run(self, train_loader: Iterable[Any], **arguments: Any) -> RangeTestResult:
+        """Run the range test with :meth:`find_lr`'s ``arguments``; return the result (also in
+        ``self.result``, which holds the points so far when the test raised) without computing a
+        suggestion (``find_lr`` does, to return it)."""
+        step, test = self.prepare(train_loader, **arguments)
+        self._rank = step.reducer.rank
+        try:
+            self.result = run_range_test(step, test, progress=self.progress)
+        except BaseException:
+            self.result = test.result()
+            raise
+        return self.result
 
     def prepare(self, train_loader: Iterable[Any], **arguments: Any) -> tuple[TorchStep, RangeTest]:
         """Check every argument of :meth:`find_lr` and build its step and test; run nothing.
@@ -1098,15 +1121,15 @@ def find_lr(
     finder = LearningRateFinder(
         model, optimizer, loss_fn, device, progress=progress, **step_options
     )
-    finder.find_lr(
+    # No suggestion computed here: the result computes one when asked (and caches its analysis).
+    return finder.run(
         train_loader,
-        start_lr,
-        end_lr,
-        num_iter,
-        smooth_factor,
-        diverge_threshold,
+        start_lr=start_lr,
+        end_lr=end_lr,
+        num_iter=num_iter,
+        smooth_factor=smooth_factor,
+        diverge_threshold=diverge_threshold,
         mode=mode,
         val_loader=val_loader,
         val_batches=val_batches,
     )
-    return finder._require_result()
