@@ -298,6 +298,9 @@ class TorchDistributedReducer:
             return replace(report, exception=error)
         combined = combine_reports([r for r, _ in gathered])
         if any(f for _, f in gathered):
+            # Every rank, not only the one that posted: each decides alone at close() whether to
+            # drop the search's group, and the next search must then open a new one everywhere.
+            self._faulted = True
             failure = self.failures()
             first = failure[0] if failure else RankError(-1, "a rank failed")
             exception = report.exception or RankFailedError(first.rank, first.message)
