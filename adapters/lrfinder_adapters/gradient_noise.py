@@ -76,8 +76,14 @@ def _install_comm_hook(model: Any, process_group: Any) -> _CommHookState:
     if state is not None:
         return state
     state = _CommHookState(process_group)
+
+    # DDP checks the hook's annotations against the real classes; this module's are strings
+    # (postponed evaluation), so the registered hook carries none.
+    def hook(state, bucket):  # type: ignore[no-untyped-def]
+        return _comm_hook(state, bucket)
+
     try:
-        model.register_comm_hook(state, _comm_hook)
+        model.register_comm_hook(state, hook)
     except RuntimeError as error:
         raise RuntimeError(
             "this DistributedDataParallel model already has a communication hook (DDP allows "
