@@ -181,6 +181,8 @@ class NoiseScaleEstimator:
 
     Args:
         confidence: the interval's coverage, in ``(0, 1)``.
+        window: keep only the last ``window`` steps (``None``: all); a window follows the noise
+            scale as it changes during training.
 
     Example:
         >>> estimator = NoiseScaleEstimator()
@@ -189,7 +191,8 @@ class NoiseScaleEstimator:
         1
     """
 
-    def __init__(self, *, confidence: float = CONFIDENCE) -> None:
+    def __init__(self, *, confidence: float = CONFIDENCE, window: int | None = None) -> None:
+        self.window = None if window is None else _validate.int_at_least("window", window, 3)
         confidence = _validate.positive_finite("confidence", confidence, "0.95")
         if confidence >= 1.0:
             raise ValueError(f"confidence must be in (0, 1), got {confidence!r}; pass 0.95")
@@ -215,6 +218,8 @@ class NoiseScaleEstimator:
         gradient_sq, trace = two_batch(small_sq, big_sq, b_small, b_big)
         self._gradient.append(gradient_sq)
         self._trace.append(trace)
+        if self.window is not None and len(self._gradient) > self.window:
+            del self._gradient[0], self._trace[0]
         self._sizes = (float(b_small), float(b_big))
 
     def estimate(self) -> NoiseScale | None:

@@ -113,6 +113,7 @@ class NoiseScaleMonitor:
             before ``backward()`` (the usual form, and what ``TorchStep`` and Lightning do).
         scaler: a ``GradScaler`` the backward passes are scaled by (the norms are unscaled).
         confidence: the interval's coverage.
+        window: average over the last ``window`` steps only (``None``: all of them).
         process_group: the DDP model's process group (``None``: the default group).
 
     Raises:
@@ -137,6 +138,7 @@ class NoiseScaleMonitor:
         loss_divided: bool = True,
         scaler: Any = None,
         confidence: float = 0.95,
+        window: int | None = None,
         process_group: Any = None,
     ) -> None:
         if not isinstance(model, torch.nn.Module):
@@ -151,7 +153,7 @@ class NoiseScaleMonitor:
             "accumulation_steps", accumulation_steps, 1
         )
         self.loss_divided = _validate.boolean("loss_divided", loss_divided)
-        self.estimator = NoiseScaleEstimator(confidence=confidence)
+        self.estimator = NoiseScaleEstimator(confidence=confidence, window=window)
         self.micro_batch_size = micro_batch_size
         self.scaler = scaler
         self.history: list[tuple[int, NoiseScale]] = []
@@ -263,7 +265,7 @@ class NoiseScaleMonitor:
 
     @property
     def steps(self) -> int:
-        """How many optimizer steps were recorded."""
+        """How many optimizer steps the estimate averages."""
         return self.estimator.steps
 
     def precise_enough(self, precision: float = GNS_PRECISION) -> bool:
