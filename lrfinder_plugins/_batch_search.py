@@ -232,8 +232,16 @@ class BatchSizeResult(JsonFile):
         """``batch_size * accumulation_steps`` (the target batch when one was given)."""
         return None if self.batch_size is None else self.batch_size * self.accumulation_steps
 
+    def plot(self, output_path: Any = None, **options: Any) -> Any:
+        """Throughput and ``B_simple`` against batch size (see
+        :func:`lrfinder_plugins.plot.plot_batch_size`); returns the figure."""
+        from lrfinder_plugins.plot import plot_batch_size
+
+        return plot_batch_size(self, output_path, **options)
+
     def summary(self) -> str:
-        """A short human-readable report: one line per trial, then the answer."""
+        """A short human-readable report: one line per trial, then the answer, the throughput
+        and its knee, the noise scale, the recommendation and the LR rule."""
         lines = []
         for i, t in enumerate(self.trials, 1):
             peak = "" if t.peak_bytes is None else f", peak {t.peak_bytes / 2**20:.1f} MiB"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -189,3 +190,19 @@ def test_result_reports_knee_noise_scale_and_recommendation() -> None:
     assert data["knee"] == 32 and data["recommendation"]["batch_size"] == 32
     assert data["recommendation"]["lr_rule"] == "linear"
     assert BatchSizeResult.from_dict(data) == result
+
+
+def test_plot_shows_throughput_knee_and_noise_scale(tmp_path: Path) -> None:
+    """result.plot() draws throughput against size with the knee, B_simple and the advice."""
+    search = BatchSizeSearch(mode="power", init_val=8, steps_per_trial=2)
+    while not search.finished:
+        size = search.next_size()
+        search.record(size, size <= 64, seconds=0.01 * size**0.5)
+    result = search.result()
+    result = BatchSizeResult(**{**result.__dict__,
+                                "noise_scale": NoiseScale(30.0, 20.0, 45.0, 12)})
+    figure = result.plot(tmp_path / "batch.png")
+    labels = figure.axes[0].get_legend_handles_labels()[1]
+    assert (tmp_path / "batch.png").read_bytes()[:4] == b"\x89PNG"
+    assert any(label.startswith("knee") for label in labels)
+    assert "B_simple ≈ 30" in labels and "recommended: 32" in labels
