@@ -48,3 +48,20 @@ def test_bad_callback_options_fail_at_construction() -> None:
         NoiseScaleCallback(window=1)
     with pytest.raises(ValueError, match="confidence must be in"):
         NoiseScaleCallback(confidence=1.5)
+
+
+def test_lightning_batch_size_finder_reports_the_knee_and_a_recommendation() -> None:
+    """BatchSizeFinder's result carries every fitted trial's throughput, the knee and advice."""
+    from lrfinder_adapters.lightning import BatchSizeFinder
+    from tests.adapters.test_lightning import BUDGET, Sized
+
+    finder = BatchSizeFinder(mode="binsearch", init_val=32, memory_budget=BUDGET, progress=False)
+    finder._early_exit = True
+    _trainer(callbacks=[finder]).fit(Sized())
+    result = finder.result
+    assert result is not None and result.throughput
+    assert all(rate > 0 for rate in result.throughput.values())
+    assert result.knee in result.throughput
+    advice = result.recommendation
+    assert advice is not None and advice.batch_size <= (result.batch_size or 0)
+    assert "knee at" in result.summary() and "recommended:" in result.summary()
