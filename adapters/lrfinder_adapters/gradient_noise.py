@@ -59,13 +59,13 @@ def _comm_hook(state: _CommHookState, bucket: Any) -> torch.futures.Future[torch
 
     if state.monitor is None:
         return default_hooks.allreduce_hook(state.process_group, bucket)
-    local = bucket.buffer().detach().to(torch.float64).pow(2).sum().cpu()
+    local = _squared_norm(bucket.buffer().detach())
     state.local_sq = state.local_sq + local
     future = default_hooks.allreduce_hook(state.process_group, bucket)
 
     def measure(done: torch.futures.Future[torch.Tensor]) -> torch.Tensor:
         reduced = done.value()
-        state.reduced_sq = state.reduced_sq + reduced.detach().to(torch.float64).pow(2).sum().cpu()
+        state.reduced_sq = state.reduced_sq + _squared_norm(reduced.detach())
         return reduced
 
     return future.then(measure)
@@ -200,15 +200,15 @@ class NoiseScaleMonitor:
             self._reset_window()
             count = 0
         with torch.no_grad():
-            current = grad.detach().to(torch.float64)
+            current = grad.detach()
             previous = self._previous.get(key)
-            added = current if previous is None else current - previous
-            self._micro_sq = self._micro_sq + added.pow(2).sum().cpu()
+            added = current if previous is None else current.float() - previous.float()
+            self._micro_sq = self._micro_sq + _squared_norm(added)
             count += 1
             if count == self.accumulation_steps:
-                self._window_sq = self._window_sq + current.pow(2).sum().cpu()
+                self._window_sq = self._window_sq + _squared_norm(current)
                 self._previous.pop(key, None)
-            else:
+            else:  # one copy of the gradient, in its own dtype
                 self._previous[key] = current.clone()
         self._counts[key] = count
 
@@ -287,6 +287,12 @@ class NoiseScaleMonitor:
 
     def __exit__(self, *_: object) -> None:
         self.close()
+
+
+def _squared_norm(tensor: torch.Tensor) -> torch.Tensor:
+    """``|tensor|²`` as a float64 CPU scalar (summed in float32 at least, on its device)."""
+    wide = tensor if tensor.dtype in (torch.float32, torch.float64) else tensor.float()
+    return torch.linalg.vector_norm(wide).double().pow(2).cpu()
 
 
 def _distributed_world(model: torch.nn.Module, process_group: Any) -> tuple[Any, int] | None:
