@@ -45,7 +45,10 @@ HERE = Path(__file__).parent
 MICRO_WINDOWS = 200
 SWEEP_TASKS = ("linreg_sgd", "digits_mlp_sgd")
 SWEEP_SIZES = (2, 4, 8, 16, 32, 64, 128, 256, 512)
-SWEEP_LRS = {"linreg_sgd": (0.003, 0.01, 0.03, 0.1), "digits_mlp_sgd": (0.01, 0.03, 0.1, 0.3, 1.0)}
+SWEEP_LRS = {
+    "linreg_sgd": (0.001, 0.003, 0.01, 0.03, 0.1),
+    "digits_mlp_sgd": (0.03, 0.1, 0.3, 1.0, 3.0),
+}
 MAX_STEPS = 4000
 EVAL_EVERY = 5
 
