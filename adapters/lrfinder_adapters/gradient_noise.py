@@ -357,6 +357,17 @@ def exact_noise_scale(
     """
     from torch.func import functional_call, grad, vmap
 
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    for name, value in (("inputs", inputs), ("targets", targets)):
+        if not isinstance(value, torch.Tensor) or value.dim() == 0:
+            raise TypeError(f"{name} must be a tensor with one example per row, got {value!r}")
+    if len(inputs) != len(targets) or len(inputs) < 2:
+        raise ValueError(
+            f"inputs and targets must hold the same number (>= 2) of examples, got "
+            f"{len(inputs)} and {len(targets)}"
+        )
+    chunk = _validate.int_at_least("chunk", chunk, 1)
     params = {k: v.detach() for k, v in model.named_parameters() if v.requires_grad}
     buffers = {k: v.detach() for k, v in model.named_buffers()}
 

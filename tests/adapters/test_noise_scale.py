@@ -141,3 +141,13 @@ def test_monitor_needs_two_micro_batches_on_one_process() -> None:
     model = nn.Linear(8, 1)
     with pytest.raises(ValueError, match="accumulation_steps=2 or more"):
         NoiseScaleMonitor(model, torch.optim.SGD(model.parameters(), lr=0.1), micro_batch_size=4)
+
+
+def test_exact_noise_scale_checks_its_data() -> None:
+    """Mismatched or scalar data is refused before any gradient, naming the argument."""
+    model = nn.Linear(8, 1)
+    x, y = regression(samples=16)
+    with pytest.raises(ValueError, match="same number"):
+        exact_noise_scale(model, nn.functional.mse_loss, x, y[:8])
+    with pytest.raises(TypeError, match="targets must be a tensor"):
+        exact_noise_scale(model, nn.functional.mse_loss, x, torch.tensor(1.0))
