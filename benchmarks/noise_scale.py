@@ -209,12 +209,15 @@ def plot(sweeps: list[dict[str, Any]], path: Path) -> None:
         grid = [2 ** (k / 4) for k in range(4, 37)]
         s_min, b_noise = found["s_min"], found["b_noise_fit"]
         ax.loglog(grid, [s_min * (1 + b_noise / b) for b in grid], "--", color="gray",
-                  label=f"fit S_min(1 + B/B_noise), B_noise = {b_noise:.0f}")
+                  label=f"fit S_min(1 + B_noise/B), B_noise = {b_noise:.0f}")
         for key, color, label in (("b_simple_start", "tab:orange", "B_simple at start"),
                                   ("b_simple_target", "tab:red", "B_simple at target")):
             value, low, high = found[key]
-            ax.axvline(value, color=color, label=f"{label} = {value:.0f}")
-            ax.axvspan(low, min(high, 4096), color=color, alpha=0.12)
+            bounded = math.isfinite(high) and low > 0
+            shown = f"{label} = {value:.0f}" + ("" if bounded else " (interval unbounded)")
+            ax.axvline(value, color=color, label=shown)
+            if bounded:
+                ax.axvspan(low, high, color=color, alpha=0.12)
         ax.set_xlabel("batch size")
         ax.set_ylabel("optimizer steps to target loss")
         ax.set_title(found["task"])
@@ -270,9 +273,15 @@ def tables(rows: list[dict[str, Any]], sweeps: list[dict[str, Any]]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer windows, one seed, no sweep")
+    parser.add_argument("--plot-only", action="store_true",
+                        help="redraw the figure from the results file")
     parser.add_argument("--sweep-only", action="store_true",
                         help="rerun the sweep; keep part 1's rows from the results file")
     args = parser.parse_args()
+    if args.plot_only:
+        plot(json.loads((HERE / "noise_scale_results.json").read_text())["sweeps"],
+             HERE / "noise_scale_steps.png")
+        return
     torch.set_num_threads(1)
     # vmap over the transformer's attention falls back to a loop (slower, still exact).
     warnings.filterwarnings("ignore", message="There is a performance drop")
