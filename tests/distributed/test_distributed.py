@@ -32,8 +32,8 @@ HEALTHY = [
     "exhausted",
     "error_after_backward",
     "batch",
+    "noise_scale",  # before batch_error: after a failed trial the ranks' new_group calls differ
     "batch_error",
-    "noise_scale",
 ]
 
 
