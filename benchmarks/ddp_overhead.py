@@ -15,8 +15,10 @@ contenders, interleaved, the first one rotating every repeat:
 - ``bare, no snapshot``: the same loop without the copy and the load.
 - ``ours``: ``lrfinder_adapters.pytorch.find_lr(model, optimizer, mse, batches, start_lr=1e-7,
   end_lr=10, num_iter=steps, diverge_threshold=None, progress=False)``: snapshot, the steps
-  (one ``all_reduce`` of a 6-float64 tensor per step on a private gloo group it opens for the
-  test and closes after) and restore.
+  (one asynchronous ``all_reduce`` of two float64 per step on the search's private gloo group,
+  waited for after the next step: the default ``overlap``) and restore.
+- ``ours, no overlap``: the same with ``overlap=False``: each step's reduce waited for at the
+  end of that step.
 - with ``--diagnose``, ``bare, 6-float reduce``: ``bare``, but each step all-reduces 6 float64
   numbers (loss x samples, samples, 4 zeros) on a private gloo group opened once beforehand, as
   our reducer does; ours / this isolates what is ours beyond the collective.
@@ -157,7 +159,13 @@ def bare_no_snapshot(
     bare_loop(model, optimizer, batches, steps)
 
 
-def ours(model: nn.Module, optimizer: torch.optim.Optimizer, batches: Batches, steps: int) -> None:
+def ours(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    batches: Batches,
+    steps: int,
+    overlap: bool | None = None,
+) -> None:
     result = find_lr(
         model,
         optimizer,
@@ -168,6 +176,7 @@ def ours(model: nn.Module, optimizer: torch.optim.Optimizer, batches: Batches, s
         num_iter=steps,
         diverge_threshold=None,
         progress=False,
+        overlap=overlap,
     )
     if len(result) != steps:
         raise RuntimeError(
@@ -188,6 +197,9 @@ def contenders(diagnose: bool) -> dict[str, Callable[..., None]]:
         "bare": bare,
         "bare, no snapshot": bare_no_snapshot,
         "ours": ours,
+        # The same search deciding each step at its end (overlap=False): its reduce not
+        # overlapped with the next step, as before overlap existed.
+        "ours, no overlap": lambda *args: ours(*args, overlap=False),
     }
     if diagnose:
         # Opened once, outside the timed region: ours opens (and closes) its own in every test.
@@ -365,7 +377,12 @@ def report(args: argparse.Namespace, world: int, results: list[dict[str, Any]]) 
         "ms/step: the median wall time per step over repeats. ours / X: the median (min-max) "
         "over repeats of the ratio paired within a repeat, [the fastest runs' ratio]"
     )
-    short = {"bare": "bare", "bare, no snapshot": "no-snap", "bare, 6-float reduce": "6-float"}
+    short = {
+        "bare": "bare",
+        "bare, no snapshot": "no-snap",
+        "bare, 6-float reduce": "6-float",
+        "ours, no overlap": "no-overlap",
+    }
     names = list(results[0]["median_ms_per_step"])
     bases = [n for n in names if n != "ours"]
     columns = [f"{short.get(n, n)} ms/step" for n in names]

@@ -6,6 +6,7 @@ model and data, alternating them, and prints each one's median time and the rati
 
 Usage:
     .venv/bin/python -m benchmarks.overhead [--repeats 15] [--width 512] [--batch 128]
+    .venv/bin/python -m benchmarks.overhead --device cuda   # + the one-step-late loss read
 """
 
 from __future__ import annotations
@@ -53,10 +54,16 @@ def bare_loop(
     optimizer: torch.optim.Optimizer,
     loader: torch.utils.data.DataLoader,
     steps: int = 100,
+    read_each_step: bool = True,
 ) -> list[float]:
-    """What a user would write by hand: exponential LR, one step per batch, record the loss."""
+    """What a user would write by hand: exponential LR, one step per batch, record the loss.
+
+    ``read_each_step=False``: keep the losses as tensors and read them all after the loop (no
+    host-device synchronisation per step on a GPU: the floor no per-step reader can beat).
+    """
     loss_fn = torch.nn.CrossEntropyLoss()
     losses: list[float] = []
+    kept: list[torch.Tensor] = []
     start, end = 1e-7, 10.0
     batches = iter(loader)
     for i in range(steps):
@@ -72,14 +79,26 @@ def bare_loop(
         loss = loss_fn(model(x), y)
         loss.backward()
         optimizer.step()
-        losses.append(loss.item())
-    return losses
+        if read_each_step:
+            losses.append(loss.item())
+        else:
+            kept.append(loss.detach())
+    return losses or [t.item() for t in kept]
+
+
+def bare_loop_read_at_end(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loader: torch.utils.data.DataLoader,
+) -> None:
+    bare_loop(model, optimizer, loader, read_each_step=False)
 
 
 def ours(
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
     loader: torch.utils.data.DataLoader,
+    overlap: bool | None = None,
 ) -> None:
     find_lr(
         model,
@@ -89,7 +108,16 @@ def ours(
         num_iter=100,
         diverge_threshold=1e300,
         progress=False,
+        overlap=overlap,
     )
+
+
+def ours_no_overlap(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loader: torch.utils.data.DataLoader,
+) -> None:
+    ours(model, optimizer, loader, overlap=False)
 
 
 def torch_lr_finder(
@@ -121,12 +149,24 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=512)
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument(
+        "--overlap",
+        action="store_true",
+        help="also time a bare loop that reads its losses after the loop and ours with "
+        "overlap=False (always on with --device cuda)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     contenders: dict[str, Callable[..., object]] = {
         "bare loop": bare_loop,
         "lrfinder-plugins": ours,
     }
+    if args.device == "cuda" or args.overlap:
+        # On a GPU ours reads each loss one step late by default (overlap): against a bare
+        # loop that reads every loss at once (.item(), a sync per step), one that reads them
+        # all after the loop (no sync), and ours reading at once (overlap=False).
+        contenders["bare loop, losses read at the end"] = bare_loop_read_at_end
+        contenders["lrfinder-plugins, overlap=False"] = ours_no_overlap
     if importlib.util.find_spec("torch_lr_finder") is not None:
         contenders["torch-lr-finder"] = torch_lr_finder
     else:

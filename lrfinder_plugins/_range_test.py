@@ -123,6 +123,17 @@ class RangeTest:
             )
         return self._planned[len(self.losses)]
 
+    def lr_ahead(self, ahead: int) -> float | None:
+        """The LR of the point ``ahead`` points after the next one (0: :meth:`next_lr`).
+
+        ``None`` past the budget. For a loop that starts a step before the one before it is
+        recorded (a decision one step late): the LR assumes every step in between is recorded.
+        """
+        if self.stop_reason is not None:
+            return None
+        index = len(self.losses) + ahead
+        return self._planned[index] if index < self.num_iter else None
+
     def record(self, loss: float) -> None:
         """Record the loss of the step that used :meth:`next_lr`; may finish the test."""
         lr = self.next_lr()

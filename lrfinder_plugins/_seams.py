@@ -201,6 +201,10 @@ class Reducer(Protocol):
     never leave a rank waiting forever: a peer that does not arrive within the reducer's fault
     timeout is an error. ``open()`` and ``close()`` bracket one search (collectively: every rank
     calls them). ``rank`` and ``world_size`` say who this process is.
+
+    Optional: ``start_step(outcome)`` starts a step's reduce and returns a
+    :class:`PendingStep` to wait on later, so a search that decides one step late overlaps the
+    reduce with the next step (see :func:`start_step`).
     """
 
     rank: int
@@ -215,6 +219,73 @@ class Reducer(Protocol):
     def reduce_trial(self, report: TrialReport) -> TrialReport: ...
 
     def failures(self) -> list[RankError]: ...
+
+
+@runtime_checkable
+class DeferredOutcome(Protocol):
+    """A step's outcome whose numbers may still be in flight (a loss on a GPU, read late).
+
+    ``ready`` says whether :meth:`resolve` would return at once (the numbers are on the host);
+    ``resolve()`` waits for them and returns the :class:`StepOutcome`. A step runner returns one
+    when its search decides each step one step late (:func:`start_step`), so the read of step
+    k's loss waits until step k+1 is queued instead of stalling the device after every step.
+    """
+
+    @property
+    def ready(self) -> bool: ...
+
+    def resolve(self) -> StepOutcome: ...
+
+
+class PendingStep(Protocol):
+    """A step's reduce that has been started and not waited for (see :func:`start_step`)."""
+
+    def wait(self) -> StepOutcome: ...
+
+
+def resolve_outcome(outcome: StepOutcome | DeferredOutcome) -> StepOutcome:
+    """The numbers of ``outcome``, waiting for them if they are still in flight.
+
+    An error while reading them (a device error surfaces at the first synchronisation) is the
+    step's error: the outcome then says the step failed.
+    """
+    if isinstance(outcome, StepOutcome):
+        return outcome
+    try:
+        return outcome.resolve()
+    except Exception as error:
+        return StepOutcome.failed(error)
+
+
+class _ReduceWhenWaited:
+    """A pending step of a reducer without ``start_step``: the reduce runs when waited for."""
+
+    __slots__ = ("outcome", "reducer")
+
+    def __init__(self, reducer: Reducer, outcome: StepOutcome | DeferredOutcome) -> None:
+        self.reducer, self.outcome = reducer, outcome
+
+    def wait(self) -> StepOutcome:
+        return self.reducer.reduce_step(resolve_outcome(self.outcome))
+
+
+def start_step(reducer: Reducer, outcome: StepOutcome | DeferredOutcome) -> PendingStep:
+    """Start the reduce of one step's ``outcome`` without waiting for it.
+
+    A reducer with a ``start_step(outcome)`` method starts its collective there (e.g. an
+    asynchronous all-reduce) and returns what to wait on; any other reducer reduces when
+    :meth:`PendingStep.wait` is called. Every rank must start and wait the same steps in the
+    same order, as with :meth:`Reducer.reduce_step`.
+
+    Example:
+        >>> start_step(LocalReducer(), StepOutcome.of_loss(0.5)).wait().loss
+        0.5
+    """
+    start = getattr(reducer, "start_step", None)
+    if start is not None:
+        pending: PendingStep = start(outcome)
+        return pending
+    return _ReduceWhenWaited(reducer, outcome)
 
 
 class LocalReducer:
@@ -307,9 +378,10 @@ class TrainingStep(Protocol):
     bitwise (a snapshot with a ``close()`` method is closed by the driver afterwards).
     ``set_lr(lr)`` sets the swept LR (param groups keep their ratios). ``run()`` runs one
     optimizer step and returns its loss as a float, a :class:`StepOutcome` (to say how many
-    samples it averaged, or that no batch is left for another step), or ``None`` when the step
-    was skipped (an AMP overflow: not a point); it raises ``StopIteration`` when the data ran
-    out. An optional ``reducer`` attribute (a :class:`Reducer`) makes the search span several
+    samples it averaged, or that no batch is left for another step), a
+    :class:`DeferredOutcome` (its numbers still on a device, for a search that decides one step
+    late), or ``None`` when the step was skipped (an AMP overflow: not a point); it raises
+    ``StopIteration`` when the data ran out. An optional ``reducer`` attribute (a :class:`Reducer`) makes the search span several
     processes; an optional ``group_ratios`` records every param group's LR.
     """
 
@@ -319,7 +391,7 @@ class TrainingStep(Protocol):
 
     def set_lr(self, lr: float) -> None: ...
 
-    def run(self) -> float | StepOutcome | None: ...
+    def run(self) -> float | StepOutcome | DeferredOutcome | None: ...
 
 
 @runtime_checkable

@@ -10,6 +10,10 @@ an error on any rank, and the finish log. Whoever owns the loop only does::
         session.end_step(outcome_of_step)   # one reduce, then the same decision on every rank
     result = session.finish()
 
+A loop that decides one step late (so the reduce and a device's loss read overlap the next
+step) uses ``pending = session.submit(outcome)``, runs the next step at
+``session.lr_ahead(1)``, then ``session.decide(pending)``.
+
 The pull drivers (:func:`~lrfinder_plugins.run_range_test`,
 :func:`~lrfinder_plugins.run_batch_size_search`) are such loops; so are the Lightning callbacks.
 """
@@ -18,19 +22,23 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from lrfinder_plugins._batch_search import BatchSizeResult, BatchSizeSearch, BatchStopReason
 from lrfinder_plugins._observers import Observers, Point, SearchInfo
 from lrfinder_plugins._range_test import RangeTest, StopReason
 from lrfinder_plugins._seams import (
+    DeferredOutcome,
     LocalReducer,
+    PendingStep,
     Reducer,
     StepOutcome,
     TrialReport,
     note_where,
     raise_failure,
+    resolve_outcome,
+    start_step,
 )
 
 if TYPE_CHECKING:
@@ -43,6 +51,14 @@ MAX_SKIPPED_STEPS = 100
 
 _LOCAL_POINT = StepOutcome(samples=1.0)
 """What :meth:`RangeTestSession.end_step` returns for a bare float on one process."""
+
+
+@dataclass(frozen=True, slots=True)
+class Submitted:
+    """A step handed to :meth:`RangeTestSession.submit`: its started reduce, not decided yet."""
+
+    pending: PendingStep
+    counted: bool  # the outcome said its samples (a bare float does not)
 
 
 def _observers(search: SearchInfo, reducer: Reducer) -> Observers:
@@ -115,10 +131,48 @@ class RangeTestSession:
         """The LR of the next step (the same on every rank)."""
         return self.test.next_lr()
 
-    def end_step(self, outcome: StepOutcome | float | None) -> StepOutcome:
+    def lr_ahead(self, ahead: int) -> float | None:
+        """The LR of the step ``ahead`` steps after the next one, or ``None`` past the budget.
+
+        For a loop that decides each step one step late (:meth:`submit` / :meth:`decide`): the
+        step it starts while ``ahead`` earlier ones are still undecided.
+        """
+        return self.test.lr_ahead(ahead)
+
+    def submit(self, outcome: StepOutcome | DeferredOutcome | float | None) -> Submitted:
+        """Hand in this rank's outcome of a step and start its reduce, without deciding yet.
+
+        The decision comes from :meth:`decide`, called with what this returns, in the same
+        order on every rank. Between the two the caller may run the next step (at
+        :meth:`lr_ahead` ``(1)``), so the reduce (and a device's loss read) overlaps it; that
+        step is undone by the restore when the decision stops the test. Skipped steps (AMP
+        overflow) must not happen in this mode: they would have shifted the next step's LR.
+        """
+        if isinstance(outcome, (StepOutcome, DeferredOutcome)):
+            return Submitted(start_step(self.reducer, outcome), True)
+        local = StepOutcome.skipped_step() if outcome is None else StepOutcome.of_loss(outcome)
+        return Submitted(start_step(self.reducer, local), False)
+
+    def decide(self, submitted: Submitted) -> StepOutcome:
+        """Wait for a :meth:`submit`-ted step's reduce and take its decision (as :meth:`end_step`).
+
+        Raises:
+            RuntimeError: the step was skipped (an AMP overflow), which a loop that decides
+                late cannot undo.
+        """
+        reduced = submitted.pending.wait()
+        if reduced.skipped and not (reduced.errors or reduced.non_finite):
+            raise RuntimeError(
+                "a step was skipped (gradient overflow) while the range test decided each step "
+                "one step late; run it with overlap=False when a GradScaler can skip steps"
+            )
+        return self._decide(reduced, reduced.error, submitted.counted)
+
+    def end_step(self, outcome: StepOutcome | DeferredOutcome | float | None) -> StepOutcome:
         """Hand in this rank's outcome of the step at :meth:`next_lr`; return every rank's.
 
-        A float is a loss over one sample, ``None`` a skipped step. After the one reduce, every
+        A float is a loss over one sample, ``None`` a skipped step (a
+        :class:`~lrfinder_plugins.spi.DeferredOutcome` is read first). After the one reduce, every
         rank records the same point (the sample-weighted mean loss) or skips it, and stops at
         the same step: NaN/Inf anywhere stops all (``non_finite``), no data left anywhere stops
         all (``data_exhausted``), an error anywhere makes every rank raise (its own error on
@@ -127,17 +181,24 @@ class RangeTestSession:
         if self._local and type(outcome) is float:
             self._record(outcome)  # the common case, without building a record
             return _LOCAL_POINT
-        counted = isinstance(outcome, StepOutcome)  # a bare float does not say its samples
+        counted = True
         if isinstance(outcome, StepOutcome):
             local = outcome
         elif outcome is None:
             local = StepOutcome.skipped_step()
+        elif isinstance(outcome, DeferredOutcome):
+            local = resolve_outcome(outcome)
         else:
-            local = StepOutcome.of_loss(outcome)
-        reduced = self.reducer.reduce_step(local)
+            local, counted = StepOutcome.of_loss(outcome), False  # a float says no samples
+        return self._decide(self.reducer.reduce_step(local), local.error, counted)
+
+    def _decide(
+        self, reduced: StepOutcome, local_error: BaseException | None, counted: bool
+    ) -> StepOutcome:
+        """Record (or skip) every rank's reduced step and stop where the rules say."""
         if reduced.errors:
-            note_where(local.error, self._where())
-            raise_failure(self.reducer, local.error or reduced.error)
+            note_where(local_error, self._where())
+            raise_failure(self.reducer, local_error or reduced.error)
         test = self.test
         if reduced.skipped and not reduced.non_finite:
             self.skipped += 1

@@ -172,7 +172,9 @@ def plot_range_test(
         ax.legend()
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=120, bbox_inches="tight")
+        # No bbox_inches="tight": it renders the figure twice (measured 1.0 vs 0.55 s); the
+        # default margins of an 8x5 figure hold the labels and a two-line title.
+        fig.savefig(path, dpi=120)
     return fig
 
 

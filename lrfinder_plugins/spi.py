@@ -44,7 +44,9 @@ from lrfinder_plugins._results import RangeTestResult, StopReason
 from lrfinder_plugins._seams import (
     STEP_FIELDS,
     BatchProbe,
+    DeferredOutcome,
     LocalReducer,
+    PendingStep,
     RankError,
     RankFailedError,
     Reducer,
@@ -54,6 +56,8 @@ from lrfinder_plugins._seams import (
     combine_reports,
     first_line,
     raise_failure,
+    resolve_outcome,
+    start_step,
 )
 from lrfinder_plugins._session import MAX_SKIPPED_STEPS, BatchSizeSession, RangeTestSession
 from lrfinder_plugins._signals import deferred_sigint
@@ -71,11 +75,13 @@ __all__ = [
     "BatchSizeSession",
     "BatchStopReason",
     "BatchTrial",
+    "DeferredOutcome",
     "JsonFile",
     "LocalReducer",
     "NoiseScale",
     "NoiseScaleEstimator",
     "NothingFitsError",
+    "PendingStep",
     "Point",
     "RangeTest",
     "RangeTestResult",
@@ -101,10 +107,12 @@ __all__ = [
     "raise_failure",
     "registered_schedules",
     "registered_suggesters",
+    "resolve_outcome",
     "run_batch_size_search",
     "run_range_test",
     "run_step",
     "run_trial",
     "search_with_probe",
+    "start_step",
     "validate",
 ]

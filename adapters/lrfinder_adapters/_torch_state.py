@@ -11,7 +11,7 @@ import copy
 import random
 import sys
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,23 +40,143 @@ def save_tensor(tensor: torch.Tensor, pin: bool = True) -> torch.Tensor:
     return tensor.to("cpu", copy=True)
 
 
-def to_cpu_copy(tree: Any, pin: bool = True) -> Any:
-    """Deep copy of nested dicts/lists/tuples with every tensor copied by :func:`save_tensor`.
+Saver = Callable[[torch.Tensor], Any]
+"""Where a snapshot puts one tensor: :func:`save_tensor` (CPU memory) or a :class:`DiskWriter`."""
+
+
+def to_cpu_copy(tree: Any, save: Saver = save_tensor) -> Any:
+    """Deep copy of nested dicts/lists/tuples with every tensor copied by ``save``.
 
     Container types are kept (``defaultdict`` with its factory, named tuples).
     """
     if isinstance(tree, torch.Tensor):
-        return save_tensor(tree, pin)
+        return save(tree)
     if isinstance(tree, dict):
         out = copy.copy(tree)
         for key, value in tree.items():
-            out[key] = to_cpu_copy(value, pin)
+            out[key] = to_cpu_copy(value, save)
         return out
     if isinstance(tree, tuple) and hasattr(tree, "_fields"):
-        return type(tree)(*(to_cpu_copy(v, pin) for v in tree))
+        return type(tree)(*(to_cpu_copy(v, save) for v in tree))
     if isinstance(tree, (list, tuple)):
-        return type(tree)(to_cpu_copy(v, pin) for v in tree)
+        return type(tree)(to_cpu_copy(v, save) for v in tree)
     return copy.deepcopy(tree)
+
+
+STAGING_BYTES = 64 * 2**20
+"""The bounded host buffer a device tensor goes through on its way to or from the disk."""
+
+
+def _bytes_of(tensor: torch.Tensor) -> Any:
+    """The raw bytes of a contiguous CPU tensor, as a writable buffer (no copy)."""
+    return tensor.detach().reshape(-1).view(torch.uint8).numpy()
+
+
+@dataclass(frozen=True)
+class OnDisk:
+    """Where :class:`DiskWriter` put one tensor's bytes, and how to read them back in place."""
+
+    file: DiskFile
+    offset: int
+    nbytes: int
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+    device: str
+
+    def read_into(self, target: torch.Tensor) -> torch.Tensor:
+        """Overwrite ``target`` (same shape and dtype, contiguous) with the saved bytes."""
+        self.file.read(self.offset, self.nbytes, target)
+        return target
+
+    def materialise(self, device: torch.device) -> torch.Tensor:
+        """A new tensor on ``device`` holding the saved value."""
+        return self.read_into(torch.empty(self.shape, dtype=self.dtype, device=device))
+
+
+class DiskFile:
+    """One snapshot file: tensors appended by :meth:`write`, read back into place by :meth:`read`.
+
+    CPU tensors go straight between their memory and the file (no copy in RAM); device tensors
+    through one bounded pinned buffer (:data:`STAGING_BYTES`). So a disk snapshot holds no
+    second copy of the state in memory at any point, saving or restoring.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._file: Any = open(path, "w+b", buffering=0)  # noqa: SIM115 - closed by close()
+        self._end = 0
+        self._staging: torch.Tensor | None = None
+
+    def close(self) -> None:
+        """Close the file (the directory holding it is removed by its owner)."""
+        self._file.close()
+        self._staging = None
+
+    def _stage(self, device: torch.device, nbytes: int) -> torch.Tensor:
+        size = min(nbytes, STAGING_BYTES)
+        if self._staging is None or self._staging.numel() < size:
+            pin = device.type == "cuda"
+            self._staging = torch.empty(size, dtype=torch.uint8, pin_memory=pin)
+        return self._staging
+
+    def write(self, tensor: torch.Tensor) -> OnDisk | torch.Tensor:
+        """Append ``tensor``'s bytes; return where they are.
+
+        A tensor that is not plain strided memory on the CPU or a GPU (a DTensor shard of FSDP,
+        a quantised or sparse one, a meta tensor) is kept as an in-memory copy instead.
+        """
+        tensor = tensor.detach()
+        if (
+            type(tensor) is not torch.Tensor
+            or tensor.layout != torch.strided
+            or tensor.is_quantized
+            or tensor.device.type not in ("cpu", "cuda")
+        ):
+            return save_tensor(tensor, pin=False)
+        source = tensor if tensor.is_contiguous() else tensor.contiguous()
+        nbytes = source.numel() * source.element_size()
+        offset = self._end
+        self._file.seek(offset)
+        if source.device.type == "cpu":
+            self._write_all(_bytes_of(source))
+        else:
+            flat = source.reshape(-1).view(torch.uint8)
+            for start in range(0, nbytes, STAGING_BYTES):
+                n = min(STAGING_BYTES, nbytes - start)
+                stage = self._stage(source.device, nbytes)[:n]
+                stage.copy_(flat[start : start + n])
+                self._write_all(_bytes_of(stage))
+        self._end = offset + nbytes
+        return OnDisk(self, offset, nbytes, tuple(tensor.shape), tensor.dtype, str(tensor.device))
+
+    def read(self, offset: int, nbytes: int, target: torch.Tensor) -> None:
+        """Read ``nbytes`` at ``offset`` into ``target``'s memory (contiguous, any device)."""
+        if not target.is_contiguous():
+            raise ValueError("a disk snapshot reads into contiguous tensors only")
+        self._file.seek(offset)
+        if target.device.type == "cpu":
+            self._read_all(_bytes_of(target))
+            return
+        flat = target.detach().reshape(-1).view(torch.uint8)
+        for start in range(0, nbytes, STAGING_BYTES):
+            n = min(STAGING_BYTES, nbytes - start)
+            stage = self._stage(target.device, nbytes)[:n]
+            self._read_all(_bytes_of(stage))
+            flat[start : start + n].copy_(stage)  # synchronous: the buffer is reused next
+
+    def _write_all(self, buffer: Any) -> None:
+        view = memoryview(buffer).cast("B")
+        while view:
+            written = self._file.write(view)
+            view = view[written:]
+
+    def _read_all(self, buffer: Any) -> None:
+        view = memoryview(buffer).cast("B")
+        while view:
+            got = self._file.readinto(view)
+            if not got:
+                raise EOFError(f"the disk snapshot {self.path} is shorter than expected")
+            view = view[got:]
 
 
 def load_into(live: Any, saved: Any, device: torch.device | str | None = None) -> Any:
@@ -67,6 +187,18 @@ def load_into(live: Any, saved: Any, device: torch.device | str | None = None) -
     identity. Otherwise a fresh copy is made on ``device`` (default: ``live``'s device, or the
     CPU). Anything that is not a tensor is deep-copied. Returns the restored value.
     """
+    if isinstance(saved, OnDisk):
+        target = torch.device(device or saved.device)
+        if (
+            isinstance(live, torch.Tensor)
+            and live.shape == saved.shape
+            and live.dtype == saved.dtype
+            and live.device == target
+            and live.is_contiguous()
+        ):
+            with torch.no_grad():
+                return saved.read_into(live)
+        return saved.materialise(target)
     if not isinstance(saved, torch.Tensor):
         return copy.deepcopy(saved)
     if isinstance(live, torch.Tensor):
@@ -131,9 +263,13 @@ class TrainingState:
     directory: tempfile.TemporaryDirectory[str] | None = field(default=None, repr=False)
     extra: dict[str, Any] = field(default_factory=dict, repr=False)
     """What an adapter saves besides (e.g. the Accelerate adapter: the accelerator's counters)."""
+    disk: DiskFile | None = field(default=None, repr=False)
 
     def close(self) -> None:
         """Remove the on-disk copy, if any."""
+        if self.disk is not None:
+            self.disk.close()
+            self.disk = None
         if self.directory is not None:
             self.directory.cleanup()
             self.directory = None
@@ -143,7 +279,7 @@ def _param_order(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
     return [p for group in optimizer.param_groups for p in group["params"]]
 
 
-def _capture_optimizer(optimizer: torch.optim.Optimizer, pin: bool) -> dict[str, Any]:
+def _capture_optimizer(optimizer: torch.optim.Optimizer, save: Saver) -> dict[str, Any]:
     # Read optimizer.state directly, keyed by position (as state_dict does), with each tensor's
     # device kept so a state the test created can be dropped and one it replaced put back.
     position = {id(p): i for i, p in enumerate(_param_order(optimizer))}
@@ -151,7 +287,7 @@ def _capture_optimizer(optimizer: torch.optim.Optimizer, pin: bool) -> dict[str,
         "state": {
             position[id(p)]: {
                 key: (
-                    to_cpu_copy(value, pin),
+                    to_cpu_copy(value, save),
                     str(value.device) if isinstance(value, torch.Tensor) else None,
                 )
                 for key, value in entries.items()
@@ -161,15 +297,14 @@ def _capture_optimizer(optimizer: torch.optim.Optimizer, pin: bool) -> dict[str,
         },
         # Custom optimizers may keep global entries (not keyed by a parameter): keep them too.
         "other": {
-            key: to_cpu_copy(value, pin)
+            key: to_cpu_copy(value, save)
             for key, value in optimizer.state.items()
             if not isinstance(key, torch.Tensor)
         },
         "groups": [
-            {key: to_cpu_copy(value, pin) for key, value in group.items() if key != "params"}
+            {key: to_cpu_copy(value, save) for key, value in group.items() if key != "params"}
             for group in optimizer.param_groups
         ],
-        # A dict, not a sentinel: the disk snapshot pickles it, and a sentinel would not survive.
         "attrs": {
             key: optimizer.__dict__[key] for key in _OPTIMIZER_ATTRS if key in optimizer.__dict__
         },
@@ -205,26 +340,26 @@ def _trained_params(
     return named, extra
 
 
-def _save_param(p: torch.Tensor, pin: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-    return save_tensor(p, pin), None if p.grad is None else save_tensor(p.grad, pin)
+def _save_param(p: torch.Tensor, save: Saver) -> tuple[Any, Any]:
+    return save(p), None if p.grad is None else save(p.grad)
 
 
-def _save_buffer(buffer: torch.Tensor | None, pin: bool) -> tuple[torch.Tensor, str] | None:
-    return None if buffer is None else (save_tensor(buffer, pin), str(buffer.device))
+def _save_buffer(buffer: torch.Tensor | None, save: Saver) -> tuple[Any, str] | None:
+    return None if buffer is None else (save(buffer), str(buffer.device))
 
 
 def _capture_weights(
-    model: torch.nn.Module, optimizer: torch.optim.Optimizer, pin: bool = True
+    model: torch.nn.Module, optimizer: torch.optim.Optimizer, save: Saver = save_tensor
 ) -> dict[str, Any]:
     named, extra = _trained_params(model, optimizer)
     return {
-        "params": {name: _save_param(p, pin) for name, p in named.items()},
-        "extra_params": [_save_param(p, pin) for p in extra],
+        "params": {name: _save_param(p, save) for name, p in named.items()},
+        "extra_params": [_save_param(p, save) for p in extra],
         "buffers": {
-            full: _save_buffer(module._buffers[name], pin)
+            full: _save_buffer(module._buffers[name], save)
             for module, name, full in _buffer_slots(model)
         },
-        "optimizer": _capture_optimizer(optimizer, pin),
+        "optimizer": _capture_optimizer(optimizer, save),
     }
 
 
@@ -264,15 +399,21 @@ def capture(
             loader's, see :func:`lrfinder_adapters.pytorch.loader_generators`).
     """
     directory = None
+    disk: DiskFile | None = None
     weights: dict[str, Any] | None = None
     if not keep_weights:
-        # Headed for disk: plain synchronous copies, so the host memory goes back to the system
-        # after pickling instead of staying in the pinned-memory cache.
-        weights = _capture_weights(model, optimizer, pin=where != "disk")
         if where == "disk":
+            # Streamed: each tensor's bytes go from its memory to the file, no copy in RAM.
             directory = tempfile.TemporaryDirectory(prefix="lrfinder-")
-            torch.save(weights, Path(directory.name) / "weights.pt")
-            weights = {"path": str(Path(directory.name) / "weights.pt")}
+            disk = DiskFile(Path(directory.name) / "weights.bin")
+            try:
+                weights = _capture_weights(model, optimizer, disk.write)
+            except BaseException:
+                disk.close()
+                directory.cleanup()
+                raise
+        else:
+            weights = _capture_weights(model, optimizer)
     return TrainingState(
         weights=weights,
         training_modes=[m.training for m in model.modules()],
@@ -281,6 +422,7 @@ def capture(
         scaler=_capture_scaler(scaler),
         rng=RngState.capture(generators),
         directory=directory,
+        disk=disk,
     )
 
 
@@ -315,12 +457,16 @@ def _restore_optimizer(saved: dict[str, Any], optimizer: torch.optim.Optimizer) 
 def _restore_weights(
     weights: dict[str, Any], model: torch.nn.Module, optimizer: torch.optim.Optimizer
 ) -> None:
-    if "path" in weights:
-        weights = torch.load(weights["path"], map_location="cpu", weights_only=False)
     named, extra = _trained_params(model, optimizer)
     pairs = [(named[name], saved) for name, saved in weights["params"].items() if name in named]
     for p, (value, grad) in [*pairs, *zip(extra, weights["extra_params"])]:
-        p.copy_(value, non_blocking=True)
+        if isinstance(value, OnDisk) and p.is_contiguous():
+            value.read_into(p)
+        else:
+            p.copy_(
+                value.materialise(p.device) if isinstance(value, OnDisk) else value,
+                non_blocking=True,
+            )
         p.grad = None if grad is None else load_into(p.grad, grad, p.device)
     saved_buffers = weights["buffers"]
     for module, name, full in list(_buffer_slots(model)):

@@ -104,7 +104,7 @@ class Trials:
             device=self.device,
             distributed=False,
             lookahead=False,
-            **self.step_options,
+            **{**self.step_options, "overlap": False},  # a trial decides nothing per step
         )
         batches = cycle(loader)
         while True:
@@ -122,7 +122,7 @@ class Trials:
                 Feed(),
                 device=self.device,
                 distributed=False,
-                **self.step_options,
+                **{**self.step_options, "overlap": False},
             )
 
     def run(self, size: int, steps: int) -> TrialOutcome:

@@ -7,7 +7,9 @@ runs on several processes (``torchrun``, a DDP model, a loop that all-reduces gr
   its samples, the samples, and one count per flag (non-finite, skipped, out of data, error),
   packed into two numbers while the world has fewer than 32 ranks (:func:`pack_step`).
   Every rank then records the same loss (the sample-weighted mean over ranks) and takes the same
-  decision at the same step. No barrier, nothing else per step.
+  decision at the same step. No barrier, nothing else per step. :meth:`~TorchDistributedReducer.
+  start_step` starts it asynchronously, so a search that decides one step late (``overlap``)
+  waits for step k's sum only after step k+1 ran.
 - **one** ``all_gather_object`` per batch-size trial, combined by the core's
   :func:`~lrfinder_plugins.spi.combine_reports` (fitted only if it fitted everywhere, the
   largest peak, the smallest capacity, the profile's largest value per operation).
@@ -45,12 +47,15 @@ import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 
 from lrfinder_plugins.spi import (  # noqa: E402
+    DeferredOutcome,
+    PendingStep,
     RankError,
     RankFailedError,
     StepOutcome,
     TrialReport,
     combine_reports,
     first_line,
+    resolve_outcome,
 )
 from lrfinder_plugins.spi import validate as _validate  # noqa: E402
 
@@ -248,6 +253,18 @@ class TorchDistributedReducer:
     # -- the reduce point ----------------------------------------------------------------------
     def reduce_step(self, outcome: StepOutcome) -> StepOutcome:
         """Sum every rank's outcome in one all-reduce (the error, if any, posted first)."""
+        return self.start_step(outcome).wait()
+
+    def start_step(self, outcome: StepOutcome | DeferredOutcome) -> PendingStep:
+        """Start :meth:`reduce_step`'s all-reduce without waiting for it (``async_op``).
+
+        An outcome whose numbers are still on a device (not ``ready``) is read and reduced
+        when waited for instead, so the read does not stall the device's queue now.
+        """
+        if not isinstance(outcome, StepOutcome):
+            if not outcome.ready:
+                return _ReadThenReduce(self, outcome)
+            outcome = resolve_outcome(outcome)
         if outcome.error is not None:
             self._post(outcome.error)
         try:
@@ -258,16 +275,10 @@ class TorchDistributedReducer:
             packed = pack_step(outcome, self.world_size)
         values = torch.tensor(packed, dtype=torch.float64)
         try:
-            dist.all_reduce(values, group=self._control)
+            work = dist.all_reduce(values, group=self._control, async_op=True)
         except Exception as error:
-            if outcome.error is not None:
-                return outcome  # this rank failed anyway: raise its own error
-            self._post(error)
-            return StepOutcome.failed(error)
-        reduced = unpack_step(values.tolist(), outcome.error)
-        if reduced.errors:
-            self._faulted = True
-        return reduced
+            return _Reduce(self, outcome, values, None, error)
+        return _Reduce(self, outcome, values, work, None)
 
     def reduce_trial(self, report: TrialReport) -> TrialReport:
         """Combine every rank's report of one trial (one all-gather)."""
@@ -315,6 +326,53 @@ class TorchDistributedReducer:
             store.set(f"{self._prefix}error/{n}", f"{self.rank}\n{first_line(error)}")
         except Exception:  # the store is gone too: the local error is all there is
             log.debug("could not post an error to the store", exc_info=True)
+
+
+class _Reduce:
+    """One step's all-reduce in flight (:meth:`TorchDistributedReducer.start_step`)."""
+
+    __slots__ = ("error", "outcome", "reducer", "values", "work")
+
+    def __init__(
+        self,
+        reducer: TorchDistributedReducer,
+        outcome: StepOutcome,
+        values: torch.Tensor,
+        work: Any,
+        error: Exception | None,
+    ) -> None:
+        self.reducer, self.outcome, self.values = reducer, outcome, values
+        self.work, self.error = work, error
+
+    def wait(self) -> StepOutcome:
+        """The summed outcome, once every rank's numbers arrived."""
+        outcome, error = self.outcome, self.error
+        if error is None:
+            try:
+                self.work.wait()
+            except Exception as raised:
+                error = raised
+        if error is not None:
+            if outcome.error is not None:
+                return outcome  # this rank failed anyway: raise its own error
+            self.reducer._post(error)
+            return StepOutcome.failed(error)
+        reduced = unpack_step(self.values.tolist(), outcome.error)
+        if reduced.errors:
+            self.reducer._faulted = True
+        return reduced
+
+
+class _ReadThenReduce:
+    """A step whose loss is still on the device: read it when waited for, then reduce."""
+
+    __slots__ = ("outcome", "reducer")
+
+    def __init__(self, reducer: TorchDistributedReducer, outcome: DeferredOutcome) -> None:
+        self.reducer, self.outcome = reducer, outcome
+
+    def wait(self) -> StepOutcome:
+        return self.reducer.start_step(resolve_outcome(self.outcome)).wait()
 
 
 def _default_store() -> Any:

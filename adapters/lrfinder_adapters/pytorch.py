@@ -27,6 +27,7 @@ import torch  # noqa: E402
 from lrfinder_adapters import _torch_state  # noqa: E402
 from lrfinder_adapters._schedulers import check_schedulers, move_schedule  # noqa: E402
 from lrfinder_plugins.spi import (  # noqa: E402
+    DeferredOutcome,
     RangeTest,
     RangeTestResult,
     Reducer,
@@ -225,10 +226,25 @@ def _needs_closure(optimizer: torch.optim.Optimizer) -> bool:
     """Whether ``optimizer.step`` requires a ``closure`` argument (LBFGS does)."""
     if isinstance(optimizer, torch.optim.LBFGS):
         return True
+    step = optimizer.step
+    # The signature of a class's step, read once per class (inspect costs ~25 us a call).
+    owner: Any = type(optimizer) if getattr(step, "__func__", None) is not None else None
+    if owner is not None and "step" not in vars(optimizer):
+        return _class_step_needs_closure(owner)
+    return _signature_needs_closure(step)
+
+
+@functools.lru_cache(maxsize=256)
+def _class_step_needs_closure(kind: Any) -> bool:
+    return _signature_needs_closure(kind.step)
+
+
+def _signature_needs_closure(step: Any) -> bool:
     try:
-        closure = inspect.signature(optimizer.step).parameters.get("closure")
+        parameters = inspect.signature(step).parameters
     except (TypeError, ValueError):
         return False
+    closure = parameters.get("closure")
     return closure is not None and closure.default is inspect.Parameter.empty
 
 
@@ -319,6 +335,56 @@ def loader_generators(*loaders: Any) -> list[torch.Generator]:
     return found
 
 
+def _first_device(model: torch.nn.Module) -> torch.device | None:
+    parameter = next(model.parameters(), None)
+    return None if parameter is None else parameter.device
+
+
+def _has_collectives(model: torch.nn.Module) -> bool:
+    """Whether a step of ``model`` runs collectives of its own (DDP's or FSDP's)."""
+    from lrfinder_adapters.distributed import ddp_process_group, is_sharded
+
+    return ddp_process_group(model) is not None or is_sharded(model)
+
+
+class _LateLoss:
+    """A step's loss not read yet: ``resolve()`` reads it after the next step is queued.
+
+    On CUDA the loss is copied to pinned host memory without blocking, behind an event, right
+    after its step is queued; reading waits for that event only (not for the steps queued
+    since). Elsewhere it is already computed. The value is the one an immediate ``.item()``
+    gives, bit for bit.
+    """
+
+    __slots__ = ("event", "last", "samples", "steps", "value")
+
+    def __init__(
+        self, total: torch.Tensor, steps: int, samples: int, last: bool, host: torch.Tensor | None
+    ) -> None:
+        self.steps, self.samples, self.last = steps, samples, last
+        self.event: Any = None
+        if host is not None:  # on CUDA: copy behind an event, read when the event is reached
+            host.copy_(total, non_blocking=True)
+            self.event = torch.cuda.Event()
+            self.event.record()
+            total = host
+        self.value = total
+
+    @property
+    def ready(self) -> bool:
+        """Whether the loss is on the host already (not a GPU's queue)."""
+        return self.event is None
+
+    def resolve(self) -> StepOutcome:
+        """The step's outcome, its loss read now."""
+        if self.event is not None:
+            self.event.synchronize()
+        value = self.value.item()
+        if self.steps != 1:
+            value = value / self.steps
+        return StepOutcome.of_loss(value, self.samples, last=self.last)
+
+
 class TorchStep:
     """One optimizer step over a plain PyTorch model: the engine's ``TrainingStep``.
 
@@ -365,6 +431,11 @@ class TorchStep:
             ``distributed`` builds (e.g. an Accelerate or Lightning strategy's).
         lookahead: fetch each step's batches at the end of the step before, so every rank knows
             before the next step whether data is left (``None``: when distributed).
+        overlap: decide each step one step late: step k's reduce (and, on a GPU, the read of its
+            loss) travels while step k+1 runs, and the step run past the stop is undone by the
+            restore. The points, stop and state are the same as without it. ``None``: on when
+            distributed or on CUDA, unless ``keep_weights`` or a ``scaler`` (a step it skips
+            would shift the next one's LR) rule it out.
     """
 
     def __init__(
@@ -392,6 +463,7 @@ class TorchStep:
         fault_timeout: float = 30.0,
         reducer: Reducer | None = None,
         lookahead: bool | None = None,
+        overlap: bool | None = None,
     ) -> None:
         check_model_and_optimizer(model, optimizer)
         check_grad_enabled("the LR range test")
@@ -449,12 +521,55 @@ class TorchStep:
         self.process_group = process_group
         self.all_reduce_grads = all_reduce_grads
         self.lookahead = (self.reducer.world_size > 1) if lookahead is None else bool(lookahead)
+        self.overlap = self._check_overlap(overlap)
+        self._collectives = self.reducer.world_size > 1 and (
+            all_reduce_grads or _has_collectives(model)
+        )
+        self.can_continue = True
+        """False after a step that raised before its gradients were synchronised across ranks
+        (the others may be stuck in that collective): the rank must not run another step."""
         self._no_sync = getattr(model, "no_sync", None) if accumulation_steps > 1 else None
         self._batches: Iterator[Any] | None = None
         self._ahead: list[Any] | None = None
+        self._last_batches: list[Any] | None = None
+        self._drained = False
+        self._pinned: list[torch.Tensor] = []
         self._last_scale = 0.0
         # The optimizer's parameters only: those are the ones a scaler unscales before clipping.
         self._clip_params = [p for group in optimizer.param_groups for p in group["params"]]
+
+    def _host_buffer(self, loss: torch.Tensor) -> torch.Tensor | None:
+        """A pinned host buffer for a CUDA loss (two in turn: step k's is read before step k+2
+        writes it); ``None`` for a loss already on the host."""
+        if loss.device.type != "cuda":
+            return None
+        ring = self._pinned
+        if len(ring) < 2 or ring[0].dtype != loss.dtype:
+            ring[:] = [torch.empty((), dtype=loss.dtype, pin_memory=True) for _ in range(2)]
+        ring.reverse()
+        return ring[0]
+
+    def _check_overlap(self, overlap: bool | None) -> bool:
+        if overlap is not None:
+            _validate.boolean("overlap", overlap)
+        ruled_out = (
+            "keep_weights=True (the step run past the stop would stay in the weights)"
+            if self.keep_weights
+            else "a scaler (a step it skips would shift the next step's LR)"
+            if self.scaler is not None
+            else None
+        )
+        if overlap and ruled_out is not None:
+            raise ValueError(
+                f"overlap=True cannot be combined with {ruled_out}; leave overlap=None (or "
+                "False) to decide each step at its end"
+            )
+        if overlap is None:
+            device = self.device or _first_device(self.model)
+            overlap = ruled_out is None and (
+                self.reducer.world_size > 1 or (device is not None and device.type == "cuda")
+            )
+        return overlap
 
     @property
     def group_ratios(self) -> tuple[float, ...]:
@@ -486,7 +601,8 @@ class TorchStep:
     def restore(self, snapshot: _torch_state.TrainingState) -> None:
         """Put back everything :meth:`snapshot` saved, bitwise."""
         self._batches = None  # drop the loader iterator (and its workers)
-        self._ahead = None
+        self._ahead = self._last_batches = None
+        self._drained = False
         _torch_state.restore(
             snapshot, self.model, self.optimizer, schedulers=self.schedulers, scaler=self.scaler
         )
@@ -501,19 +617,30 @@ class TorchStep:
             else:
                 group["lr"] = lr * ratio
 
-    def run(self) -> StepOutcome | None:
+    def run(self) -> StepOutcome | DeferredOutcome | None:
         """One optimizer step: its mean loss and samples, or ``None`` if the scaler skipped it.
 
         The parts are seams a subclass may replace (the Accelerate adapter does):
         :meth:`micro_step` (:meth:`forward` and :meth:`backward` of one micro-batch),
         :meth:`sync_gradients`, :meth:`clip_gradients` and :meth:`optimizer_step`.
+        With ``overlap`` the loss comes back unread (a :class:`DeferredOutcome`), and a rank
+        whose data ran out re-runs its last batches (a step that is never recorded) so that the
+        collectives of the step the other ranks already started still match.
         """
+        self.can_continue = not self._collectives  # until this step's collectives are done
         if self._batches is None:
             self._batches = self._cycle(self.train_loader, "train_loader")
             self._last_scale = self.scaler.get_scale() if self.scaler is not None else 0.0
         optimizer, scaler, steps = self.optimizer, self.scaler, self.accumulation_steps
-        batches = self._ahead if self._ahead is not None else self._fetch()
+        shadow = False
+        if self._ahead is not None:
+            batches = self._ahead
+        elif self._drained and self._last_batches is not None:
+            batches, shadow = self._last_batches, True  # overlap: keep step with the others
+        else:
+            batches = self._fetch()
         self._ahead = None
+        self._last_batches = batches if self.overlap else None
         optimizer.zero_grad(set_to_none=True)
         total: torch.Tensor | None = None
         samples = 0
@@ -530,17 +657,24 @@ class TorchStep:
             total = detached if total is None else total + detached
         if self.all_reduce_grads:
             self.sync_gradients()
+        self.can_continue = (
+            True  # past the step's collectives: another step keeps the ranks in step
+        )
         if self.max_grad_norm is not None:
             self.clip_gradients()
         self.optimizer_step()
         assert total is not None
-        value = total.item() if steps == 1 else total.item() / steps
         last = False
-        if self.lookahead:
+        if self.lookahead and not shadow:
             try:
                 self._ahead = self._fetch()
             except StopIteration:
-                last = True
+                last = self._drained = True
+        if shadow:
+            return StepOutcome.exhausted()
+        if self.overlap and self.val_loader is None:
+            return _LateLoss(total, steps, samples, last, self._host_buffer(total))
+        value = total.item() if steps == 1 else total.item() / steps
         if scaler is not None:
             # GradScaler lowers its scale exactly when it skipped the step for inf/NaN grads.
             scale = scaler.get_scale()
@@ -753,13 +887,8 @@ class LearningRateFinder:
         """
         arguments = dict(locals())  # every argument above, by name: prepare() checks them all
         del arguments["self"], arguments["train_loader"]
-        step, test = self.prepare(train_loader, **arguments)
-        self._rank = step.reducer.rank
-        try:
-            self.result = run_range_test(step, test, progress=self.progress)
-        except BaseException:
-            self.result = test.result()
-            raise
+        self.run(train_loader, **arguments)
+        assert self.result is not None
         suggestion = self.result.suggestion(method)
         lrs = self.result.lrs or (math.nan,)  # no point at all (data ran out before the first)
         log.info(
@@ -771,6 +900,19 @@ class LearningRateFinder:
             suggestion.lr,
         )
         return list(self.result.lrs), list(self.result.smoothed_losses), suggestion.lr
+
+    def run(self, train_loader: Iterable[Any], **arguments: Any) -> RangeTestResult:
+        """Run the range test with :meth:`find_lr`'s ``arguments``; return the result (also in
+        ``self.result``, which holds the points so far when the test raised) without computing a
+        suggestion (``find_lr`` does, to return it)."""
+        step, test = self.prepare(train_loader, **arguments)
+        self._rank = step.reducer.rank
+        try:
+            self.result = run_range_test(step, test, progress=self.progress)
+        except BaseException:
+            self.result = test.result()
+            raise
+        return self.result
 
     def prepare(self, train_loader: Iterable[Any], **arguments: Any) -> tuple[TorchStep, RangeTest]:
         """Check every argument of :meth:`find_lr` and build its step and test; run nothing.
@@ -979,15 +1121,15 @@ def find_lr(
     finder = LearningRateFinder(
         model, optimizer, loss_fn, device, progress=progress, **step_options
     )
-    finder.find_lr(
+    # No suggestion computed here: the result computes one when asked (and caches its analysis).
+    return finder.run(
         train_loader,
-        start_lr,
-        end_lr,
-        num_iter,
-        smooth_factor,
-        diverge_threshold,
+        start_lr=start_lr,
+        end_lr=end_lr,
+        num_iter=num_iter,
+        smooth_factor=smooth_factor,
+        diverge_threshold=diverge_threshold,
         mode=mode,
         val_loader=val_loader,
         val_batches=val_batches,
     )
-    return finder._require_result()

@@ -94,3 +94,26 @@ def test_amp_fp16_with_scaler_restores_scaler() -> None:
     assert _fingerprint(model, optimizer) == before
     assert scaler._scale is None  # lazily initialised before: put back uninitialised
     assert scaler.get_scale() == 65536.0
+
+
+def test_the_loss_read_one_step_late_records_the_same_points() -> None:
+    """On CUDA overlap is on by default (the loss is copied to pinned memory behind an event and
+    read after the next step is queued): the same points bitwise as reading it at once."""
+    results = []
+    for overlap in (False, True):
+        model, optimizer, batches = _problem()
+        torch.manual_seed(5)
+        torch.cuda.manual_seed(5)
+        result = find_lr(
+            model,
+            optimizer,
+            torch.nn.functional.cross_entropy,
+            batches,
+            device="cuda",
+            end_lr=10.0,
+            num_iter=20,
+            overlap=overlap,
+            progress=False,
+        )
+        results.append((result.lrs, result.losses, result.stop_reason))
+    assert results[0] == results[1]

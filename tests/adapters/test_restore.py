@@ -299,7 +299,7 @@ def test_disk_snapshot_directory_removed_after_finish(
 
     finder = LearningRateFinder(model, optimizer, loss_fn, progress=False, snapshot="disk")
     finder.find_lr(batches, start_lr=1e-5, end_lr=1e-2, num_iter=20, diverge_threshold=1e6)
-    assert seen and all(files == ["weights.pt"] for files in seen)
+    assert seen and all(files == ["weights.bin"] for files in seen)
     assert list(private_tempdir.iterdir()) == []
 
 

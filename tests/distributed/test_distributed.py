@@ -26,6 +26,7 @@ WORKER = Path(__file__).with_name("worker.py")
 LAUNCH_TIMEOUT = 600  # seconds: generous for a busy 2-core machine; a hang still fails
 HEALTHY = [
     "lr",
+    "overlap",
     "hand_synced",
     "fsdp",
     "nan",
@@ -116,6 +117,37 @@ def test_hand_synced_gradients_over_a_process_group_match_ddp(healthy: Path) -> 
     rank0, rank1 = records(healthy, "hand_synced")
     assert rank0 == rank1 and rank0["world_size"] == 2
     assert all(math.isclose(a, b, rel_tol=1e-5) for a, b in zip(rank0["losses"], ddp_run["losses"]))
+
+
+def test_deciding_one_step_late_changes_no_result_and_no_fault(healthy: Path) -> None:
+    """overlap=True against overlap=False under DDP: the same points, stop reasons and errors on
+    both ranks (a test that diverges, NaN on one rank, one rank's data ending, an error after backward), the
+    state restored in each (checked in the worker), at most one step more run, and the process
+    group still usable after the error (the later scenarios of this launch run on it)."""
+    rank0, rank1 = records(healthy, "overlap")
+    for case in ("diverges", "nan", "exhausted", "error"):
+        for record in (rank0, rank1):
+            end, late = dict(record[f"{case}/end"]), dict(record[f"{case}/late"])
+            ran_end, ran_late = end.pop("ran"), late.pop("ran")
+            assert late == end, case
+            assert ran_end <= ran_late <= ran_end + 1, case
+        assert {
+            k: v for k, v in rank0[f"{case}/late"].items() if k not in ("ran", "message", "type")
+        } == {k: v for k, v in rank1[f"{case}/late"].items() if k not in ("ran", "message", "type")}
+    diverged = rank0["diverges/late"]
+    assert diverged["stop_reason"] == "diverged" and len(diverged["losses"]) < 12
+    assert (
+        rank0["nan/late"]["stop_reason"] == "non_finite" and len(rank0["nan/late"]["losses"]) == 4
+    )
+    assert rank0["exhausted/late"]["stop_reason"] == "data_exhausted"
+    assert len(rank0["exhausted/late"]["losses"]) == 4
+    assert rank1["error/late"] == {
+        "type": "ValueError",
+        "message": "bad step on rank 1",
+        "ran": rank1["error/late"]["ran"],
+    }
+    assert rank0["error/late"]["type"] == "RankFailedError"
+    assert "ValueError: bad step on rank 1" in rank0["error/late"]["message"]
 
 
 def test_an_fsdp2_model_is_restored_shard_by_shard(healthy: Path) -> None:

@@ -204,6 +204,58 @@ def scenario_error_in_forward(rank: int, world: int) -> dict[str, Any]:
     return raised
 
 
+def scenario_overlap(rank: int, world: int) -> dict[str, Any]:
+    """The same four tests decided at each step's end and one step late (``overlap``): one that
+    diverges (momentum 0.9 up to LR 1), rank 1's NaN at step 4, rank 1's data ending after 4 batches, and rank 1 raising in its
+    3rd optimizer step. Each records its points (or error), the steps each rank ran, and checks
+    the state was restored bitwise."""
+
+    def run(case: str, overlap: bool) -> dict[str, Any]:
+        model = ddp(make_model())
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+        ran = {"n": 0}
+
+        def compute_loss(m: nn.Module, batch: Any) -> torch.Tensor:
+            ran["n"] += 1
+            loss = nn.functional.mse_loss(m(batch[0]), batch[1])
+            return loss * math.nan if case == "nan" and rank == 1 and ran["n"] == 4 else loss
+
+        def hook(*_: Any) -> None:
+            if case == "error" and rank == 1 and ran["n"] == 3:
+                raise ValueError("bad step on rank 1")
+
+        data: Any = shard(global_batches(STEPS), rank, world)
+        if case == "exhausted":
+            data = iter(shard(global_batches(10 if rank == 0 else 4), rank, world))
+        before = capture_state(model, optimizer)
+        handle = optimizer.register_step_pre_hook(hook)
+        try:
+            result = find_lr(
+                model,
+                optimizer,
+                None,
+                data,
+                start_lr=1e-4,
+                end_lr=1.0,
+                num_iter=STEPS,
+                compute_loss=compute_loss,
+                overlap=overlap,
+                progress=False,
+            )
+            record: dict[str, Any] = summary(result)
+        except (ValueError, RankFailedError) as error:
+            record = {"type": type(error).__name__, "message": str(error)}
+        finally:
+            handle.remove()
+        assert_state_bitwise_equal(before, capture_state(model, optimizer))
+        return {**record, "ran": ran["n"]}
+
+    cases = ("diverges", "nan", "exhausted", "error")
+    return {
+        f"{case}/{mode}": run(case, mode == "late") for case in cases for mode in ("end", "late")
+    }
+
+
 def scenario_fsdp(rank: int, world: int) -> dict[str, Any]:
     """An FSDP2 (``fully_shard``) model: each rank restores its own shards bitwise."""
     from torch.distributed.device_mesh import init_device_mesh
