@@ -289,5 +289,5 @@ def plot_batch_size(
     ax.legend(fontsize=8)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=120, bbox_inches="tight")
+        fig.savefig(path, dpi=120)
     return fig

@@ -321,8 +321,9 @@ def _measure_noise_scale(
         device=device_of(model, device),
         distributed=False,
         lookahead=False,
+        overlap=False,  # each step ends before the next: the monitor closes its window in it
         accumulation_steps=accumulation,
-        **{k: v for k, v in step_options.items() if k != "snapshot"},
+        **{k: v for k, v in step_options.items() if k not in ("snapshot", "overlap")},
     )
     snapshot = probe.snapshot()
     monitor = NoiseScaleMonitor(
