@@ -42,6 +42,7 @@ from lrfinder_plugins._seams import (
 )
 from lrfinder_plugins._session import BatchSizeSession, RangeTestSession
 from lrfinder_plugins.hookspecs import hookimpl
+from lrfinder_plugins.noise_scale import NoiseScale, NoiseScaleEstimator, Recommendation
 from lrfinder_plugins.suggest import LowConfidenceWarning, NoSuggestionWarning, Suggestion
 
 if TYPE_CHECKING:
@@ -61,6 +62,8 @@ __all__ = [
     "LocalReducer",
     "LowConfidenceWarning",
     "NoSuggestionWarning",
+    "NoiseScale",
+    "NoiseScaleEstimator",
     "NothingFitsError",
     "PluginError",
     "PluginLoadWarning",
@@ -69,6 +72,7 @@ __all__ = [
     "RangeTestResult",
     "RangeTestSession",
     "RankFailedError",
+    "Recommendation",
     "Reducer",
     "ResultFileError",
     "ResultFileNotFoundError",

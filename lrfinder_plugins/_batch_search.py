@@ -45,8 +45,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from lrfinder_plugins import _validate
+from lrfinder_plugins import _validate, noise_scale
 from lrfinder_plugins._json_file import JsonFile, field_of
+from lrfinder_plugins.noise_scale import NoiseScale, Recommendation
 
 MODES = ("guided", "binsearch", "power", "shrink")
 """The search policies ``BatchSizeSearch`` knows, the default first."""
@@ -133,6 +134,17 @@ class BatchTrial:
     capacity_bytes: int | None = None
     error: str | None = None
 
+    @property
+    def samples_per_second(self) -> float | None:
+        """The trial's throughput, ``size * steps / seconds`` (per rank under DDP: the slowest
+        rank's seconds), for a trial that fitted; ``None`` otherwise. It counts the whole trial
+        (first step and the memory meter included), the same way at every size, so it ranks
+        sizes against each other; the meter's cost per operation makes small sizes look a
+        little slower than a bare loop would."""
+        if not self.fitted or not self.seconds or self.seconds <= 0 or self.steps < 1:
+            return None
+        return self.size * self.steps / self.seconds
+
 
 @dataclass(frozen=True)
 class BatchSizeResult(JsonFile):
@@ -146,6 +158,8 @@ class BatchSizeResult(JsonFile):
         trials: every trial, in order.
         stop_reason: why the search ended.
         options: the search's settings (mode, init_val, max_trials, ...).
+        noise_scale: the simple gradient noise scale measured at the answer (``None`` when not
+            measured: see ``find_batch_size(noise_scale=True)``).
     """
 
     batch_size: int | None
@@ -153,6 +167,39 @@ class BatchSizeResult(JsonFile):
     trials: tuple[BatchTrial, ...]
     stop_reason: BatchStopReason | None
     options: dict[str, Any] = field(default_factory=dict)
+    noise_scale: NoiseScale | None = None
+
+    @property
+    def throughput(self) -> dict[int, float]:
+        """Samples per second by size, over the trials that fitted (the best of each size)."""
+        rates: dict[int, float] = {}
+        for t in self.trials:
+            rate = t.samples_per_second
+            if rate is not None:
+                rates[t.size] = max(rate, rates.get(t.size, 0.0))
+        return dict(sorted(rates.items()))
+
+    @property
+    def knee(self) -> int | None:
+        """The smallest size whose throughput is within ``options["knee_tolerance"]`` (5% by
+        default) of the best measured (see :func:`lrfinder_plugins.noise_scale.throughput_knee`)."""
+        tolerance = self.options.get("knee_tolerance", noise_scale.KNEE_TOLERANCE)
+        return noise_scale.throughput_knee(self.throughput, tolerance)
+
+    @property
+    def recommendation(self) -> Recommendation | None:
+        """What to train with and why: ``min(batch_size, B_crit)``, hardware-friendly, with
+        the accumulation steps for ``target_batch`` and the LR rule (``None``: nothing fitted)."""
+        if self.batch_size is None:
+            return None
+        target = self.options.get("target_batch")
+        return noise_scale.recommend(
+            self.batch_size,
+            self.noise_scale,
+            world_size=self.world_size,
+            target_batch=None if target is None else int(target) * self.world_size,
+            optimizer=self.options.get("optimizer"),
+        )
 
     @property
     def largest_fit(self) -> int | None:
@@ -185,8 +232,16 @@ class BatchSizeResult(JsonFile):
         """``batch_size * accumulation_steps`` (the target batch when one was given)."""
         return None if self.batch_size is None else self.batch_size * self.accumulation_steps
 
+    def plot(self, output_path: Any = None, **options: Any) -> Any:
+        """Throughput and ``B_simple`` against batch size (see
+        :func:`lrfinder_plugins.plot.plot_batch_size`); returns the figure."""
+        from lrfinder_plugins.plot import plot_batch_size
+
+        return plot_batch_size(self, output_path, **options)
+
     def summary(self) -> str:
-        """A short human-readable report: one line per trial, then the answer."""
+        """A short human-readable report: one line per trial, then the answer, the throughput
+        and its knee, the noise scale, the recommendation and the LR rule."""
         lines = []
         for i, t in enumerate(self.trials, 1):
             peak = "" if t.peak_bytes is None else f", peak {t.peak_bytes / 2**20:.1f} MiB"
@@ -202,11 +257,27 @@ class BatchSizeResult(JsonFile):
             f"batch size {self.batch_size}{accumulation} after {len(self.trials)} trials "
             f"({self.oom_trials} out of memory), stopped: {self.stop_reason}"
         )
+        rates = self.throughput
+        if rates:
+            shown = ", ".join(f"{s}: {r:,.0f}" for s, r in rates.items())
+            lines.append(f"throughput (samples/s): {shown}; knee at {self.knee}")
+        if self.noise_scale is not None:
+            lines.append(f"noise scale: {self.noise_scale.describe()}")
+        advice = self.recommendation
+        if advice is not None:
+            accumulation = (
+                f" × {advice.accumulation_steps} accumulation steps"
+                if advice.accumulation_steps > 1
+                else ""
+            )
+            lines.append(f"recommended: {advice.batch_size}{accumulation}: {advice.reason}")
+            lines.append(advice.lr_advice())
         return "\n".join(lines)
 
     # -- serialisation -------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict."""
+        advice = self.recommendation
         return {
             "format": FORMAT,
             "version": FORMAT_VERSION,
@@ -215,6 +286,11 @@ class BatchSizeResult(JsonFile):
             "stop_reason": None if self.stop_reason is None else self.stop_reason.value,
             "options": self.options,
             "trials": [asdict(t) for t in self.trials],
+            "noise_scale": None if self.noise_scale is None else self.noise_scale.to_dict(),
+            # Derived, for readers of the file (rebuilt from the fields above on load):
+            "throughput": {str(size): rate for size, rate in self.throughput.items()},
+            "knee": self.knee,
+            "recommendation": None if advice is None else asdict(advice),
         }
 
     @classmethod
@@ -246,7 +322,12 @@ class BatchSizeResult(JsonFile):
             trials=tuple(BatchTrial(**t) for t in trials),
             stop_reason=None if reason is None else BatchStopReason(reason),
             options=dict(data.get("options", {})),
+            noise_scale=_noise_scale_of(data.get("noise_scale")),
         )
+
+
+def _noise_scale_of(data: Any) -> NoiseScale | None:
+    return None if data is None else NoiseScale.from_dict(data)
 
 
 def _bracket(trials: tuple[BatchTrial, ...] | list[BatchTrial]) -> tuple[int | None, int | None]:
@@ -311,6 +392,7 @@ class BatchSizeSearch:
         target_batch: a global batch to keep: the answer is then split into a per-step batch and
             gradient-accumulation steps whose product is exactly ``target_batch``.
         shrink: ``mode="shrink"``'s next size after an out-of-memory one (default: 90% of it).
+        knee_tolerance: the share of the best throughput the result's ``knee`` may lose.
 
     Raises:
         TypeError, ValueError: an argument has the wrong type or value (before anything runs).
@@ -336,8 +418,11 @@ class BatchSizeSearch:
         upper_bound: int | None = None,
         target_batch: int | None = None,
         shrink: Callable[[int], int] | None = None,
+        knee_tolerance: float = noise_scale.KNEE_TOLERANCE,
     ) -> None:
         self.mode = _validate.one_of("mode", mode, MODES)
+        noise_scale.throughput_knee({}, knee_tolerance)  # validates it
+        self.knee_tolerance = float(knee_tolerance)
         if shrink is not None and not callable(shrink):
             raise TypeError(f"shrink must be callable (size -> smaller size), got {shrink!r}")
         if shrink is not None and mode != "shrink":
@@ -485,6 +570,7 @@ class BatchSizeSearch:
             "margin": self.margin,
             "upper_bound": self.upper_bound,
             "target_batch": self.target_batch,
+            "knee_tolerance": self.knee_tolerance,
         }
 
     def result(self) -> BatchSizeResult:

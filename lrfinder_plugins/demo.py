@@ -37,6 +37,7 @@ class DemoRun:
     batch: BatchSizeResult | None = None
     batch_size: int = 0
     memory_budget: int = MEMORY_BUDGET
+    batch_plot: Path | None = None
 
 
 def make_problem(
@@ -125,6 +126,8 @@ def run_demo(
                     dataset=dataset,
                     memory_budget=memory_budget,
                     progress=progress,
+                    noise_scale=True,
+                    gns_max_steps=20,
                 )
                 size = int(batch.batch_size or 1)  # find_batch_size raises when nothing fits
             loader = torch.utils.data.DataLoader(
@@ -133,7 +136,14 @@ def run_demo(
             run = _find_and_save(
                 model, loader, output_dir, plot_path, json_path, num_iter, method, progress
             )
-        return dataclasses.replace(run, batch=batch, batch_size=size, memory_budget=memory_budget)
+        batch_plot = None
+        if batch is not None:
+            batch_plot = Path(output_dir) / "batch_size_plot.png"
+            batch.plot(batch_plot)
+            batch.save_json(Path(output_dir) / "batch_size.json")
+        return dataclasses.replace(
+            run, batch=batch, batch_size=size, memory_budget=memory_budget, batch_plot=batch_plot
+        )
     finally:
         torch.set_num_threads(before)
 
@@ -195,6 +205,7 @@ def describe(run: DemoRun) -> list[str]:
             f"BatchNorm, AdamW), pretend device of {run.memory_budget / 2**20:g} MiB, mode guided:",
             run.batch.summary(),
             f"✓ Optimal batch size found: {run.batch.batch_size}",
+            f"  batch-size plot (throughput, knee, B_simple) saved to: {run.batch_plot}",
         ]
     return [
         *lines,

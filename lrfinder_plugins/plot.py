@@ -1,4 +1,4 @@
-"""Plots of range-test results (matplotlib, optional: ``pip install 'lrfinder-plugins[plot]'``)."""
+"""Plots of range-test and batch-size results (matplotlib, optional: ``pip install 'lrfinder-plugins[plot]'``)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
+    from lrfinder_plugins._batch_search import BatchSizeResult
     from lrfinder_plugins._results import RangeTestResult
     from lrfinder_plugins.suggest import Suggestion
 
@@ -227,3 +228,66 @@ def _first_clause(reason: str) -> str:
     """The reason's first clause, short enough for a title ("no usable descent: ...")."""
     text = reason.split(";")[0].strip()
     return text if len(text) <= 90 else text[:87] + "..."
+
+
+def plot_batch_size(
+    result: BatchSizeResult,
+    output_path: str | Path | None = None,
+    *,
+    ax: Axes | None = None,
+    title: str | None = None,
+) -> Figure:
+    """Plot throughput (samples/s) against batch size, with the knee, the largest size that
+    fits, the noise scale ``B_simple`` and its interval, and the recommended size.
+
+    Args:
+        result: the batch-size search's result.
+        output_path: save the figure there as PNG (parent directories are created).
+        ax: draw into these axes instead of a new figure.
+        title: the axes title (default: the recommendation).
+
+    Raises:
+        IsADirectoryError: ``output_path`` is an existing directory (checked before drawing).
+
+    Example:
+        >>> fig = plot_batch_size(find_batch_size(..., noise_scale=True), "batch.png")  # doctest: +SKIP
+    """
+    path = check_output_path(output_path)
+    plt = _pyplot()
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(8, 5))
+    else:
+        fig = ax.figure
+    rates = result.throughput
+    if rates:
+        ax.plot(list(rates), list(rates.values()), "o-", label="throughput (fitted trials)")
+    failed = sorted({t.size for t in result.trials if not t.fitted})
+    for size in failed:
+        ax.axvline(size, color="gray", alpha=0.3, linewidth=1)
+    if failed:
+        ax.plot([], [], color="gray", alpha=0.3, label="out of memory")
+    knee = result.knee
+    if knee is not None:
+        ax.plot([knee], [rates[knee]], "s", color="tab:green", markersize=10, label=f"knee {knee}")
+    if result.batch_size is not None:
+        ax.axvline(result.batch_size, color="black", linestyle=":", label=f"fits: {result.batch_size}")
+    scale = result.noise_scale
+    if scale is not None and math.isfinite(scale.b_simple):
+        ax.axvline(scale.b_simple, color="red", label=f"B_simple ≈ {scale.b_simple:.3g}")
+        high = scale.high if math.isfinite(scale.high) else max([*rates, scale.b_simple]) * 4
+        ax.axvspan(max(scale.low, 0.5), high, color="red", alpha=0.1, label="its interval")
+    advice = result.recommendation
+    if advice is not None:
+        ax.axvline(advice.batch_size, color="tab:purple", linewidth=2, alpha=0.6,
+                   label=f"recommended: {advice.batch_size}")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("batch size (log scale)")
+    ax.set_ylabel("samples / s")
+    default = "batch-size search" if advice is None else f"recommended {advice.batch_size}"
+    ax.set_title(title if title is not None else default)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=120)
+    return fig

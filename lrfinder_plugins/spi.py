@@ -14,7 +14,9 @@ What an adapter builds on:
   :func:`run_range_test`, :func:`run_batch_size_search`, :func:`search_with_probe`, with
   :func:`run_step` / :func:`run_trial` (one step or trial turned into its record);
 - the engine and results: :class:`RangeTest`, :func:`group_ratios`, :class:`BatchSizeSearch`,
-  :class:`RangeTestResult`, :class:`BatchSizeResult`, and :class:`JsonFile` (``save_json`` /
+  :class:`RangeTestResult`, :class:`BatchSizeResult`, :class:`NoiseScaleEstimator` (the
+  gradient noise scale from two batch sizes' squared gradient norms) and its
+  :class:`NoiseScale`, and :class:`JsonFile` (``save_json`` /
   ``load_json`` for an adapter's own result built of them; :class:`ResultFileError`);
 - helpers: :mod:`validate` (argument checks whose errors name the argument, the value and the
   fix), :func:`is_oom`, :func:`deferred_sigint`, :func:`registered_suggesters`,
@@ -60,6 +62,7 @@ from lrfinder_plugins._seams import (
 from lrfinder_plugins._session import MAX_SKIPPED_STEPS, BatchSizeSession, RangeTestSession
 from lrfinder_plugins._signals import deferred_sigint
 from lrfinder_plugins.hookspecs import hookimpl
+from lrfinder_plugins.noise_scale import NoiseScale, NoiseScaleEstimator
 from lrfinder_plugins.schedules import registered as registered_schedules
 from lrfinder_plugins.suggest import registered as registered_suggesters
 
@@ -75,6 +78,8 @@ __all__ = [
     "DeferredOutcome",
     "JsonFile",
     "LocalReducer",
+    "NoiseScale",
+    "NoiseScaleEstimator",
     "NothingFitsError",
     "PendingStep",
     "Point",

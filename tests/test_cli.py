@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from lrfinder_plugins import RangeTestResult
+from lrfinder_plugins import BatchSizeResult, RangeTestResult
 from lrfinder_plugins.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -90,6 +90,22 @@ def test_demo_writes_plot_and_json(demo_output: tuple[str, Path]) -> None:
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     result = RangeTestResult.load_json(out / "lr_finder.json")
     assert len(result) >= 10
+
+
+def test_demo_reports_the_knee_noise_scale_and_recommendation(
+    demo_output: tuple[str, Path],
+) -> None:
+    """The demo prints the throughput knee, B_simple and the recommendation, saves the
+    batch-size result (with them) and the plot of throughput and B_simple against the size."""
+    stdout, out = demo_output
+    assert re.search(r"throughput \(samples/s\): .*; knee at \d+", stdout)
+    assert re.search(r"noise scale: B_simple ≈ [0-9.e+]+ \(95% interval", stdout)
+    assert re.search(r"recommended: \d+", stdout) and "LR: scale with the square root" in stdout
+    saved = BatchSizeResult.load_json(out / "batch_size.json")
+    assert saved.noise_scale is not None and saved.knee is not None
+    data = json.loads((out / "batch_size.json").read_text())
+    assert data["recommendation"]["batch_size"] == saved.recommendation.batch_size  # type: ignore[union-attr]
+    assert (out / "batch_size_plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_show_prints_every_method(

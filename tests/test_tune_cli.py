@@ -167,6 +167,10 @@ def test_torch_factory_config_dry_run_prints_the_diff(tmp_path: Path) -> None:
     size = _number(r"✓ Optimal batch size found: (\d+)", done.stderr)
     lr = float(_number(r"✓ Suggested learning rate: (\S+)", done.stderr))
     assert f"+batch_size = {size}  # the batch-size finder writes its result here" in done.stdout
+    # The throughput knee and the recommendation, with its reason and the LR rule:
+    assert re.search(r"Throughput knee: \d+ \(samples/s by size: ", done.stderr)
+    assert re.search(r"Recommended batch size: \d+: ", done.stderr)
+    assert "re-run the range test at this batch" in done.stderr
     written = float(_number(r"\+learning_rate = (\S+)", done.stdout))
     assert written == pytest.approx(lr, rel=0.01)
     assert (folder / "torch_run.toml").read_text() == before

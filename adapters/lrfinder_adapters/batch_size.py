@@ -9,6 +9,7 @@ schedulers, scaler and RNG exactly after every trial.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import logging
 from collections.abc import Callable, Iterable, Mapping
@@ -22,20 +23,28 @@ require("torch", "torch")
 import torch  # noqa: E402
 
 from lrfinder_adapters._trials import STEP_OPTIONS as TRIAL_STEP_OPTIONS  # noqa: E402
-from lrfinder_adapters._trials import StepFn  # noqa: E402
-from lrfinder_adapters.distributed import per_rank_target  # noqa: E402
+from lrfinder_adapters._trials import StepFn, cycle  # noqa: E402
+from lrfinder_adapters.distributed import per_rank_target, unwrap  # noqa: E402
+from lrfinder_adapters.gradient_noise import NoiseScaleMonitor, measure_during  # noqa: E402
 from lrfinder_adapters.probe import TorchProbe  # noqa: E402
 from lrfinder_adapters.pytorch import (  # noqa: E402
     FIND_LR_DEFAULTS,
     STEP_OPTIONS,
     LearningRateFinder,
     LossFn,
+    TorchStep,
     find_lr,
+)
+from lrfinder_plugins.noise_scale import (  # noqa: E402
+    GNS_PRECISION,
+    KNEE_TOLERANCE,
+    check_precision,
 )
 from lrfinder_plugins.spi import (  # noqa: E402
     BatchSizeResult,
     JsonFile,
     RangeTestResult,
+    deferred_sigint,
     search_with_probe,
 )
 from lrfinder_plugins.spi import validate as _validate  # noqa: E402
@@ -138,6 +147,10 @@ def find_batch_size(
     all_reduce_grads: bool = False,
     fault_timeout: float = 30.0,
     pin_allocator: bool | None = None,
+    knee_tolerance: float = KNEE_TOLERANCE,
+    noise_scale: bool = False,
+    gns_precision: float = GNS_PRECISION,
+    gns_max_steps: int = 50,
     **step_options: Any,
 ) -> BatchSizeResult:
     """Find the largest batch size that trains without running out of memory.
@@ -187,12 +200,22 @@ def find_batch_size(
             allocator before the first trial (``mallopt``: one arena, a fixed mmap threshold),
             so that what fits depends on the size alone; it is logged and lasts for the process.
             ``True``: pin on glibc whatever the limit; ``False``: leave the allocator alone.
+        knee_tolerance: the share of the best throughput the result's ``knee`` may lose.
+        noise_scale: after the search, measure the gradient noise scale at the answer
+            (``result.noise_scale``, used by ``result.recommendation``): training steps at
+            ``batch_size`` of two accumulated micro-batches on one process (one per rank under
+            DDP), until the interval's relative half-width is ``gns_precision`` or
+            ``gns_max_steps`` steps ran; the state is restored after, as for the trials.
+        gns_precision: the relative half-width of the interval at which the measurement stops.
+        gns_max_steps: the most optimizer steps the measurement runs (>= 3).
         **step_options: ``TorchStep`` options: ``max_grad_norm``, ``amp``, ``amp_dtype``,
             ``scaler``, ``schedulers``, ``snapshot``, ``compute_loss``.
 
     Returns:
         The result: ``batch_size`` (a size that ran for all ``steps_per_trial`` steps),
-        ``accumulation_steps``, every trial and the stop reason.
+        ``accumulation_steps``, every trial and the stop reason; the throughput of every trial,
+        the ``knee``, the ``noise_scale`` (with ``noise_scale=True``) and the
+        ``recommendation``.
 
     Raises:
         TypeError, ValueError: bad arguments (before anything runs).
@@ -220,7 +243,17 @@ def find_batch_size(
         pin_allocator=pin_allocator,
         **step_options,
     )
-    return search_with_probe(
+    _validate.boolean("noise_scale", noise_scale)
+    if noise_scale:
+        check_precision("gns_precision", gns_precision)
+        _validate.int_at_least("gns_max_steps", gns_max_steps, 3)
+        if step_fn is not None:
+            raise TypeError(
+                "noise_scale=True needs dataset= or make_loader=: a step_fn runs whole steps, "
+                "so the micro-batches' gradients cannot be read; measure in your loop with "
+                "lrfinder_adapters.gradient_noise.NoiseScaleMonitor instead"
+            )
+    result = search_with_probe(
         probe,
         progress=progress,
         mode=mode,
@@ -230,7 +263,88 @@ def find_batch_size(
         max_val=max_val,
         margin=margin,
         target_batch=per_rank_target(target_batch, probe.reducer.world_size),
+        knee_tolerance=knee_tolerance,
     )
+    options = {**result.options, "optimizer": type(optimizer).__name__}
+    measured = None
+    if noise_scale and result.batch_size is not None:
+        loader = (
+            make_loader(result.batch_size)
+            if make_loader is not None
+            else _shuffled_loader(dataset, result.batch_size, loader_options)
+        )
+        measured = _measure_noise_scale(
+            probe, model, optimizer, loss_fn, loader, result.batch_size,
+            device=device, precision=gns_precision, max_steps=gns_max_steps,
+            step_options=step_options,
+        )
+        options["noise_scale_precision"] = gns_precision
+    return dataclasses.replace(result, options=options, noise_scale=measured)
+
+
+def _shuffled_loader(dataset: Any, size: int, loader_options: Mapping[str, Any] | None) -> Any:
+    from torch.utils.data import DataLoader
+
+    options = {"shuffle": True, "drop_last": True, **(loader_options or {})}
+    return DataLoader(dataset, batch_size=size, **options)
+
+
+def _measure_noise_scale(
+    probe: TorchProbe,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loss_fn: LossFn | None,
+    loader: Iterable[Any],
+    size: int,
+    *,
+    device: str | torch.device | None,
+    precision: float,
+    max_steps: int,
+    step_options: Mapping[str, Any],
+) -> Any:
+    """Training steps at ``size`` with the monitor attached; the state is restored after.
+
+    On one process each step accumulates two micro-batches of ``size`` (small: one, big: the
+    window); under DDP each rank runs one micro-batch through the DDP model (small: a rank's,
+    big: the all-reduced one).
+    """
+    from lrfinder_adapters._trials import device_of
+
+    distributed = probe.reducer.world_size > 1
+    accumulation = 1 if distributed else 2
+    runner = model if distributed else unwrap(model)
+    step = TorchStep(
+        runner,
+        optimizer,
+        loss_fn,
+        cycle(loader),
+        device=device_of(model, device),
+        distributed=False,
+        lookahead=False,
+        overlap=False,  # each step ends before the next: the monitor closes its window in it
+        accumulation_steps=accumulation,
+        **{k: v for k, v in step_options.items() if k not in ("snapshot", "overlap")},
+    )
+    snapshot = probe.snapshot()
+    monitor = NoiseScaleMonitor(
+        runner,
+        optimizer,
+        micro_batch_size=size,
+        accumulation_steps=accumulation,
+        scaler=step_options.get("scaler"),
+    )
+    try:
+        estimate = measure_during(monitor, step.run, precision=precision, max_steps=max_steps)
+    finally:
+        monitor.close()
+        with deferred_sigint():
+            probe.restore(snapshot)
+        close = getattr(snapshot, "close", None)
+        if close is not None:
+            close()
+    if estimate is not None:
+        log.info("noise scale at batch size %d: %s", size, estimate.describe())
+    return estimate
 
 
 TUNE_FORMAT = "lrfinder-tune"

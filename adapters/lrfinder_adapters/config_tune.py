@@ -453,10 +453,13 @@ def _tune_torch(
         )
         found_size: int | None = both.batch_size
         result = both.lr
+        _log_batch_advice(both.batch)
     elif tune_batch_size:
         batch = find_batch_size(
             model, optimizer, loss_fn, dataset=dataset, progress=False, **batch_options
         )
+        log.info("✓ Optimal batch size found: %s", batch.batch_size)
+        _log_batch_advice(batch)
         return Found(batch_size=batch.batch_size)
     else:
         found_size = None
@@ -542,3 +545,17 @@ def fit_config(config: Mapping[str, Any], *, search: Sequence[Path] = ()) -> Non
         trainer = _trainer(run.trainer_options, _SECTIONS[kind][2])
         log.info("Starting training (fit)...")
         trainer.fit(run.module, datamodule=run.datamodule)
+
+
+def _log_batch_advice(batch: Any) -> None:
+    """The throughput knee and the recommendation (with its reason and the LR rule)."""
+    rates = batch.throughput
+    if rates:
+        shown = ", ".join(f"{size}: {rate:,.0f}" for size, rate in rates.items())
+        log.info("Throughput knee: %s (samples/s by size: %s)", batch.knee, shown)
+    if batch.noise_scale is not None:
+        log.info("Noise scale: %s", batch.noise_scale.describe())
+    advice = batch.recommendation
+    if advice is not None:
+        log.info("Recommended batch size: %d: %s", advice.batch_size, advice.reason)
+        log.info("%s", advice.lr_advice())

@@ -58,10 +58,12 @@ from lightning.pytorch.utilities.exceptions import _TunerExitException  # noqa: 
 
 from lrfinder_adapters import _memory  # noqa: E402
 from lrfinder_adapters import state as _state  # noqa: E402
+from lrfinder_adapters.gradient_noise import NoiseScaleMonitor  # noqa: E402
 from lrfinder_plugins.spi import (  # noqa: E402
     BatchSizeResult,
     BatchSizeSearch,
     BatchSizeSession,
+    NoiseScaleEstimator,
     NothingFitsError,
     RangeTest,
     RangeTestResult,
@@ -86,6 +88,7 @@ __all__ = [
     "BatchSizeFinder",
     "LRFinderResult",
     "LearningRateFinder",
+    "NoiseScaleCallback",
     "TuneResult",
     "Tuner",
     "find_batch_size_attr",
@@ -1467,3 +1470,86 @@ def tune(
     found = TuneResult(found_size, found_lr)
     found.train_dataloader = loader
     return found
+
+
+class NoiseScaleCallback(Callback):
+    """Logs the simple gradient noise scale ``B_simple`` as training goes on (no extra forward
+    or backward: it reads the gradients the Trainer computes).
+
+    On one process it needs ``Trainer(accumulate_grad_batches=k)`` with ``k >= 2`` (the
+    micro-batches are the small batches, the window the big one); under ``strategy="ddp"`` the
+    ranks are (a DDP communication hook on the strategy's model, registered once; a strategy
+    given its own ``ddp_comm_hook`` is refused, saying why). It logs ``noise_scale/b_simple``,
+    ``noise_scale/low`` and ``noise_scale/high`` every ``log_every_n_steps`` optimizer steps
+    (with ``self.log``, so any logger gets them) and keeps ``history`` (step, estimate). The
+    noise scale grows as the loss falls: when it passes the batch you train with, a larger
+    batch starts to pay.
+
+    Args:
+        log_every_n_steps: how often to log (optimizer steps).
+        window: average over the last ``window`` steps only (``None``: every step since the
+            fit started); a window follows the noise scale as it grows.
+        confidence: the interval's coverage.
+
+    Example:
+        >>> trainer = pl.Trainer(accumulate_grad_batches=4, callbacks=[NoiseScaleCallback()])  # doctest: +SKIP
+    """
+
+    def __init__(
+        self, *, log_every_n_steps: int = 10, window: int | None = None, confidence: float = 0.95
+    ) -> None:
+        self.log_every_n_steps = _validate.int_at_least("log_every_n_steps", log_every_n_steps, 1)
+        self.window = None if window is None else _validate.int_at_least("window", window, 3)
+        self.confidence = confidence
+        NoiseScaleEstimator(confidence=confidence)  # checks it before any fit
+        self.monitor: NoiseScaleMonitor | None = None
+        self.history: list[tuple[int, Any]] = []
+        self._seen = 0
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Attach the monitor to the strategy's model and the first optimizer."""
+        scaler = getattr(trainer.precision_plugin, "scaler", None)
+        self.monitor = NoiseScaleMonitor(
+            trainer.strategy.model if trainer.strategy.model is not None else pl_module,
+            trainer.optimizers[0],
+            accumulation_steps=trainer.accumulate_grad_batches,
+            scaler=scaler,
+            confidence=self.confidence,
+            window=self.window,
+        )
+
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        """Read this micro-batch's size."""
+        from lrfinder_adapters.pytorch import _samples
+
+        if self.monitor is not None:
+            self.monitor.micro_batch_size = _samples(batch)
+
+    def on_train_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
+        """Log the estimate after every ``log_every_n_steps``-th optimizer step."""
+        monitor = self.monitor
+        if monitor is None or not monitor.history or monitor.history[-1][0] == self._seen:
+            return
+        step, estimate = monitor.history[-1]
+        self._seen = step
+        self.history.append((step, estimate))
+        if len(self.history) % self.log_every_n_steps == 1 or self.log_every_n_steps == 1:
+            if math.isfinite(estimate.b_simple):
+                pl_module.log("noise_scale/b_simple", estimate.b_simple)
+                pl_module.log("noise_scale/low", estimate.low)
+            if math.isfinite(estimate.high):
+                pl_module.log("noise_scale/high", estimate.high)
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        """Detach the hooks."""
+        if self.monitor is not None:
+            self.monitor.close()

@@ -316,8 +316,10 @@ def test_summary_lists_every_trial_and_the_answer() -> None:
     """summary() has a line per trial and ends with the answer and the stop reason."""
     result = run(Oracle(100), mode="power")
     lines = result.summary().splitlines()
-    assert len(lines) == len(result.trials) + 1
-    assert "128 out of memory" in lines[-3] and lines[-1].startswith("batch size 64")
+    answer = len(result.trials)  # then the recommendation and the LR advice
+    assert len(lines) == answer + 3
+    assert "128 out of memory" in lines[answer - 2] and lines[answer].startswith("batch size 64")
+    assert lines[answer + 1].startswith("recommended: 64") and lines[-1].startswith("LR:")
 
 
 # -- properties --------------------------------------------------------------------------------

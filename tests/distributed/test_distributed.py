@@ -33,6 +33,7 @@ HEALTHY = [
     "exhausted",
     "error_after_backward",
     "batch",
+    "noise_scale",  # before batch_error: after a failed trial the ranks' new_group calls differ
     "batch_error",
 ]
 
@@ -214,6 +215,25 @@ def test_a_trial_error_on_one_rank_is_raised_on_every_rank(healthy: Path) -> Non
     rank0, rank1 = records(healthy, "batch_error")
     assert rank1["type"] == "ValueError" and rank0["type"] == "RankFailedError"
     assert rank0["rank"] == 1 and "corrupt shard on rank 1" in rank0["message"]
+
+
+def test_ddp_noise_scale_equals_accumulation_on_one_process(healthy: Path) -> None:
+    """B_simple from the ranks' gradients (DDP communication hook) equals, step by step, the
+    estimate from accumulating the same micro-batches on one process; every rank agrees."""
+    rank0, rank1 = records(healthy, "noise_scale")
+    assert len(rank0["ddp"]) == 39 and rank0["ddp"] == rank1["ddp"]
+    for ddp_step, single_step in zip(rank0["ddp"], rank0["single"]):
+        assert all(math.isclose(a, b, rel_tol=1e-4) for a, b in zip(ddp_step, single_step))
+
+
+def test_ddp_noise_scale_hook_is_registered_once_and_a_foreign_hook_refused(healthy: Path) -> None:
+    """A second monitor reuses the model's hook; a model with its own hook is refused, saying
+    why; find_batch_size(noise_scale=True) measures over both ranks, the same on each."""
+    rank0, rank1 = records(healthy, "noise_scale")
+    assert "already has a communication hook" in rank0["refused"]
+    assert rank0["found"] == rank1["found"] and rank0["found"]["steps"] >= 3
+    assert rank0["found_b_big"] == 2 * rank0["found"]["b_small"]
+    assert rank0["recommended"] == rank1["recommended"] is not None
 
 
 def test_an_exception_that_strands_the_other_rank_ends_within_seconds(tmp_path: Path) -> None:

@@ -481,6 +481,71 @@ def scenario_slow(rank: int, world: int) -> dict[str, Any]:
     return {}
 
 
+def _noise_history(monitor: Any) -> list[list[float]]:
+    return [[e.b_simple, e.low, e.high] for _, e in monitor.history]
+
+
+def scenario_noise_scale(rank: int, world: int) -> dict[str, Any]:
+    """B_simple under DDP (rank-local gradients vs the all-reduced one, in the communication
+    hook) and on one process accumulating the same micro-batches (both shards in turn); then a
+    second monitor on the same DDP model (the hook is registered once), a DDP model that has a
+    hook of its own (refused), and find_batch_size(noise_scale=True) on every rank."""
+    from lrfinder_adapters.gradient_noise import NoiseScaleMonitor
+
+    batches = global_batches(40)
+    model = ddp(make_model())
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    monitor = NoiseScaleMonitor(model, optimizer, micro_batch_size=GLOBAL_BATCH // world)
+    for x, y in shard(batches, rank, world):
+        optimizer.zero_grad()
+        nn.functional.mse_loss(model(x), y).backward()
+        optimizer.step()
+    monitor.close()
+    single = make_model()
+    single_optimizer = torch.optim.SGD(single.parameters(), lr=0.05)
+    alone = NoiseScaleMonitor(
+        single, single_optimizer, micro_batch_size=GLOBAL_BATCH // world, accumulation_steps=world
+    )
+    for x, y in batches:
+        single_optimizer.zero_grad()
+        for r in range(world):
+            (nn.functional.mse_loss(single(x[r::world]), y[r::world]) / world).backward()
+        single_optimizer.step()
+    alone.close()
+    again = NoiseScaleMonitor(model, optimizer, micro_batch_size=GLOBAL_BATCH // world)
+    again.close()
+    other = ddp(make_model())
+    other.register_comm_hook(None, lambda _, bucket: _allreduce(bucket))
+    try:
+        NoiseScaleMonitor(other, torch.optim.SGD(other.parameters(), lr=0.1), micro_batch_size=8)
+        refused = ""
+    except RuntimeError as error:
+        refused = str(error)
+    wide = ddp(_wide_model())
+    wide_optimizer = torch.optim.Adam(wide.parameters(), lr=1e-3)
+    before = capture_state(wide, wide_optimizer)
+    found = find_batch_size(
+        wide, wide_optimizer, nn.functional.mse_loss, dataset=_dataset(rank),
+        memory_budget=2 * 2**20, max_val=512, progress=False, noise_scale=True, gns_max_steps=8,
+    )
+    assert_state_bitwise_equal(before, capture_state(wide, wide_optimizer))
+    assert found.noise_scale is not None
+    return {
+        "ddp": _noise_history(monitor),
+        "single": _noise_history(alone),
+        "refused": refused,
+        "found": found.noise_scale.to_dict(),
+        "found_b_big": found.noise_scale.b_big,
+        "recommended": found.recommendation.batch_size if found.recommendation else None,
+    }
+
+
+def _allreduce(bucket: Any) -> Any:
+    from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
+
+    return default_hooks.allreduce_hook(None, bucket)  # type: ignore[arg-type]
+
+
 def main() -> None:
     out = Path(sys.argv[1])
     os.environ["LRF_OUT"] = str(out)
