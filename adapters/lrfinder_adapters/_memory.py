@@ -34,6 +34,16 @@ the heap once one that size was freed, and keeps them there. The search sets
 (glibc cannot go back to a moving threshold), so the training that follows runs as the trials
 did. ``MALLOC_ARENA_MAX`` or ``MALLOC_MMAP_THRESHOLD_`` in the environment win.
 
+Non-tensor memory (:class:`ResidentPeak`, the CPU on Linux): what a step takes that is no
+tensor an operator returns (a kernel's own scratch, such as the columns of a convolution without
+oneDNN; allocator rounding; Python objects) is not in the profile, but it counts against the
+same limit. So every step's resident high-water mark is read (``VmHWM``, reset through
+``/proc/self/clear_refs`` as the step starts): what it rose by beyond what the live tensors rose
+by is the step's non-tensor peak, and the profile of the last completed step carries it (added
+to every moment), so the guided search extrapolates and checks what the process really needs.
+It is read in steady state (the trial's last step, after two at the same size), and it is never
+negative: small tensors reuse heap pages already resident and raise no high-water mark.
+
 Phases: the trial runner marks the optimizer step (through ``register_step_pre_hook`` /
 ``register_step_post_hook``), so each trial reports a ``forward_backward`` and an ``optimizer``
 peak: at small batches the optimizer step (Adam's state, foreach temporaries) often holds the
@@ -113,13 +123,20 @@ class TensorMeter(TorchDispatchMode):
 
     Args:
         budget: raise ``torch.OutOfMemoryError`` when the live bytes pass it (``None``: never).
+        resident: also read each step's non-tensor peak (:class:`ResidentPeak`; the CPU
+            without a budget) and add it to the profile.
 
-    Everything it reports is in tensor bytes: the peaks, the profile and the capacity.
+    Everything it reports is in tensor bytes (the profile: plus the last step's non-tensor
+    peak, :attr:`non_tensor`): the peaks, the profile and the capacity.
     """
 
-    def __init__(self, budget: int | None = None) -> None:
+    def __init__(self, budget: int | None = None, *, resident: bool = False) -> None:
         super().__init__()
         self.budget = budget
+        self.resident = ResidentPeak() if resident and ResidentPeak.available() else None
+        self.non_tensor = 0
+        """The non-tensor peak of the last completed step, in bytes (0 when not read)."""
+        self._step_live = 0
         self.live = 0
         self.peak = 0
         self.phase_peaks: dict[str, int] = {}
@@ -185,12 +202,20 @@ class TensorMeter(TorchDispatchMode):
     def begin_step(self) -> None:
         """A training step starts (the profile covers the last step that completed)."""
         if self._trace:
+            if self.resident is not None:
+                self.non_tensor = self.resident.non_tensor(max(self._trace) - self._step_live)
             self._completed, self._trace = self._trace, []
+        self._step_live = self.live
+        if self.resident is not None:
+            self.resident.start()
 
     @property
     def profile(self) -> list[int] | None:
-        """The live bytes after each operation of the last completed step."""
-        return self._completed
+        """The live bytes after each operation of the last completed step, plus that step's
+        non-tensor peak (:attr:`non_tensor`) at every moment."""
+        if self._completed is None or not self.non_tensor:
+            return self._completed
+        return [value + self.non_tensor for value in self._completed]
 
     @property
     def reported_peaks(self) -> dict[str, int]:
@@ -306,10 +331,68 @@ def cuda_capacity(
 
 
 def make_meter(device: torch.device, budget: int | None) -> TensorMeter:
-    """The meter for ``device``: allocator figures too on CUDA, tensor counting everywhere."""
+    """The meter for ``device``: allocator figures too on CUDA, tensor counting everywhere,
+    and on the CPU without a budget each step's non-tensor peak too (:class:`ResidentPeak`).
+
+    Example:
+        >>> make_meter(torch.device("cpu"), 2**20).resident is None  # a budget counts tensors
+        True
+    """
     if device.type == "cuda":
         return CudaMeter(device, budget)
-    return TensorMeter(budget)
+    return TensorMeter(budget, resident=device.type == "cpu" and budget is None)
+
+
+class ResidentPeak:
+    """How far a step's resident memory rose beyond its tensors: its non-tensor peak (Linux).
+
+    :meth:`start` resets the kernel's resident high-water mark (``VmHWM``, through
+    ``/proc/self/clear_refs``) and reads the resident size; :meth:`non_tensor` is how far the
+    high-water mark rose since, less what the live tensors rose by over the same step (never
+    negative). Pages a tensor reuses (freed heap memory still resident) raise no mark, so the
+    figure is a lower bound on what the step took beyond its tensors, exact for what it mapped
+    afresh (glibc pinned: every tensor over 128 KiB, and every kernel scratch buffer as large).
+
+    Example:
+        >>> peak = ResidentPeak()
+        >>> peak.start() if ResidentPeak.available() else None
+        >>> peak.non_tensor(10**12)  # the tensors alone rose by more than the process did
+        0
+    """
+
+    CLEAR_REFS = "/proc/self/clear_refs"
+
+    def __init__(self) -> None:
+        self._start: int | None = None
+
+    @staticmethod
+    @functools.cache
+    def available() -> bool:
+        """Whether the high-water mark can be reset here (Linux, a writable ``clear_refs``)."""
+        if not sys.platform.startswith("linux"):
+            return False
+        try:
+            Path(ResidentPeak.CLEAR_REFS).write_text("5")
+        except OSError:
+            return False
+        return _read_kib("/proc/self/status", "VmHWM") is not None
+
+    def start(self) -> None:
+        """Reset the high-water mark to the resident size now, and remember that size."""
+        try:
+            Path(self.CLEAR_REFS).write_text("5")
+        except OSError:
+            self._start = None
+            return
+        self._start = _read_kib("/proc/self/status", "VmRSS")
+
+    def non_tensor(self, tensor_growth: int) -> int:
+        """Bytes the resident peak rose by since :meth:`start` beyond ``tensor_growth`` (what
+        the live tensors rose by meanwhile, at their peak); 0 when unknown."""
+        peak = _read_kib("/proc/self/status", "VmHWM")
+        if self._start is None or peak is None:
+            return 0
+        return max(0, peak - self._start - max(0, tensor_growth))
 
 
 _REQUEST = re.compile(r"tried to allocate ([0-9]+(?:\.[0-9]+)?) ?(bytes|[KMGT]i?B|B)\b", re.I)
