@@ -248,9 +248,11 @@ class CudaMeter(TensorMeter):
     the profile and the capacity stay in tensor bytes (see :func:`cuda_capacity`: the free
     device memory and the allocator's cached blocks added to the live tensors), so the guided
     search compares like with like. Near the limit the allocator reserves more than the tensors
-    it holds (fragmentation): the largest gap seen at a phase's peak
-    (``max_memory_reserved - max_memory_allocated``) is kept off the capacity, so the prediction
-    leaves the room the allocator itself took.
+    it holds (fragmentation): the gap seen at each phase's peak
+    (``max_memory_reserved - max_memory_allocated``) is kept, as the largest gap and as a share
+    of the trial's largest peak, and :func:`cuda_capacity` keeps it off the room, so the
+    prediction leaves the room the allocator itself takes (growing with the batch, unless
+    ``expandable_segments`` lets segments grow in place).
     """
 
     def __init__(self, device: torch.device, budget: int | None = None) -> None:
@@ -261,6 +263,8 @@ class CudaMeter(TensorMeter):
         self.device_budget = budget
         self.device_peaks: dict[str, int] = {}
         self.fragmentation = 0
+        self.fragmentation_share = 0.0
+        self.expandable = expandable_segments()
         torch.cuda.reset_peak_memory_stats(self.device)
 
     def mark(self, phase: str) -> None:
@@ -268,6 +272,10 @@ class CudaMeter(TensorMeter):
         peak = int(torch.cuda.max_memory_allocated(self.device))
         reserved = int(torch.cuda.max_memory_reserved(self.device))
         self.fragmentation = max(self.fragmentation, reserved - peak)
+        if peak > 0 and peak >= max(self.device_peaks.values(), default=0):
+            # the share at the trial's largest peak: the small phases' block rounding says
+            # little about the gap where the limit is
+            self.fragmentation_share = max(0, reserved - peak) / peak
         self.device_peaks[phase] = max(self.device_peaks.get(phase, 0), peak)
         torch.cuda.reset_peak_memory_stats(self.device)
         if self.device_budget is not None and peak > self.device_budget:
@@ -291,6 +299,8 @@ class CudaMeter(TensorMeter):
             allocated=int(allocated),
             fraction=None if share is None else float(share(self.device)),
             fragmentation=self.fragmentation,
+            fragmentation_share=self.fragmentation_share,
+            expandable=self.expandable,
         )
 
     def capacity_after(self, error: BaseException) -> int | None:
@@ -308,14 +318,23 @@ def cuda_capacity(
     allocated: int,
     fraction: float | None = None,
     fragmentation: int = 0,
+    fragmentation_share: float = 0.0,
+    expandable: bool = False,
 ) -> int:
     """What the live tensor bytes may reach on a CUDA device, read between trials.
 
     New tensors may take the free device memory plus the caching allocator's cached blocks
     (``reserved - allocated``: freed, kept, reused before the device is asked), within the
     share ``torch.cuda.set_per_process_memory_fraction`` set (``fraction`` of ``total``, which
-    caps what the allocator may reserve); less the ``fragmentation`` the allocator needed at a
-    trial's peak (reserved beyond allocated), which tensors cannot use.
+    caps what the allocator may reserve). Of that room, the allocator itself takes what it
+    reserved beyond its tensors at a trial's peak (fragmentation), which tensors cannot use:
+
+    - with ``expandable_segments`` (``PYTORCH_CUDA_ALLOC_CONF``), segments grow in place, so
+      the gap does not grow with the batch: the largest gap seen (``fragmentation`` bytes) is
+      kept off;
+    - without, blocks are cut from segments sized per request, so the gap grows with what is
+      allocated: the room is shared as ``1 + fragmentation_share`` bytes per tensor byte (the
+      largest ``gap / peak`` seen), and at least the largest gap is kept off.
 
     Example:
         >>> cuda_capacity(live=100, free=1000, total=4000, reserved=300, allocated=200)
@@ -323,11 +342,45 @@ def cuda_capacity(
         >>> cuda_capacity(live=100, free=1000, total=4000, reserved=300, allocated=200,
         ...               fraction=0.25, fragmentation=50)
         850
+        >>> cuda_capacity(live=100, free=1000, total=4000, reserved=300, allocated=200,
+        ...               fragmentation=50, fragmentation_share=0.25)
+        980
+        >>> cuda_capacity(live=100, free=1000, total=4000, reserved=300, allocated=200,
+        ...               fragmentation=50, fragmentation_share=0.25, expandable=True)
+        1150
     """
+    if fragmentation_share < 0 or fragmentation < 0:
+        raise ValueError(
+            f"fragmentation={fragmentation!r} and fragmentation_share={fragmentation_share!r} "
+            "must be >= 0 (reserved minus allocated at a peak, in bytes and as a share of it)"
+        )
     reachable = free + reserved
     if fraction is not None and fraction < 1.0:
         reachable = min(reachable, int(fraction * total))
-    return int(live + reachable - allocated - fragmentation)
+    room = reachable - allocated
+    if expandable:
+        return int(live + room - fragmentation)
+    return int(live + min(room - fragmentation, room / (1.0 + fragmentation_share)))
+
+
+def expandable_segments(conf: str | None = None) -> bool:
+    """Whether the CUDA caching allocator grows its segments in place: ``expandable_segments:True``
+    in ``conf`` (default: ``PYTORCH_CUDA_ALLOC_CONF``, or ``PYTORCH_ALLOC_CONF`` that newer
+    torch reads too).
+
+    Example:
+        >>> expandable_segments("max_split_size_mb:128,expandable_segments:True")
+        True
+        >>> expandable_segments("")
+        False
+    """
+    if conf is None:
+        conf = os.environ.get("PYTORCH_CUDA_ALLOC_CONF") or os.environ.get("PYTORCH_ALLOC_CONF")
+    for option in (conf or "").split(","):
+        key, _, value = option.partition(":")
+        if key.strip() == "expandable_segments":
+            return value.strip().lower() == "true"
+    return False
 
 
 def make_meter(device: torch.device, budget: int | None) -> TensorMeter:
