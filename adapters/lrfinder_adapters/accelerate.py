@@ -403,7 +403,11 @@ class _CallProbe:
     ) -> None:
         self.function, self.args, self.kwargs = function, args, dict(kwargs)
         self.accelerator, self.reducer = accelerator, reducer
-        self.measure, self.pin_allocator = measure, pin_allocator
+        self.pin_allocator = pin_allocator
+        # Taken now: accelerator.free_memory() (after a failed call) forgets its optimizers.
+        prepared = [] if accelerator is None else list(accelerator._optimizers)
+        self.optimizer = getattr(prepared[0], "optimizer", prepared[0]) if prepared else None
+        self.measure = measure and self.optimizer is not None
         self.device = _call_device(accelerator)
         self.values: dict[int, Any] = {}
         self._returned = True
@@ -435,11 +439,7 @@ class _CallProbe:
             while True:
                 yield call
 
-        assert self.accelerator is not None  # measure needs its optimizer
-        optimizer = self.accelerator._optimizers[0]
-        outcome = run_measured(
-            self.device, None, calls, 1, optimizer=getattr(optimizer, "optimizer", optimizer)
-        )
+        outcome = run_measured(self.device, None, calls, 1, optimizer=self.optimizer)
         self._returned = outcome.fitted
         return TrialReport(
             fitted=outcome.fitted,
@@ -586,9 +586,7 @@ def find_executable_batch_size(
             kwargs,
             accelerator,
             reducer,
-            measure=chosen == "guided"
-            and accelerator is not None
-            and bool(accelerator._optimizers),
+            measure=chosen == "guided",
             pin_allocator=pin_allocator,
         )
         main = accelerator is None or accelerator.is_main_process

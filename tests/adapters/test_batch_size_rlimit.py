@@ -360,5 +360,7 @@ def test_accelerate_searches_pin_and_predict_under_a_real_address_space_limit(
     alone = report_of(
         start_child(entry, str(HEADROOM_MIB), str(MARGIN), "off", script=ACCELERATE_CHILD)
     )
+    # Left alone, what fits depends on the allocator's history (a size that fitted after a
+    # failure may fail again: seen once, 160 of a limit near 260), which is why it is pinned.
     assert not alone["pinned"] and alone["made"] == {}, alone
-    assert alone["fits_again"], alone
+    assert alone["found"] and alone["trials"], alone
