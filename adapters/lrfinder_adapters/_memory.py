@@ -41,8 +41,9 @@ same limit. So every step's resident high-water mark is read (``VmHWM``, reset t
 ``/proc/self/clear_refs`` as the step starts): what it rose by beyond what the live tensors rose
 by is the step's non-tensor peak, and the profile of the last completed step carries it (added
 to every moment), so the guided search extrapolates and checks what the process really needs.
-It is read in steady state (the trial's last step, after two at the same size), and it is never
-negative: small tensors reuse heap pages already resident and raise no high-water mark.
+It is read in steady state (the trial's last step, after two at the same size), it is never
+negative (small tensors reuse heap pages already resident and raise no high-water mark), and
+it counts from 1 MiB and 1% of the step's tensor peak (``NON_TENSOR_FLOOR``, ``NON_TENSOR_SHARE``).
 
 Phases: the trial runner marks the optimizer step (through ``register_step_pre_hook`` /
 ``register_step_post_hook``), so each trial reports a ``forward_backward`` and an ``optimizer``
@@ -76,6 +77,12 @@ M_ARENA_MAX = -8
 MMAP_THRESHOLD = 128 * 2**10
 """The fixed mmap threshold the search pins: glibc's starting value, so that every tensor
 larger than it gets its own mapping, returned to the system when it is freed."""
+
+NON_TENSOR_FLOOR = 2**20
+NON_TENSOR_SHARE = 0.01
+"""A step's non-tensor peak counts once it reaches 1 MiB and 1% of the step's tensor peak:
+below that it is page-level noise (a heap page touched for the first time), which at the small
+first sizes would bend the lines the guided search extrapolates; the margin covers it."""
 
 log = logging.getLogger("lrfinder_plugins")
 
@@ -203,7 +210,9 @@ class TensorMeter(TorchDispatchMode):
         """A training step starts (the profile covers the last step that completed)."""
         if self._trace:
             if self.resident is not None:
-                self.non_tensor = self.resident.non_tensor(max(self._trace) - self._step_live)
+                extra = self.resident.non_tensor(max(self._trace) - self._step_live)
+                floor = max(NON_TENSOR_FLOOR, NON_TENSOR_SHARE * max(self._trace))
+                self.non_tensor = extra if extra >= floor else 0
             self._completed, self._trace = self._trace, []
         self._step_live = self.live
         if self.resident is not None:
