@@ -24,6 +24,7 @@ its first trial (``pin_allocator``), as it would for a user.
 Usage:
     .venv/bin/python benchmarks/batch_size.py [--models mlp,conv,transformer]
         [--headroom-mib 512,1024,2048] [--only ours-guided,...] [--repeat 1] [--write FILE]
+        [--json FILE] [--log FILE] [--limits mlp@512=1304,...]
 """
 
 from __future__ import annotations
@@ -470,10 +471,19 @@ def report(cells: dict[Cell, dict[str, Any]], device: str) -> str:
 def run_cell(
     model: str, headroom: int, names: list[str], args: argparse.Namespace
 ) -> dict[str, Any]:
-    """The bisection and every contender (with a fresh-process re-fit) for one model and limit."""
-    limit_row = run_child("bisect", headroom, args.timeout, model=model, device=args.device)
+    """The bisection and every contender (with a fresh-process re-fit) for one model and limit;
+    ``--limits`` gives a cell's bisected limit from an earlier run instead."""
+    known = dict(item.split("=") for item in args.limits.split(",") if item)
+    if f"{model}@{headroom}" in known:
+        limit_row = {"found": int(known[f"{model}@{headroom}"]), "seconds": 0.0, "reused": True}
+    else:
+        limit_row = run_child("bisect", headroom, args.timeout, model=model, device=args.device)
     if "error" in limit_row:
         raise SystemExit(f"the bisection failed ({model}, {headroom} MiB): {limit_row['error']}")
+    print(f"{model} {headroom} MiB true limit: {limit_row}", file=sys.stderr)
+    if args.log:
+        with args.log.open("a") as log:
+            log.write(json.dumps({"model": model, "headroom": headroom, "bisect": limit_row}) + "\n")
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
     for _ in range(args.repeat):
         for name in names:
@@ -490,6 +500,9 @@ def run_cell(
                 row["refit"] = bool(refit.get("fits"))
             runs[name].append(row)
             print(f"{model} {headroom} MiB {name}: {row}", file=sys.stderr)
+            if args.log:  # each row as it ends, so a long run that dies keeps what it measured
+                with args.log.open("a") as log:
+                    log.write(json.dumps({"model": model, "headroom": headroom, name: row}) + "\n")
     return {"limit": limit_row["found"], "bisect_seconds": limit_row["seconds"], "runs": runs}
 
 
@@ -507,6 +520,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--size", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--write", type=Path, help="also write the Markdown report there")
     parser.add_argument("--json", type=Path, help="also write the raw figures there")
+    parser.add_argument("--log", type=Path, help="append each contender's figures as it ends")
+    parser.add_argument(
+        "--limits",
+        default="",
+        help="reuse bisected limits from an earlier run: MODEL@MIB=SIZE,... (e.g. mlp@512=1304)",
+    )
     args = parser.parse_args(argv)
     if args.worker:
         DEVICE, MODEL = args.device, args.models

@@ -19,7 +19,8 @@ Modes:
         training step at small sizes, fits how each moment grows with the batch
         (:class:`MemoryModel`) and aims straight at ``(1 - margin)`` times the predicted limit.
         It stops there when that size fits and its measured peak matches the prediction
-        (``prediction_held``); a peak that misses re-fits the model through the two largest
+        (``prediction_held``: also under the capacity read after it, which memory the aim left
+        taken may have lowered); a peak that misses re-fits the model through the two largest
         sizes and aims again, an out-of-memory aim aims again from the capacity read after the
         failure, below it. After two failed aims, three aims, or when the capacity reading
         contradicts a size that fitted, it doubles and bisects like ``binsearch``, to
@@ -756,7 +757,15 @@ class BatchSizeSearch:
         model = self._local_model(last.size + 1)
         base = 0.0 if model is None else max(0.0, model.peak(0))
         share = max(self.tolerance, MATCH_SHARE)
-        return abs(measured - self._expected) <= share * max(self._expected - base, 0.0) + 1
+        if abs(measured - self._expected) > share * max(self._expected - base, 0.0) + 1:
+            return False
+        # Memory the aim left taken (no tensor: a grown heap, a kernel's mappings) lowers the
+        # capacity read after it; a training run pays it too after its first large step. The
+        # aim holds only if it still keeps the margin under that reading.
+        capacity = last.capacity_bytes
+        if model is None or capacity is None:
+            return True
+        return last.size <= (1.0 - self.margin) * model.limit(capacity) * (1.0 + share) + 1
 
     def _measured(self, trial: BatchTrial) -> float | None:
         profile = self._profiles.get(trial.size)

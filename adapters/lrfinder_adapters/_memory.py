@@ -34,6 +34,17 @@ the heap once one that size was freed, and keeps them there. The search sets
 (glibc cannot go back to a moving threshold), so the training that follows runs as the trials
 did. ``MALLOC_ARENA_MAX`` or ``MALLOC_MMAP_THRESHOLD_`` in the environment win.
 
+Non-tensor memory (:class:`ResidentPeak`, the CPU on Linux): what a step takes that is no
+tensor an operator returns (a kernel's own scratch, such as the columns of a convolution without
+oneDNN; allocator rounding; Python objects) is not in the profile, but it counts against the
+same limit. So every step's resident high-water mark is read (``VmHWM``, reset through
+``/proc/self/clear_refs`` as the step starts): what it rose by beyond what the live tensors rose
+by is the step's non-tensor peak, and the profile of the last completed step carries it (added
+to every moment), so the guided search extrapolates and checks what the process really needs.
+It is read in steady state (the trial's last step, after two at the same size), it is never
+negative (small tensors reuse heap pages already resident and raise no high-water mark), and
+it counts from 1 MiB and 1% of the step's tensor peak (``NON_TENSOR_FLOOR``, ``NON_TENSOR_SHARE``).
+
 Phases: the trial runner marks the optimizer step (through ``register_step_pre_hook`` /
 ``register_step_post_hook``), so each trial reports a ``forward_backward`` and an ``optimizer``
 peak: at small batches the optimizer step (Adam's state, foreach temporaries) often holds the
@@ -66,6 +77,12 @@ M_ARENA_MAX = -8
 MMAP_THRESHOLD = 128 * 2**10
 """The fixed mmap threshold the search pins: glibc's starting value, so that every tensor
 larger than it gets its own mapping, returned to the system when it is freed."""
+
+NON_TENSOR_FLOOR = 2**20
+NON_TENSOR_SHARE = 0.01
+"""A step's non-tensor peak counts once it reaches 1 MiB and 1% of the step's tensor peak:
+below that it is page-level noise (a heap page touched for the first time), which at the small
+first sizes would bend the lines the guided search extrapolates; the margin covers it."""
 
 log = logging.getLogger("lrfinder_plugins")
 
@@ -113,13 +130,20 @@ class TensorMeter(TorchDispatchMode):
 
     Args:
         budget: raise ``torch.OutOfMemoryError`` when the live bytes pass it (``None``: never).
+        resident: also read each step's non-tensor peak (:class:`ResidentPeak`; the CPU
+            without a budget) and add it to the profile.
 
-    Everything it reports is in tensor bytes: the peaks, the profile and the capacity.
+    Everything it reports is in tensor bytes (the profile: plus the last step's non-tensor
+    peak, :attr:`non_tensor`): the peaks, the profile and the capacity.
     """
 
-    def __init__(self, budget: int | None = None) -> None:
+    def __init__(self, budget: int | None = None, *, resident: bool = False) -> None:
         super().__init__()
         self.budget = budget
+        self.resident = ResidentPeak() if resident and ResidentPeak.available() else None
+        self.non_tensor = 0
+        """The non-tensor peak of the last completed step, in bytes (0 when not read)."""
+        self._step_live = 0
         self.live = 0
         self.peak = 0
         self.phase_peaks: dict[str, int] = {}
@@ -185,12 +209,22 @@ class TensorMeter(TorchDispatchMode):
     def begin_step(self) -> None:
         """A training step starts (the profile covers the last step that completed)."""
         if self._trace:
+            if self.resident is not None:
+                extra = self.resident.non_tensor(max(self._trace) - self._step_live)
+                floor = max(NON_TENSOR_FLOOR, NON_TENSOR_SHARE * max(self._trace))
+                self.non_tensor = extra if extra >= floor else 0
             self._completed, self._trace = self._trace, []
+        self._step_live = self.live
+        if self.resident is not None:
+            self.resident.start()
 
     @property
     def profile(self) -> list[int] | None:
-        """The live bytes after each operation of the last completed step."""
-        return self._completed
+        """The live bytes after each operation of the last completed step, plus that step's
+        non-tensor peak (:attr:`non_tensor`) at every moment."""
+        if self._completed is None or not self.non_tensor:
+            return self._completed
+        return [value + self.non_tensor for value in self._completed]
 
     @property
     def reported_peaks(self) -> dict[str, int]:
@@ -223,9 +257,11 @@ class CudaMeter(TensorMeter):
     the profile and the capacity stay in tensor bytes (see :func:`cuda_capacity`: the free
     device memory and the allocator's cached blocks added to the live tensors), so the guided
     search compares like with like. Near the limit the allocator reserves more than the tensors
-    it holds (fragmentation): the largest gap seen at a phase's peak
-    (``max_memory_reserved - max_memory_allocated``) is kept off the capacity, so the prediction
-    leaves the room the allocator itself took.
+    it holds (fragmentation): the gap seen at each phase's peak
+    (``max_memory_reserved - max_memory_allocated``) is kept, as the largest gap and as a share
+    of the trial's largest peak, and :func:`cuda_capacity` keeps it off the room, so the
+    prediction leaves the room the allocator itself takes (growing with the batch, unless
+    ``expandable_segments`` lets segments grow in place).
     """
 
     def __init__(self, device: torch.device, budget: int | None = None) -> None:
@@ -236,6 +272,8 @@ class CudaMeter(TensorMeter):
         self.device_budget = budget
         self.device_peaks: dict[str, int] = {}
         self.fragmentation = 0
+        self.fragmentation_share = 0.0
+        self.expandable = expandable_segments()
         torch.cuda.reset_peak_memory_stats(self.device)
 
     def mark(self, phase: str) -> None:
@@ -243,6 +281,10 @@ class CudaMeter(TensorMeter):
         peak = int(torch.cuda.max_memory_allocated(self.device))
         reserved = int(torch.cuda.max_memory_reserved(self.device))
         self.fragmentation = max(self.fragmentation, reserved - peak)
+        if peak > 0 and peak >= max(self.device_peaks.values(), default=0):
+            # the share at the trial's largest peak: the small phases' block rounding says
+            # little about the gap where the limit is
+            self.fragmentation_share = max(0, reserved - peak) / peak
         self.device_peaks[phase] = max(self.device_peaks.get(phase, 0), peak)
         torch.cuda.reset_peak_memory_stats(self.device)
         if self.device_budget is not None and peak > self.device_budget:
@@ -266,6 +308,8 @@ class CudaMeter(TensorMeter):
             allocated=int(allocated),
             fraction=None if share is None else float(share(self.device)),
             fragmentation=self.fragmentation,
+            fragmentation_share=self.fragmentation_share,
+            expandable=self.expandable,
         )
 
     def capacity_after(self, error: BaseException) -> int | None:
@@ -283,14 +327,23 @@ def cuda_capacity(
     allocated: int,
     fraction: float | None = None,
     fragmentation: int = 0,
+    fragmentation_share: float = 0.0,
+    expandable: bool = False,
 ) -> int:
     """What the live tensor bytes may reach on a CUDA device, read between trials.
 
     New tensors may take the free device memory plus the caching allocator's cached blocks
     (``reserved - allocated``: freed, kept, reused before the device is asked), within the
     share ``torch.cuda.set_per_process_memory_fraction`` set (``fraction`` of ``total``, which
-    caps what the allocator may reserve); less the ``fragmentation`` the allocator needed at a
-    trial's peak (reserved beyond allocated), which tensors cannot use.
+    caps what the allocator may reserve). Of that room, the allocator itself takes what it
+    reserved beyond its tensors at a trial's peak (fragmentation), which tensors cannot use:
+
+    - with ``expandable_segments`` (``PYTORCH_CUDA_ALLOC_CONF``), segments grow in place, so
+      the gap does not grow with the batch: the largest gap seen (``fragmentation`` bytes) is
+      kept off;
+    - without, blocks are cut from segments sized per request, so the gap grows with what is
+      allocated: the room is shared as ``1 + fragmentation_share`` bytes per tensor byte (the
+      largest ``gap / peak`` seen), and at least the largest gap is kept off.
 
     Example:
         >>> cuda_capacity(live=100, free=1000, total=4000, reserved=300, allocated=200)
@@ -298,18 +351,110 @@ def cuda_capacity(
         >>> cuda_capacity(live=100, free=1000, total=4000, reserved=300, allocated=200,
         ...               fraction=0.25, fragmentation=50)
         850
+        >>> cuda_capacity(live=100, free=1000, total=4000, reserved=300, allocated=200,
+        ...               fragmentation=50, fragmentation_share=0.25)
+        980
+        >>> cuda_capacity(live=100, free=1000, total=4000, reserved=300, allocated=200,
+        ...               fragmentation=50, fragmentation_share=0.25, expandable=True)
+        1150
     """
+    if fragmentation_share < 0 or fragmentation < 0:
+        raise ValueError(
+            f"fragmentation={fragmentation!r} and fragmentation_share={fragmentation_share!r} "
+            "must be >= 0 (reserved minus allocated at a peak, in bytes and as a share of it)"
+        )
     reachable = free + reserved
     if fraction is not None and fraction < 1.0:
         reachable = min(reachable, int(fraction * total))
-    return int(live + reachable - allocated - fragmentation)
+    room = reachable - allocated
+    if expandable:
+        return int(live + room - fragmentation)
+    return int(live + min(room - fragmentation, room / (1.0 + fragmentation_share)))
+
+
+def expandable_segments(conf: str | None = None) -> bool:
+    """Whether the CUDA caching allocator grows its segments in place: ``expandable_segments:True``
+    in ``conf`` (default: ``PYTORCH_CUDA_ALLOC_CONF``, or ``PYTORCH_ALLOC_CONF`` that newer
+    torch reads too).
+
+    Example:
+        >>> expandable_segments("max_split_size_mb:128,expandable_segments:True")
+        True
+        >>> expandable_segments("")
+        False
+    """
+    if conf is None:
+        conf = os.environ.get("PYTORCH_CUDA_ALLOC_CONF") or os.environ.get("PYTORCH_ALLOC_CONF")
+    for option in (conf or "").split(","):
+        key, _, value = option.partition(":")
+        if key.strip() == "expandable_segments":
+            return value.strip().lower() == "true"
+    return False
 
 
 def make_meter(device: torch.device, budget: int | None) -> TensorMeter:
-    """The meter for ``device``: allocator figures too on CUDA, tensor counting everywhere."""
+    """The meter for ``device``: allocator figures too on CUDA, tensor counting everywhere,
+    and on the CPU without a budget each step's non-tensor peak too (:class:`ResidentPeak`).
+
+    Example:
+        >>> make_meter(torch.device("cpu"), 2**20).resident is None  # a budget counts tensors
+        True
+    """
     if device.type == "cuda":
         return CudaMeter(device, budget)
-    return TensorMeter(budget)
+    return TensorMeter(budget, resident=device.type == "cpu" and budget is None)
+
+
+class ResidentPeak:
+    """How far a step's resident memory rose beyond its tensors: its non-tensor peak (Linux).
+
+    :meth:`start` resets the kernel's resident high-water mark (``VmHWM``, through
+    ``/proc/self/clear_refs``) and reads the resident size; :meth:`non_tensor` is how far the
+    high-water mark rose since, less what the live tensors rose by over the same step (never
+    negative). Pages a tensor reuses (freed heap memory still resident) raise no mark, so the
+    figure is a lower bound on what the step took beyond its tensors, exact for what it mapped
+    afresh (glibc pinned: every tensor over 128 KiB, and every kernel scratch buffer as large).
+
+    Example:
+        >>> peak = ResidentPeak()
+        >>> peak.start() if ResidentPeak.available() else None
+        >>> peak.non_tensor(10**12)  # the tensors alone rose by more than the process did
+        0
+    """
+
+    CLEAR_REFS = "/proc/self/clear_refs"
+
+    def __init__(self) -> None:
+        self._start: int | None = None
+
+    @staticmethod
+    @functools.cache
+    def available() -> bool:
+        """Whether the high-water mark can be reset here (Linux, a writable ``clear_refs``)."""
+        if not sys.platform.startswith("linux"):
+            return False
+        try:
+            Path(ResidentPeak.CLEAR_REFS).write_text("5")
+        except OSError:
+            return False
+        return _read_kib("/proc/self/status", "VmHWM") is not None
+
+    def start(self) -> None:
+        """Reset the high-water mark to the resident size now, and remember that size."""
+        try:
+            Path(self.CLEAR_REFS).write_text("5")
+        except OSError:
+            self._start = None
+            return
+        self._start = _read_kib("/proc/self/status", "VmRSS")
+
+    def non_tensor(self, tensor_growth: int) -> int:
+        """Bytes the resident peak rose by since :meth:`start` beyond ``tensor_growth`` (what
+        the live tensors rose by meanwhile, at their peak); 0 when unknown."""
+        peak = _read_kib("/proc/self/status", "VmHWM")
+        if self._start is None or peak is None:
+            return 0
+        return max(0, peak - self._start - max(0, tensor_growth))
 
 
 _REQUEST = re.compile(r"tried to allocate ([0-9]+(?:\.[0-9]+)?) ?(bytes|[KMGT]i?B|B)\b", re.I)

@@ -131,53 +131,107 @@ class Trials:
         Memory is freed after the trial (the previous trial's clean-up serves this one). The
         first trial pins glibc's allocator first (see :func:`_memory.pin_allocator`).
         """
-        if self.pin_allocator is not False:
-            _memory.pin_allocator(self.pin_allocator)
-            self.pin_allocator = False  # once: mallopt settings last for the process
-        meter = _memory.make_meter(self.device, self.memory_budget)
-        meter.track(_memory.state_tensors(self.model, self.optimizer))
-        hooks = [
-            self.optimizer.register_step_pre_hook(lambda *_: meter.mark(_memory.FORWARD_BACKWARD)),
-            self.optimizer.register_step_post_hook(lambda *_: meter.mark(_memory.OPTIMIZER)),
-        ]
-        done, error, capacity = 0, None, None
-        runs = self._steps(size, meter)
-        start = time.perf_counter()
-        try:
-            for _ in range(steps):
-                run = next(runs)
-                meter.begin_step()
-                with meter.active():
-                    run()
-                done += 1
-            meter.mark(_memory.FORWARD_BACKWARD)
-            meter.begin_step()
-        except Exception as exc:
-            if not _oom.is_oom(exc):
-                raise
-            error = first_line(exc)
-            capacity = meter.capacity_after(exc)
-        finally:
-            for hook in hooks:
-                hook.remove()
-            runs.close()  # drops the step, the loader iterator and the last batch
-        # Out of the except block: the traceback (and the failed step's tensors it pins) is gone.
-        seconds = time.perf_counter() - start
-        _memory.free_memory(self.device)
-        # Read after the clean-up (what the next trial will find); a failure's own bound, when
-        # tighter, wins.
-        reading = meter.capacity()
-        if reading is not None:
-            capacity = reading if capacity is None else min(capacity, reading)
-        return TrialOutcome(
-            fitted=error is None,
-            steps=done,
-            phase_peaks=meter.reported_peaks,
-            capacity=capacity,
-            seconds=seconds,
-            error=error,
-            profile=meter.profile if error is None else None,
+        self.pin_allocator = pin_once(self.pin_allocator)
+        return run_measured(
+            self.device,
+            self.memory_budget,
+            lambda meter: self._steps(size, meter),
+            steps,
+            optimizer=self.optimizer,
+            state=lambda: _memory.state_tensors(self.model, self.optimizer),
         )
+
+
+def check_pin_allocator(pin_allocator: Any) -> bool | None:
+    """Validate the ``pin_allocator=`` option of every batch-size search (the same policy for
+    raw PyTorch, Accelerate and the decorator): ``None``, ``True`` or ``False``."""
+    if pin_allocator is not None and not isinstance(pin_allocator, bool):
+        raise TypeError(
+            f"pin_allocator must be None, True or False, got {pin_allocator!r} "
+            f"({type(pin_allocator).__name__}); e.g. pin_allocator=False to leave the C "
+            "allocator alone"
+        )
+    return pin_allocator
+
+
+def pin_once(pin_allocator: bool | None) -> bool:
+    """Apply the ``pin_allocator=`` policy before a search's first trial
+    (:func:`_memory.pin_allocator`: it logs what it set); return ``False``, the policy for
+    every later trial (``mallopt`` settings last for the process)."""
+    if pin_allocator is not False:
+        _memory.pin_allocator(pin_allocator)
+    return False
+
+
+def run_measured(
+    device: torch.device,
+    memory_budget: int | None,
+    make_steps: Callable[[_memory.TensorMeter], Generator[Callable[[], Any], None, None]],
+    steps: int,
+    *,
+    optimizer: torch.optim.Optimizer | None = None,
+    state: Callable[[], Iterable[torch.Tensor]] = tuple,
+) -> TrialOutcome:
+    """Run ``steps`` callables from ``make_steps(meter)`` under the device's meter
+    (:func:`_memory.make_meter`): an out-of-memory error is an outcome, any other error
+    propagates; memory is freed after it and the capacity read then.
+
+    Args:
+        device: where the trial runs (picks the meter).
+        memory_budget: the meter's budget (``None``: the real limit).
+        make_steps: one callable per step (each may fetch its batch, tracked on the meter,
+            before it is returned); closed after the trial.
+        steps: how many to run.
+        optimizer: marks the ``forward_backward`` and ``optimizer`` phases through its step
+            hooks (``None``: one phase).
+        state: the tensors alive before the trial (the training state), counted first.
+    """
+    meter = _memory.make_meter(device, memory_budget)
+    meter.track(state())
+    hooks = []
+    if optimizer is not None:
+        hooks = [
+            optimizer.register_step_pre_hook(lambda *_: meter.mark(_memory.FORWARD_BACKWARD)),
+            optimizer.register_step_post_hook(lambda *_: meter.mark(_memory.OPTIMIZER)),
+        ]
+    done, error, capacity = 0, None, None
+    runs = make_steps(meter)
+    start = time.perf_counter()
+    try:
+        for _ in range(steps):
+            run = next(runs)
+            meter.begin_step()
+            with meter.active():
+                run()
+            done += 1
+        meter.mark(_memory.FORWARD_BACKWARD)
+        meter.begin_step()
+    except Exception as exc:
+        if not _oom.is_oom(exc):
+            raise
+        error = first_line(exc)
+        capacity = meter.capacity_after(exc)
+    finally:
+        for hook in hooks:
+            hook.remove()
+        runs.close()  # drops the step, the loader iterator and the last batch
+    # Out of the except block: the traceback (and the failed step's tensors it pins) is gone.
+    seconds = time.perf_counter() - start
+    _memory.free_memory(device)
+    # Read after the clean-up (what the next trial will find); a failure's own bound, when
+    # tighter, wins.
+    reading = meter.capacity()
+    if reading is not None:
+        capacity = reading if capacity is None else min(capacity, reading)
+    return TrialOutcome(
+        fitted=error is None,
+        steps=done,
+        phase_peaks=meter.reported_peaks,
+        capacity=capacity,
+        seconds=seconds,
+        error=error,
+        profile=meter.profile if error is None else None,
+    )
 
 
 def cycle(loader: Iterable[Any]) -> Iterator[Any]:

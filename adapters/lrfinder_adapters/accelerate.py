@@ -35,6 +35,7 @@ from accelerate import Accelerator  # noqa: E402
 from accelerate.utils.memory import clear_device_cache  # noqa: E402
 
 from lrfinder_adapters import _torch_state  # noqa: E402
+from lrfinder_adapters._trials import check_pin_allocator, pin_once, run_measured  # noqa: E402
 from lrfinder_adapters.distributed import (  # noqa: E402
     DEFAULT_FAULT_TIMEOUT,
     TorchDistributedReducer,
@@ -309,6 +310,7 @@ def find_batch_size(
     memory_budget: int | None = None,
     fault_timeout: float = DEFAULT_FAULT_TIMEOUT,
     progress: bool = True,
+    pin_allocator: bool | None = None,
     **step_options: Any,
 ) -> BatchSizeResult:
     """The largest per-process batch that fits on every process, in an Accelerate program.
@@ -322,7 +324,10 @@ def find_batch_size(
         accelerator: the accelerator that prepared the model and optimizer.
         model, optimizer: as returned by ``accelerator.prepare``.
         loss_fn, dataset, make_loader, step_fn, mode, init_val, max_trials, steps_per_trial,
-            max_val, margin, memory_budget: as :func:`lrfinder_adapters.batch_size.find_batch_size`.
+            max_val, margin, memory_budget, pin_allocator: as
+            :func:`lrfinder_adapters.batch_size.find_batch_size` (the same trials: the same
+            memory meter, and glibc's allocator pinned before the first trial under a finite
+            ``RLIMIT_AS``, logged; ``pin_allocator=False`` leaves it alone).
         target_batch: a global batch to keep (per-process batch x processes x accumulation).
         set_accumulation: with ``target_batch``, set ``accelerator.gradient_accumulation_steps``
             to the result's accumulation steps.
@@ -347,6 +352,7 @@ def find_batch_size(
         device=accelerator.device,
         memory_budget=memory_budget,
         distributed=False,
+        pin_allocator=pin_allocator,
         scaler=accelerator.scaler,
         schedulers=schedulers,
         **{**_amp_options(accelerator), **step_options},
@@ -370,7 +376,19 @@ def find_batch_size(
 
 
 class _CallProbe:
-    """A batch probe whose trial is one call of the user's function at the proposed size."""
+    """A batch probe whose trial is one call of the user's function at the proposed size.
+
+    The call runs through the same trial runner as :func:`find_batch_size`'s
+    (:func:`lrfinder_adapters._trials.run_measured`): glibc's allocator is pinned before the
+    first call (``pin_allocator``), an out-of-memory error ends the trial as an outcome, and
+    with ``measure`` the call runs under the device's memory meter
+    (:func:`lrfinder_adapters._memory.make_meter`), its phases marked by the step hooks of the
+    accelerator's optimizer: the per-phase peaks and the capacity are what the guided search
+    predicts from. (Not the per-operation profile: a call loads its own batches, and a loader
+    runs more operations at a larger size, so the moments do not line up between sizes.)
+    Unmeasured (the other modes, or no accelerator whose optimizer marks the phases), a call
+    costs what it costs alone.
+    """
 
     def __init__(
         self,
@@ -379,9 +397,18 @@ class _CallProbe:
         kwargs: Mapping[str, Any],
         accelerator: Accelerator | None,
         reducer: Reducer,
+        *,
+        measure: bool = False,
+        pin_allocator: bool | None = None,
     ) -> None:
         self.function, self.args, self.kwargs = function, args, dict(kwargs)
         self.accelerator, self.reducer = accelerator, reducer
+        self.pin_allocator = pin_allocator
+        # Taken now: accelerator.free_memory() (after a failed call) forgets its optimizers.
+        prepared = [] if accelerator is None else list(accelerator._optimizers)
+        self.optimizer = getattr(prepared[0], "optimizer", prepared[0]) if prepared else None
+        self.measure = measure and self.optimizer is not None
+        self.device = _call_device(accelerator)
         self.values: dict[int, Any] = {}
         self._returned = True
 
@@ -400,6 +427,30 @@ class _CallProbe:
 
     def try_batch_size(self, size: int, steps: int) -> TrialReport:
         """Call the function at ``size``; its out-of-memory error ends the trial."""
+        self.pin_allocator = pin_once(self.pin_allocator)
+        if not self.measure:
+            return self._call_unmeasured(size, steps)
+        self._returned = False
+
+        def calls(_meter: Any) -> Any:
+            def call() -> None:
+                self.values[size] = self.function(size, *self.args, **self.kwargs)
+
+            while True:
+                yield call
+
+        outcome = run_measured(self.device, None, calls, 1, optimizer=self.optimizer)
+        self._returned = outcome.fitted
+        return TrialReport(
+            fitted=outcome.fitted,
+            steps=steps if outcome.fitted else 0,
+            peak_bytes=dict(outcome.phase_peaks) or None,
+            capacity_bytes=outcome.capacity,
+            seconds=outcome.seconds,
+            error=outcome.error,
+        )
+
+    def _call_unmeasured(self, size: int, steps: int) -> TrialReport:
         cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
         if cuda:
             torch.cuda.reset_peak_memory_stats()
@@ -409,6 +460,16 @@ class _CallProbe:
         return TrialReport(
             fitted=True, steps=steps, peak_bytes=torch.cuda.max_memory_allocated() if cuda else None
         )
+
+
+def _call_device(accelerator: Accelerator | None) -> torch.device:
+    """Where the decorated function's tensors live: the accelerator's device, else the current
+    CUDA device once CUDA is in use, else the CPU."""
+    if accelerator is not None:
+        return torch.device(accelerator.device)
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
 
 
 def find_executable_batch_size(
@@ -423,6 +484,7 @@ def find_executable_batch_size(
     margin: float = 0.05,
     fault_timeout: float = DEFAULT_FAULT_TIMEOUT,
     progress: bool = False,
+    pin_allocator: bool | None = None,
 ) -> Any:
     """accelerate's decorator, searching with lrfinder's engine; every process agrees.
 
@@ -450,6 +512,12 @@ def find_executable_batch_size(
         max_val, margin: as :class:`~lrfinder_plugins.BatchSizeSearch` (the search modes).
         fault_timeout: see :class:`~lrfinder_adapters.distributed.TorchDistributedReducer`.
         progress: show a progress bar (main process).
+        pin_allocator: as :func:`find_batch_size`: ``None`` pins glibc's allocator before the
+            first call under a finite ``RLIMIT_AS`` (logged), ``False`` leaves it alone. In
+            ``"guided"`` mode with an ``accelerator`` that prepared an optimizer, each call
+            also runs under the memory meter the search predicts from (a dispatch mode: each
+            operation costs a little more); otherwise the function runs unmeasured and the
+            search doubles and bisects.
 
     Raises:
         RuntimeError: even a batch of one ran out of memory ("No executable batch size found,
@@ -474,9 +542,11 @@ def find_executable_batch_size(
             margin=margin,
             fault_timeout=fault_timeout,
             progress=progress,
+            pin_allocator=pin_allocator,
         )
     if accelerator is not None:
         _check_accelerator(accelerator)
+    check_pin_allocator(pin_allocator)
     if reduce_batch_size_fn is not None and not callable(reduce_batch_size_fn):
         raise TypeError("reduce_batch_size_fn must be callable (no arguments -> the next size)")
     chosen = mode or ("shrink" if reduce_batch_size_fn is not None else "guided")
@@ -510,7 +580,15 @@ def find_executable_batch_size(
             if accelerator is not None
             else LocalReducer()
         )
-        probe = _CallProbe(function, args, kwargs, accelerator, reducer)
+        probe = _CallProbe(
+            function,
+            args,
+            kwargs,
+            accelerator,
+            reducer,
+            measure=chosen == "guided",
+            pin_allocator=pin_allocator,
+        )
         main = accelerator is None or accelerator.is_main_process
         try:
             found = run_batch_size_search(probe, search, progress=progress and main)

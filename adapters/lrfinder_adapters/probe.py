@@ -23,6 +23,7 @@ from lrfinder_adapters._trials import (  # noqa: E402
     STEP_OPTIONS,
     StepFn,
     Trials,
+    check_pin_allocator,
     check_sources,
     device_of,
     upper_bound,
@@ -73,8 +74,7 @@ class TorchProbe:
         **step_options: Any,
     ) -> None:
         check_model_and_optimizer(model, optimizer)
-        if pin_allocator is not None and not isinstance(pin_allocator, bool):
-            raise TypeError(f"pin_allocator must be True, False or None, got {pin_allocator!r}")
+        check_pin_allocator(pin_allocator)
         check_sources(dataset, make_loader, step_fn)
         _validate.known_options("the batch-size search", step_options, STEP_OPTIONS)
         if memory_budget is not None:

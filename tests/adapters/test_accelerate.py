@@ -328,3 +328,34 @@ def test_the_example_script_runs_on_one_process(tmp_path: Any) -> None:
     assert "✓ Optimal batch size found:" in done.stdout and "= 512" in done.stdout
     assert "✓ Suggested learning rate:" in done.stdout
     assert (tmp_path / "lr_finder_plot.png").stat().st_size > 0
+
+
+def test_decorator_guided_measures_every_call_also_after_a_failed_one() -> None:
+    """guided with an accelerator: each call runs under the memory meter with the phases its
+    prepared optimizer marks; a call that runs out of memory frees the accelerator (which
+    forgets its optimizers) and the next calls are still measured; the answer is a size whose
+    call returned."""
+    accelerator = Accelerator(cpu=True)
+    model = nn.Linear(4, 64)
+    model, optimizer = accelerator.prepare(model, torch.optim.SGD(model.parameters(), lr=0.01))
+    tried: list[int] = []
+
+    @find_executable_batch_size(
+        starting_batch_size=8, mode="guided", accelerator=accelerator, pin_allocator=False
+    )
+    def train(batch_size: int) -> int:
+        tried.append(batch_size)
+        if batch_size > 300:
+            fake_oom()
+        accelerator.backward(model(torch.randn(batch_size, 4)).square().mean())
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return batch_size
+
+    found = train()
+    assert found <= 300 and found in tried and max(tried) > 300, tried
+
+
+def test_decorator_checks_pin_allocator() -> None:
+    with pytest.raises(TypeError, match=r"pin_allocator must be None, True or False, got 'no'"):
+        find_executable_batch_size(lambda batch_size: batch_size, pin_allocator="no")  # type: ignore[arg-type]

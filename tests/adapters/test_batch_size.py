@@ -14,10 +14,16 @@ import pytest
 import torch
 from torch import nn
 
-from lrfinder_adapters._memory import TensorMeter, cuda_capacity, requested_bytes
+from lrfinder_adapters._memory import (
+    TensorMeter,
+    cuda_capacity,
+    expandable_segments,
+    requested_bytes,
+)
 from lrfinder_adapters._oom import builtin_is_oom, is_oom
 from lrfinder_adapters.batch_size import TuneResult, find_batch_size, tune
 from lrfinder_plugins import (
+    BatchSizeSearch,
     BatchStopReason,
     NothingFitsError,
     ResultFileError,
@@ -582,8 +588,22 @@ def test_cuda_peaks_are_the_allocators_and_a_budget_holds() -> None:
         ({"fraction": 0.25}, 100 + 1000 - 200),  # the fraction caps what may be reserved
         ({"fraction": 1.0}, 100 + 1000 + 300 - 200),  # no cap at 1
         ({"fragmentation": 64}, 100 + 1000 + 300 - 200 - 64),  # room the allocator itself took
+        # Without expandable segments the gap grows with the tensors: 1.25 bytes per tensor byte
+        ({"fragmentation": 64, "fragmentation_share": 0.25}, 100 + (1000 + 300 - 200) / 1.25),
+        # With them, segments grow in place: only the gap seen is kept off
+        (
+            {"fragmentation": 64, "fragmentation_share": 0.25, "expandable": True},
+            100 + 1000 + 300 - 200 - 64,
+        ),
     ],
-    ids=["cached-blocks-count", "fraction-caps", "fraction-one", "fragmentation-kept-off"],
+    ids=[
+        "cached-blocks-count",
+        "fraction-caps",
+        "fraction-one",
+        "fragmentation-kept-off",
+        "fragmentation-grows",
+        "expandable-segments",
+    ],
 )
 def test_the_cuda_capacity_counts_cached_blocks_within_the_fraction(
     reading: dict[str, float], expected: int
@@ -591,4 +611,74 @@ def test_the_cuda_capacity_counts_cached_blocks_within_the_fraction(
     """Reserved-but-unallocated blocks are room (the caching allocator reuses them first), the
     per-process fraction caps it, and fragmentation seen at a peak is kept off."""
     base = {"live": 100, "free": 1000, "total": 4000, "reserved": 300, "allocated": 200}
-    assert cuda_capacity(**base, **reading) == expected  # type: ignore[arg-type]
+    assert cuda_capacity(**base, **reading) == int(expected)  # type: ignore[arg-type]
+
+
+def test_a_negative_fragmentation_is_a_clear_error() -> None:
+    with pytest.raises(ValueError, match=r"fragmentation_share=-0.1 must be >= 0"):
+        cuda_capacity(
+            live=0, free=1, total=2, reserved=0, allocated=0, fragmentation_share=-0.1
+        )
+
+
+@pytest.mark.parametrize(
+    ("conf", "expected"),
+    [
+        ("expandable_segments:True", True),
+        ("max_split_size_mb:128, expandable_segments:True", True),
+        ("expandable_segments:False", False),
+        ("", False),
+        ("max_split_size_mb:64", False),
+    ],
+)
+def test_expandable_segments_is_read_from_the_allocator_config(conf: str, expected: bool) -> None:
+    assert expandable_segments(conf) is expected
+
+
+@pytest.mark.parametrize("expandable", [False, True])
+def test_guided_on_a_fragmenting_cuda_allocator_lands_below_the_limit(expandable: bool) -> None:
+    """The CUDA policy, simulated on the CPU with the real search and the pure capacity
+    function: a caching allocator that reserves 20% beyond its tensors at every peak (no
+    expandable segments), or a fixed 8 MiB (expandable segments), under a per-process fraction
+    of 2 GiB. The guided answer fits (its reserved peak stays within the fraction), at least 95%
+    of (1 - margin) x the true limit, in 4 trials with none out of memory."""
+    mib, state, per_sample = 2**20, 100 * 2**20, 2**20
+    total, fraction, share = 8 * 2**30, 0.25, 0.2
+
+    def reserved_at_peak(size: int) -> float:
+        peak = state + per_sample * size
+        return peak + 8 * mib if expandable else peak * (1 + share)
+
+    limit = max(n for n in range(1, 8192) if reserved_at_peak(n) <= fraction * total)
+    search = BatchSizeSearch(mode="guided", max_val=8192, margin=0.05)
+    gap, gap_share = 0, 0.0
+    while not search.finished:
+        size = search.next_size()
+        fitted = reserved_at_peak(size) <= fraction * total
+        peak = state + per_sample * size
+        if fitted:  # the meter's readings at the trial's peak
+            gap = max(gap, int(reserved_at_peak(size) - peak))
+            gap_share = max(gap_share, gap / peak)
+        capacity = cuda_capacity(
+            live=state,
+            free=total - state,
+            total=total,
+            reserved=state,
+            allocated=state,
+            fraction=fraction,
+            fragmentation=gap,
+            fragmentation_share=gap_share,
+            expandable=expandable,
+        )
+        search.record(
+            size,
+            fitted,
+            peak if fitted else None,
+            profile=[state, peak] if fitted else None,
+            capacity_bytes=capacity,
+        )
+    result = search.result()
+    assert result.batch_size is not None
+    assert reserved_at_peak(result.batch_size) <= fraction * total
+    assert result.batch_size >= 0.95 * (1 - 0.05) * limit, (result.summary(), limit)
+    assert len(result.trials) == 4 and result.oom_trials == 0, result.summary()

@@ -507,3 +507,37 @@ def test_a_budget_that_runs_out_still_answers_a_size_run_after_the_last_failure(
     failures = [i for i, t in enumerate(result.trials) if not t.fitted]
     after = [t.size for t in result.trials[(failures[-1] + 1 if failures else 0) :] if t.fitted]
     assert result.batch_size in after and len(result.trials) <= max_trials
+
+
+def test_guided_aims_again_when_the_aim_leaves_memory_taken() -> None:
+    """The aim fits with the predicted peak, but leaves memory taken that is no tensor (a grown
+    heap: the capacity read after it is 3.5% lower, as a conv net's 17.5 MiB of 513 was): it no
+    longer keeps the margin under that reading, so the search aims again from it, and the
+    answer keeps the margin under the lower capacity, with no trial out of memory."""
+    fixed, per_sample = 50_000_000, 200_000
+    capacity = fixed + per_sample * 1250
+    search = BatchSizeSearch()
+    while not search.finished:
+        size = search.next_size()
+        before = capacity if all(t.size <= 100 for t in search.trials) else capacity * 0.965
+        reading = int(capacity * 0.965) if size > 100 else int(before)  # taken from the aim on
+        peak = fixed + per_sample * size
+        search.record(size, peak <= before, peak, capacity_bytes=reading)
+    result = search.result()
+    low_limit = (capacity * 0.965 - fixed) / per_sample
+    assert [t.role for t in result.trials][3:] == ["jump", "predict"], result.summary()
+    assert result.oom_trials == 0 and result.stop_reason is BatchStopReason.PREDICTION_HELD
+    assert 0.95 * low_limit - 2 <= (result.batch_size or 0) <= 0.95 * low_limit + 1
+
+
+def test_guided_stops_at_once_when_the_reading_after_the_aim_rises() -> None:
+    """A reading that rises after the aim (freed memory returned) changes nothing: 4 trials."""
+    fixed, per_sample = 50_000_000, 200_000
+    capacity = fixed + per_sample * 1250
+    search = BatchSizeSearch()
+    while not search.finished:
+        size = search.next_size()
+        reading = int(capacity * 1.05) if size > 100 else capacity
+        search.record(size, True, fixed + per_sample * size, capacity_bytes=reading)
+    result = search.result()
+    assert len(result.trials) == 4 and result.stop_reason is BatchStopReason.PREDICTION_HELD
