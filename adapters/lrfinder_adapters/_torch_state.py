@@ -83,6 +83,16 @@ class OnDisk:
     dtype: torch.dtype
     device: str
 
+    def fits(self, target: Any) -> bool:
+        """Whether the bytes can be read straight into ``target`` (same shape and dtype,
+        contiguous; any device)."""
+        return (
+            isinstance(target, torch.Tensor)
+            and tuple(target.shape) == self.shape
+            and target.dtype == self.dtype
+            and target.is_contiguous()
+        )
+
     def read_into(self, target: torch.Tensor) -> torch.Tensor:
         """Overwrite ``target`` (same shape and dtype, contiguous) with the saved bytes."""
         self.file.read(self.offset, self.nbytes, target)
@@ -189,13 +199,7 @@ def load_into(live: Any, saved: Any, device: torch.device | str | None = None) -
     """
     if isinstance(saved, OnDisk):
         target = torch.device(device or saved.device)
-        if (
-            isinstance(live, torch.Tensor)
-            and live.shape == saved.shape
-            and live.dtype == saved.dtype
-            and live.device == target
-            and live.is_contiguous()
-        ):
+        if saved.fits(live) and live.device == target:
             with torch.no_grad():
                 return saved.read_into(live)
         return saved.materialise(target)
@@ -460,13 +464,11 @@ def _restore_weights(
     named, extra = _trained_params(model, optimizer)
     pairs = [(named[name], saved) for name, saved in weights["params"].items() if name in named]
     for p, (value, grad) in [*pairs, *zip(extra, weights["extra_params"])]:
-        if isinstance(value, OnDisk) and p.is_contiguous():
-            value.read_into(p)
+        if isinstance(value, OnDisk) and value.fits(p):
+            value.read_into(p)  # in place, no copy in memory
         else:
-            p.copy_(
-                value.materialise(p.device) if isinstance(value, OnDisk) else value,
-                non_blocking=True,
-            )
+            source = value.materialise(p.device) if isinstance(value, OnDisk) else value
+            p.copy_(source, non_blocking=True)
         p.grad = None if grad is None else load_into(p.grad, grad, p.device)
     saved_buffers = weights["buffers"]
     for module, name, full in list(_buffer_slots(model)):

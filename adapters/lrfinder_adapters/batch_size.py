@@ -274,8 +274,15 @@ def find_batch_size(
             else _shuffled_loader(dataset, result.batch_size, loader_options)
         )
         measured = _measure_noise_scale(
-            probe, model, optimizer, loss_fn, loader, result.batch_size,
-            device=device, precision=gns_precision, max_steps=gns_max_steps,
+            probe,
+            model,
+            optimizer,
+            loss_fn,
+            loader,
+            result.batch_size,
+            device=device,
+            precision=gns_precision,
+            max_steps=gns_max_steps,
             step_options=step_options,
         )
         options["noise_scale_precision"] = gns_precision

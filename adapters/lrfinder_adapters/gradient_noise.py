@@ -245,8 +245,9 @@ class NoiseScaleMonitor:
         small, big = local[0].item() / ranks, state.reduced_sq.item()
         state.reset()
         if self.micro_batch_size is not None and big > 0:
-            self._record(small / unscale / scale, big / unscale / scale,
-                         self.micro_batch_size * k, world)
+            self._record(
+                small / unscale / scale, big / unscale / scale, self.micro_batch_size * k, world
+            )
 
     def _record(self, small_sq: float, big_sq: float, b_small: int, multiple: int) -> None:
         if not (math.isfinite(small_sq) and math.isfinite(big_sq)):
@@ -381,7 +382,9 @@ def exact_noise_scale(
     count = 0
     with torch.no_grad():
         for start in range(0, len(inputs), chunk):
-            grads = per_example(params, inputs[start : start + chunk], targets[start : start + chunk])
+            grads = per_example(
+                params, inputs[start : start + chunk], targets[start : start + chunk]
+            )
             flat = torch.cat([g.reshape(g.shape[0], -1) for g in grads.values()], 1).double()
             summed = flat.sum(0)
             total = summed if total is None else total + summed

@@ -226,12 +226,11 @@ def _needs_closure(optimizer: torch.optim.Optimizer) -> bool:
     """Whether ``optimizer.step`` requires a ``closure`` argument (LBFGS does)."""
     if isinstance(optimizer, torch.optim.LBFGS):
         return True
-    step = optimizer.step
+    if "step" in getattr(optimizer, "__dict__", {}):  # a step set on the instance itself
+        return _signature_needs_closure(optimizer.step)
     # The signature of a class's step, read once per class (inspect costs ~25 us a call).
-    owner: Any = type(optimizer) if getattr(step, "__func__", None) is not None else None
-    if owner is not None and "step" not in vars(optimizer):
-        return _class_step_needs_closure(owner)
-    return _signature_needs_closure(step)
+    kind: Any = type(optimizer)
+    return _class_step_needs_closure(kind)
 
 
 @functools.lru_cache(maxsize=256)
@@ -640,7 +639,8 @@ class TorchStep:
         else:
             batches = self._fetch()
         self._ahead = None
-        self._last_batches = batches if self.overlap else None
+        # Kept only for a shadow step: deciding late, with the data checked a step ahead.
+        self._last_batches = batches if self.overlap and self.lookahead else None
         optimizer.zero_grad(set_to_none=True)
         total: torch.Tensor | None = None
         samples = 0

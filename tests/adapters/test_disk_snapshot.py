@@ -124,5 +124,11 @@ def test_odd_tensors_round_trip_through_the_disk_file(tmp_path: Path) -> None:
             back = _torch_state.load_into(None, record)
             assert back.dtype == tensor.dtype and back.shape == tensor.shape
             assert torch.equal(back, tensor)
+        # Read in place only into a tensor of the same shape and dtype; else a new one is made.
+        record = saved[3]
+        assert isinstance(record, _torch_state.OnDisk)
+        same, other = torch.zeros(10, dtype=torch.int64), torch.zeros(10, dtype=torch.int32)
+        assert _torch_state.load_into(same, record) is same
+        assert _torch_state.load_into(other, record) is not other
     finally:
         disk.close()
