@@ -31,6 +31,7 @@ again; the processes exit cleanly instead of hanging.
 
 from __future__ import annotations
 
+import atexit
 import datetime
 import itertools
 import logging
@@ -72,6 +73,28 @@ _control_groups: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary
 """The gloo group each training group's searches reduce on, opened by the first search and kept
 for the next ones (creating one costs milliseconds and tearing it down tens of them); dropped
 when a fault may have broken it. Keyed weakly: it goes with the training group."""
+
+
+def _close_control_groups() -> None:
+    """Destroy the kept gloo groups before the interpreter shuts down (``atexit``).
+
+    A gloo group that outlives the interpreter's teardown can abort the process as it exits
+    ("terminate called without an active exception", SIGABRT: its worker threads are destroyed
+    still joinable). Searches open these groups, so they close them, whatever the training does
+    with its own groups.
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        _control_groups.clear()  # the user's destroy_process_group() already took them
+        return
+    for control, _ in list(_control_groups.values()):
+        try:
+            dist.destroy_process_group(control)
+        except Exception:  # already destroyed with its world, or broken by a fault
+            log.debug("could not destroy a search's process group at exit", exc_info=True)
+    _control_groups.clear()
+
+
+atexit.register(_close_control_groups)
 
 PACK_BITS = 5
 """Bits per flag count when a step's outcome travels as two numbers (worlds up to 31 ranks)."""

@@ -616,9 +616,7 @@ def test_the_cuda_capacity_counts_cached_blocks_within_the_fraction(
 
 def test_a_negative_fragmentation_is_a_clear_error() -> None:
     with pytest.raises(ValueError, match=r"fragmentation_share=-0.1 must be >= 0"):
-        cuda_capacity(
-            live=0, free=1, total=2, reserved=0, allocated=0, fragmentation_share=-0.1
-        )
+        cuda_capacity(live=0, free=1, total=2, reserved=0, allocated=0, fragmentation_share=-0.1)
 
 
 @pytest.mark.parametrize(

@@ -16,19 +16,29 @@ from lrfinder_plugins import BatchSizeResult
 from tests.adapters.conftest import assert_state_bitwise_equal, capture_state
 
 
-def regression(samples: int = 512, features: int = 8, noise: float = 0.5) -> tuple[torch.Tensor, torch.Tensor]:
+def regression(
+    samples: int = 512, features: int = 8, noise: float = 0.5
+) -> tuple[torch.Tensor, torch.Tensor]:
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(samples, features, generator=gen)
     w = torch.randn(features, 1, generator=gen)
     return x, x @ w + noise * torch.randn(samples, 1, generator=gen)
 
 
-def measure(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, micro: int, windows: int,
-            accumulation: int = 4) -> NoiseScaleMonitor:
+def measure(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    micro: int,
+    windows: int,
+    accumulation: int = 4,
+) -> NoiseScaleMonitor:
     """Accumulation windows of random micro-batches at fixed parameters (lr=0)."""
     optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
-    monitor = NoiseScaleMonitor(model, optimizer, micro_batch_size=micro,
-                                accumulation_steps=accumulation)
+    monitor = NoiseScaleMonitor(
+        model, optimizer, micro_batch_size=micro, accumulation_steps=accumulation
+    )
     gen = torch.Generator().manual_seed(1)
     for _ in range(windows):
         optimizer.zero_grad(set_to_none=True)
@@ -47,8 +57,10 @@ def test_two_batch_estimate_matches_per_example_gradients(hidden: int) -> None:
     its interval holds it."""
     torch.manual_seed(0)
     x, y = regression()
-    model = nn.Linear(8, 1) if hidden == 0 else nn.Sequential(
-        nn.Linear(8, hidden), nn.Tanh(), nn.Linear(hidden, 1)
+    model = (
+        nn.Linear(8, 1)
+        if hidden == 0
+        else nn.Sequential(nn.Linear(8, hidden), nn.Tanh(), nn.Linear(hidden, 1))
     )
     exact = exact_noise_scale(model, nn.functional.mse_loss, x, y)
     estimate = measure(model, x, y, micro=4, windows=300).estimate
@@ -65,7 +77,11 @@ def test_monitor_leaves_the_training_unchanged() -> None:
         torch.manual_seed(0)
         model = nn.Linear(8, 1)
         optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
-        monitor = NoiseScaleMonitor(model, optimizer, micro_batch_size=8, accumulation_steps=2) if attach else None
+        monitor = (
+            NoiseScaleMonitor(model, optimizer, micro_batch_size=8, accumulation_steps=2)
+            if attach
+            else None
+        )
         for i in range(6):
             optimizer.zero_grad()
             for j in range(2):
@@ -88,8 +104,14 @@ def test_find_batch_size_reports_noise_scale_knee_and_recommendation(tmp_path: P
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     before = capture_state(model, optimizer)
     result = find_batch_size(
-        model, optimizer, nn.functional.mse_loss, dataset=torch.utils.data.TensorDataset(x, y),
-        memory_budget=300_000, progress=False, noise_scale=True, gns_max_steps=20,
+        model,
+        optimizer,
+        nn.functional.mse_loss,
+        dataset=torch.utils.data.TensorDataset(x, y),
+        memory_budget=300_000,
+        progress=False,
+        noise_scale=True,
+        gns_max_steps=20,
     )
     assert_state_bitwise_equal(before, capture_state(model, optimizer))
     assert result.noise_scale is not None and 3 <= result.noise_scale.steps <= 20
@@ -123,8 +145,9 @@ def test_bad_noise_scale_options_fail_before_any_trial(
     calls = []
     before = capture_state(model, optimizer)
     with pytest.raises(error, match=match):
-        find_batch_size(model, optimizer, make_loader=lambda n: calls.append(n) or [],
-                        progress=False, **options)
+        find_batch_size(
+            model, optimizer, make_loader=lambda n: calls.append(n) or [], progress=False, **options
+        )
     assert calls == [] and not before.keys() - capture_state(model, optimizer).keys()
 
 

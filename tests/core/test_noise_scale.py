@@ -43,7 +43,9 @@ def estimate(small: np.ndarray, big: np.ndarray, b_small: int, b_big: int) -> No
 
 def test_two_batch_estimates_are_unbiased() -> None:
     """Averaged over many steps, the per-step |G|² and tr Σ estimates match the truth."""
-    small, big, _ = simulate(np.random.default_rng(0), replicates=1, steps=20000, micro=16, window=4)
+    small, big, _ = simulate(
+        np.random.default_rng(0), replicates=1, steps=20000, micro=16, window=4
+    )
     pairs = [two_batch(float(s), float(b), 16, 64) for s, b in zip(small[0], big[0])]
     gradient_sq = np.mean([p[0] for p in pairs])
     trace = np.mean([p[1] for p in pairs])
@@ -124,8 +126,16 @@ def test_knee_is_the_smallest_size_near_the_best_throughput(
 
 @pytest.mark.parametrize(
     ("size", "at_most", "expected"),
-    [(1, None, 1), (3.1, None, 4), (7, None, 8), (100, None, 96), (115, None, 112),
-     (300, 100, 96), (7, 6, 4), (12, 12, 8)],
+    [
+        (1, None, 1),
+        (3.1, None, 4),
+        (7, None, 8),
+        (100, None, 96),
+        (115, None, 112),
+        (300, 100, 96),
+        (7, 6, 4),
+        (12, 12, 8),
+    ],
 )
 def test_hardware_friendly_sizes(size: float, at_most: int | None, expected: int) -> None:
     """Sizes round to 1, 2, 4 or a multiple of 8, never above ``at_most``."""
@@ -135,7 +145,12 @@ def test_hardware_friendly_sizes(size: float, at_most: int | None, expected: int
 def test_lr_rules_follow_the_optimizer_family() -> None:
     """SGD scales linearly, Adam-style optimizers by the square root, others are unknown."""
     assert [lr_rule_for(n) for n in ("SGD", "AdamW", "Adam", "RMSprop", "Prodigy", None)] == [
-        "linear", "sqrt", "sqrt", "sqrt", None, None
+        "linear",
+        "sqrt",
+        "sqrt",
+        "sqrt",
+        None,
+        None,
     ]
     assert scale_lr(0.1, 256, 1024, "linear") == pytest.approx(0.4)
     assert scale_lr(1e-3, 256, 64, "sqrt") == pytest.approx(5e-4)
@@ -181,8 +196,13 @@ def test_result_reports_knee_noise_scale_and_recommendation() -> None:
         search.record(size, size <= 64, seconds=seconds.get(size, 1.0))
     result = search.result()
     scale = NoiseScale(b_simple=30.0, low=20.0, high=45.0, steps=12)
-    result = BatchSizeResult(**{**result.__dict__, "noise_scale": scale,
-                                "options": {**result.options, "optimizer": "SGD"}})
+    result = BatchSizeResult(
+        **{
+            **result.__dict__,
+            "noise_scale": scale,
+            "options": {**result.options, "optimizer": "SGD"},
+        }
+    )
     assert result.knee == 32 and result.throughput[8] == pytest.approx(200.0)
     text = result.summary()
     assert "knee at 32" in text and "B_simple ≈ 30" in text and "recommended: 32" in text
@@ -199,8 +219,7 @@ def test_plot_shows_throughput_knee_and_noise_scale(tmp_path: Path) -> None:
         size = search.next_size()
         search.record(size, size <= 64, seconds=0.01 * size**0.5)
     result = search.result()
-    result = BatchSizeResult(**{**result.__dict__,
-                                "noise_scale": NoiseScale(30.0, 20.0, 45.0, 12)})
+    result = BatchSizeResult(**{**result.__dict__, "noise_scale": NoiseScale(30.0, 20.0, 45.0, 12)})
     figure = result.plot(tmp_path / "batch.png")
     labels = figure.axes[0].get_legend_handles_labels()[1]
     assert (tmp_path / "batch.png").read_bytes()[:4] == b"\x89PNG"

@@ -205,6 +205,10 @@ def main() -> None:
 
             rank = int(os.environ.get("RANK", 0))
         (out / f"{name}.{rank}.json").write_text(json.dumps(record))
+    if torch.distributed.is_initialized():
+        # Lightning leaves the group of a torchrun launch to the script: a gloo group that
+        # outlives the interpreter's teardown can abort the process as it exits.
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":

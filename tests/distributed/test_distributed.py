@@ -37,6 +37,7 @@ HEALTHY = [
     # After a trial that raised on one rank: the next search opens its group on every rank alike
     # (the posting rank alone used to drop it, and this search hung in new_group).
     "noise_scale",
+    "exit_cleanup",
 ]
 
 
@@ -77,7 +78,8 @@ def finish(process: subprocess.Popen[bytes], out: Path) -> None:
         os.killpg(process.pid, signal.SIGKILL)
         process.wait()
         pytest.fail(f"the launch hung; log:\n{(out / 'launcher.log').read_text()[-4000:]}")
-    assert rc == 0, (out / "launcher.log").read_text()[-4000:]
+    written = sorted(p.name for p in out.glob("*.json"))  # which scenarios finished, per rank
+    assert rc == 0, f"results written: {written}\n" + (out / "launcher.log").read_text()[-4000:]
 
 
 def records(out: Path, scenario: str) -> list[dict[str, Any]]:
@@ -236,6 +238,16 @@ def test_ddp_noise_scale_hook_is_registered_once_and_a_foreign_hook_refused(heal
     assert rank0["found"] == rank1["found"] and rank0["found"]["steps"] >= 3
     assert rank0["found_b_big"] == 2 * rank0["found"]["b_small"]
     assert rank0["recommended"] == rank1["recommended"] is not None
+
+
+def test_the_kept_search_group_is_destroyed_at_exit(healthy: Path) -> None:
+    """The exit handler destroys the gloo group searches keep (one left alive at teardown can
+    abort the process: "terminate called without an active exception"); a later search opens
+    a fresh one on every rank."""
+    rank0, rank1 = records(healthy, "exit_cleanup")
+    assert rank0 == rank1
+    assert rank0["registered"] == [False] and rank0["left"] == 0
+    assert rank0["again"] == 10 and rank0["reopened"] == 1
 
 
 def test_an_exception_that_strands_the_other_rank_ends_within_seconds(tmp_path: Path) -> None:

@@ -525,8 +525,15 @@ def scenario_noise_scale(rank: int, world: int) -> dict[str, Any]:
     wide_optimizer = torch.optim.Adam(wide.parameters(), lr=1e-3)
     before = capture_state(wide, wide_optimizer)
     found = find_batch_size(
-        wide, wide_optimizer, nn.functional.mse_loss, dataset=_dataset(rank),
-        memory_budget=2 * 2**20, max_val=512, progress=False, noise_scale=True, gns_max_steps=8,
+        wide,
+        wide_optimizer,
+        nn.functional.mse_loss,
+        dataset=_dataset(rank),
+        memory_budget=2 * 2**20,
+        max_val=512,
+        progress=False,
+        noise_scale=True,
+        gns_max_steps=8,
     )
     assert_state_bitwise_equal(before, capture_state(wide, wide_optimizer))
     assert found.noise_scale is not None
@@ -537,6 +544,33 @@ def scenario_noise_scale(rank: int, world: int) -> dict[str, Any]:
         "found": found.noise_scale.to_dict(),
         "found_b_big": found.noise_scale.b_big,
         "recommended": found.recommendation.batch_size if found.recommendation else None,
+    }
+
+
+def scenario_exit_cleanup(rank: int, world: int) -> dict[str, Any]:
+    """The kept search group is destroyed by the exit handler; a later search opens a new one."""
+    from lrfinder_adapters import distributed as lrf_dist
+
+    def search() -> Any:
+        model = ddp(make_model())
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+        data = shard(global_batches(10), rank, world)
+        finder = LearningRateFinder(model, optimizer, nn.functional.mse_loss, progress=False)
+        finder.find_lr(data, num_iter=10, diverge_threshold=None)
+        return finder.result
+
+    search()
+    kept = [control for control, _ in lrf_dist._control_groups.values()]
+    lrf_dist._close_control_groups()
+    left = len(lrf_dist._control_groups)
+    registered = [g in dist.distributed_c10d._world.pg_map for g in kept]
+    del kept  # the last references: the gloo backend and its threads go now
+    again = search()
+    return {
+        "left": left,
+        "registered": registered,
+        "again": len(again.losses),
+        "reopened": len(lrf_dist._control_groups),
     }
 
 
