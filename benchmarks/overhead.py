@@ -4,8 +4,16 @@ Runs a 100-step range test (snapshot and restore included) and a hand-written lo
 100 steps (exponential LR set by hand, forward, backward, step, ``loss.item()``) on the same
 model and data, alternating them, and prints each one's median time and the ratio.
 
+Lightning's ``Tuner.lr_find`` (real, on the same MLP as a LightningModule and the same batches,
+a fresh ``Trainer`` per call, not timed) is in the same table when lightning is installed.
+Ratios are medians of ratios paired within a repeat (every contender runs once per repeat, the
+order rotating). ``--clock thread`` times with ``time.thread_time()`` (this thread's CPU time;
+torch runs on one thread): on a machine that other programs keep busy it leaves out the time
+this process waits for a core, which wall time (the default) counts.
+
 Usage:
-    .venv/bin/python -m benchmarks.overhead [--repeats 15] [--width 512] [--batch 128]
+    .venv/bin/python -m benchmarks.overhead [--repeats 15] [--widths 512] [--batch 128]
+    .venv/bin/python -m benchmarks.overhead --widths 16,128,1024 --batch 32 --clock thread
     .venv/bin/python -m benchmarks.overhead --device cuda   # + the one-step-late loss read
 """
 
@@ -15,6 +23,7 @@ import argparse
 import contextlib
 import importlib.util
 import io
+import os
 import platform
 import statistics
 import time
@@ -36,7 +45,7 @@ def make(
     torch.manual_seed(seed)
     batches = [
         (torch.randn(batch, 64, device=device), torch.randint(0, 10, (batch,), device=device))
-        for _ in range(25)
+        for _ in range(100)  # one pass holds the sweep: Lightning's fit stops at an epoch's end
     ]
     loader = torch.utils.data.DataLoader(batches, batch_size=None)
     model = torch.nn.Sequential(
@@ -133,22 +142,70 @@ def torch_lr_finder(
     finder.reset()
 
 
-def timed(fn: Callable[..., object], *args: object) -> float:
+def lightning_tuner(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loader: torch.utils.data.DataLoader,
+) -> Callable[[], object]:
+    """Lightning's own ``Tuner.lr_find`` on the same weights and batches (set up untimed)."""
+    import tempfile
+
+    from lightning.pytorch.tuner import Tuner
+
+    from benchmarks.lightning_lr_find import MLP, make_trainer
+
+    width = model[2].in_features  # type: ignore[index]
+    module = MLP(width)
+    module.net.load_state_dict(model.state_dict())
+    root = tempfile.mkdtemp(prefix="lrf-bench-")
+    trainer = make_trainer(root)
+
+    def run() -> object:
+        return Tuner(trainer).lr_find(
+            module,
+            loader,
+            min_lr=1e-7,
+            max_lr=10.0,
+            num_training=100,
+            early_stop_threshold=None,
+            update_attr=False,
+        )
+
+    return run
+
+
+SETUP_ONLY = {lightning_tuner}
+"""Contenders that return the call to time: their set-up (a Trainer) is not timed."""
+
+CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "thread": time.thread_time}
+
+
+def timed(fn: Callable[..., object], *args: object, clock: str = "wall") -> float:
     """Seconds one call takes (peer output, e.g. torch-lr-finder's tqdm bar, is silenced)."""
+    now = CLOCKS[clock]
     with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
-        start = time.perf_counter()
-        fn(*args)
+        if fn in SETUP_ONLY:
+            call: Callable[[], object] = fn(*args)  # type: ignore[assignment]
+        else:
+
+            def call() -> object:
+                return fn(*args)
+
+        start = now()
+        call()
         if torch.cuda.is_available():
             torch.cuda.synchronize()
-        return time.perf_counter() - start
+        return now() - start
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=15)
-    parser.add_argument("--width", type=int, default=512)
+    parser.add_argument("--widths", default="512", help="comma-separated hidden widths")
+    parser.add_argument("--width", type=int, default=None, help="one width (old spelling)")
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--clock", choices=sorted(CLOCKS), default="wall")
     parser.add_argument(
         "--overlap",
         action="store_true",
@@ -156,6 +213,7 @@ def main() -> None:
         "overlap=False (always on with --device cuda)",
     )
     args = parser.parse_args()
+    widths = [args.width] if args.width is not None else [int(w) for w in args.widths.split(",")]
     torch.set_num_threads(1)
     contenders: dict[str, Callable[..., object]] = {
         "bare loop": bare_loop,
@@ -171,29 +229,45 @@ def main() -> None:
         contenders["torch-lr-finder"] = torch_lr_finder
     else:
         print("torch-lr-finder not installed: skipped (pip install torch-lr-finder)")
+    if args.device == "cpu" and importlib.util.find_spec("lightning") is not None:
+        contenders["Lightning Tuner.lr_find"] = lightning_tuner
+    print(
+        f"machine: {platform.machine()}, {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}, "
+        f"device {args.device}"
+        f"{' (' + torch.cuda.get_device_name() + ')' if args.device == 'cuda' else ''}, "
+        f"torch {torch.__version__}, 1 CPU thread, clock {args.clock}"
+    )
+    for width in widths:
+        times = bench(contenders, width, args)
+        base = statistics.median(times["bare loop"])
+        print(
+            f"model: MLP 64-{width}-{width}-10, batch {args.batch}, 100 steps, "
+            f"{args.repeats} repeats: bare step {base * 10:.3f} ms"
+        )
+        for name, samples in times.items():
+            ratios = [t / b for t, b in zip(samples, times["bare loop"])]
+            print(
+                f"{name:>34}: median {statistics.median(samples) * 1000:8.1f} ms   "
+                f"paired ratio vs bare loop {statistics.median(ratios):.3f} "
+                f"({min(ratios):.3f}-{max(ratios):.3f})"
+            )
+
+
+def bench(
+    contenders: dict[str, Callable[..., object]], width: int, args: argparse.Namespace
+) -> dict[str, list[float]]:
+    """Each contender's times at one width: a warm-up each, then interleaved repeats."""
     times: dict[str, list[float]] = {name: [] for name in contenders}
     for fn in contenders.values():  # warm-up
-        timed(fn, *make(args.width, args.batch, args.device))
+        timed(fn, *make(width, args.batch, args.device), clock=args.clock)
     order = list(contenders.items())
     for repeat in range(args.repeats):
         # Rotate who goes first each repeat, so warm caches and clocks favour no one.
         shift = repeat % len(order)
         for name, fn in order[shift:] + order[:shift]:
-            times[name].append(timed(fn, *make(args.width, args.batch, args.device)))
-    base = statistics.median(times["bare loop"])
-    print(
-        f"machine: {platform.machine()}, device {args.device}"
-        f"{' (' + torch.cuda.get_device_name() + ')' if args.device == 'cuda' else ''}, "
-        f"torch {torch.__version__}, 1 CPU thread"
-    )
-    print(
-        f"model: MLP 64-{args.width}-{args.width}-10, batch {args.batch}, 100 steps, {args.repeats} repeats"
-    )
-    for name, samples in times.items():
-        median = statistics.median(samples)
-        print(
-            f"{name:>18}: median {median * 1000:8.1f} ms   ratio vs bare loop {median / base:.3f}"
-        )
+            made = make(width, args.batch, args.device)
+            times[name].append(timed(fn, *made, clock=args.clock))
+    return times
 
 
 if __name__ == "__main__":

@@ -64,23 +64,24 @@ def loss_tensor(output: Any, source: str = "loss_fn") -> torch.Tensor:
         ValueError: the loss is not a single number.
     """
     loss = output
-    if isinstance(output, Mapping):
-        key = next((k for k in LOSS_KEYS if k in output), None)
-        if key is None:
+    if type(output) is not torch.Tensor:  # a plain tensor, the common case, needs no unpacking
+        if isinstance(output, Mapping):
+            key = next((k for k in LOSS_KEYS if k in output), None)
+            if key is None:
+                raise TypeError(
+                    f"{source} returned a dict with keys {sorted(output)}; it needs one of "
+                    f"{list(LOSS_KEYS)}, or pass compute_loss=lambda model, batch: <scalar tensor>"
+                )
+            loss = output[key]
+        elif isinstance(output, (tuple, list)) and output:
+            loss = output[0]
+        elif not isinstance(output, torch.Tensor) and hasattr(output, "loss"):
+            loss = output.loss
+        if not isinstance(loss, torch.Tensor):
             raise TypeError(
-                f"{source} returned a dict with keys {sorted(output)}; it needs one of "
-                f"{list(LOSS_KEYS)}, or pass compute_loss=lambda model, batch: <scalar tensor>"
+                f"{source} must return a loss tensor, a tuple whose first item is one, or a dict "
+                f"with {' or '.join(repr(k) for k in LOSS_KEYS)}; got {type(output).__name__}"
             )
-        loss = output[key]
-    elif isinstance(output, (tuple, list)) and output:
-        loss = output[0]
-    elif not isinstance(output, torch.Tensor) and hasattr(output, "loss"):
-        loss = output.loss
-    if not isinstance(loss, torch.Tensor):
-        raise TypeError(
-            f"{source} must return a loss tensor, a tuple whose first item is one, or a dict with "
-            f"{' or '.join(repr(k) for k in LOSS_KEYS)}; got {type(output).__name__}"
-        )
     if loss.numel() != 1:
         raise ValueError(
             f"{source} returned a loss of shape {tuple(loss.shape)}; it must be a single number: "
@@ -101,8 +102,21 @@ def _to_device(obj: Any, device: torch.device | None) -> Any:
     return obj
 
 
+_NARROW_FLOATS = (torch.float16, torch.bfloat16)
+
+
+def _widened(loss: torch.Tensor) -> torch.Tensor:
+    """``loss`` in float32 if it is a 16-bit float (AMP), else itself (no tensor op)."""
+    return loss.float() if loss.dtype in _NARROW_FLOATS else loss
+
+
 def _samples(batch: Any) -> int:
     """How many samples a batch holds: the first dimension of its first tensor (1 if none)."""
+    kind = type(batch)
+    if kind is tuple or kind is list:  # the common case first: (inputs, targets)
+        first = batch[0] if batch else None
+        if type(first) is torch.Tensor and first.dim():
+            return int(first.shape[0])
     if isinstance(batch, torch.Tensor):
         return int(batch.shape[0]) if batch.dim() else 1
     if isinstance(batch, Mapping):
@@ -652,9 +666,12 @@ class TorchStep:
                     loss = self.micro_step(batch)
             else:
                 loss = self.micro_step(batch)
-            # Sum in float32 at least: bfloat16/float16 losses (AMP) would round the window's sum.
-            detached = loss.detach().to(torch.promote_types(loss.dtype, torch.float32))
-            total = detached if total is None else total + detached
+            if steps == 1:
+                total = loss  # read as it is (no tensor op a bare loop would not run)
+            else:
+                # Sum in float32 at least: bfloat16/float16 losses (AMP) would round the sum.
+                detached = _widened(loss.detach())
+                total = detached if total is None else total + detached
         if self.all_reduce_grads:
             self.sync_gradients()
         self.can_continue = (
@@ -673,7 +690,8 @@ class TorchStep:
         if shadow:
             return StepOutcome.exhausted()
         if self.overlap and self.val_loader is None:
-            return _LateLoss(total, steps, samples, last, self._host_buffer(total))
+            late = _widened(total.detach())
+            return _LateLoss(late, steps, samples, last, self._host_buffer(late))
         value = total.item() if steps == 1 else total.item() / steps
         if scaler is not None:
             # GradScaler lowers its scale exactly when it skipped the step for inf/NaN grads.
@@ -694,6 +712,8 @@ class TorchStep:
     def forward(self, batch: Any) -> torch.Tensor:
         """The loss of one micro-batch, under autocast when ``amp`` is on."""
         try:
+            if self._autocast is contextlib.nullcontext:
+                return self._loss(batch)  # no AMP: no context to enter per micro-batch
             with self._autocast():
                 return self._loss(batch)
         except StopIteration as error:

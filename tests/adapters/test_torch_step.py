@@ -218,6 +218,25 @@ def test_amp_on_cpu_runs_under_bfloat16_autocast(batches: list[Batch], mse: Any)
     assert len(result) == 10 and all(math.isfinite(x) for x in result.losses)
 
 
+def test_a_16_bit_loss_is_summed_over_the_window_in_float32(batches: list[Batch]) -> None:
+    """Accumulated bfloat16 losses are added in float32: 1 + 2**-8 would round to 1 in bfloat16,
+    so the window's mean is 0.501953125, not 0.5; a single step's loss is read as it is."""
+    model = linear_model()
+    values = iter([1.0, 2.0**-8] * 10)
+
+    def compute_loss(model: nn.Module, batch: Any) -> torch.Tensor:
+        zero = model(batch[0]).sum() * 0  # on the graph, so backward runs
+        return (zero + next(values)).to(torch.bfloat16)
+
+    options = {"compute_loss": compute_loss, "num_iter": 3}
+    sgd = torch.optim.SGD(model.parameters(), lr=0.1)
+    windowed = run(model, sgd, None, batches, accumulation_steps=2, **options)
+    assert list(windowed.losses) == [0.501953125] * 3
+    values = iter([2.0**-8] * 3)
+    single = run(model, sgd, None, batches, **options)
+    assert list(single.losses) == [2.0**-8] * 3
+
+
 def inf_grad_at(
     call: int, loss_fn: Any, calls: list[float], optimizer: torch.optim.Optimizer
 ) -> Any:
