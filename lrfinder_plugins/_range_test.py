@@ -136,7 +136,9 @@ class RangeTest:
 
     def record(self, loss: float) -> None:
         """Record the loss of the step that used :meth:`next_lr`; may finish the test."""
-        lr = self.next_lr()
+        if self.stop_reason is not None:
+            self.next_lr()  # raises: nothing is recorded after the stop
+        lr = self._planned[len(self.losses)]
         loss = float(loss)
         self.lrs.append(lr)
         self.losses.append(loss)

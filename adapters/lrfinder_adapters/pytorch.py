@@ -750,8 +750,8 @@ class TorchStep:
 
     def _fetch(self) -> list[Any]:
         assert self._batches is not None
-        batches = self._batches
-        return [next(batches) for _ in range(self.accumulation_steps)]
+        batches, steps = self._batches, self.accumulation_steps
+        return [next(batches)] if steps == 1 else [next(batches) for _ in range(steps)]
 
     # -- helpers -------------------------------------------------------------------------------
     def _autocast_factory(
