@@ -7,6 +7,7 @@ place, so every reference the user holds (optimizer param lists, DDP buckets) st
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import random
 import sys
@@ -189,6 +190,16 @@ class DiskFile:
             view = view[got:]
 
 
+_ATOMS = frozenset({int, float, bool, str, type(None)})
+"""Values a restore hands back as they are (an optimizer's settings, mostly)."""
+
+
+def _no_grad() -> contextlib.AbstractContextManager[Any]:
+    """``torch.no_grad()``, or nothing when gradients are already off (the restore turns them
+    off once for all its tensors)."""
+    return torch.no_grad() if torch.is_grad_enabled() else contextlib.nullcontext()
+
+
 def load_into(live: Any, saved: Any, device: torch.device | str | None = None) -> Any:
     """Put ``saved`` (from :func:`to_cpu_copy`) back, writing into ``live``'s tensor in place.
 
@@ -197,10 +208,13 @@ def load_into(live: Any, saved: Any, device: torch.device | str | None = None) -
     identity. Otherwise a fresh copy is made on ``device`` (default: ``live``'s device, or the
     CPU). Anything that is not a tensor is deep-copied. Returns the restored value.
     """
+    kind = type(saved)
+    if kind in _ATOMS:
+        return saved  # immutable: nothing to copy
     if isinstance(saved, OnDisk):
         target = torch.device(device or saved.device)
         if saved.fits(live) and live.device == target:
-            with torch.no_grad():
+            with _no_grad():
                 return saved.read_into(live)
         return saved.materialise(target)
     if not isinstance(saved, torch.Tensor):
@@ -208,7 +222,7 @@ def load_into(live: Any, saved: Any, device: torch.device | str | None = None) -
     if isinstance(live, torch.Tensor):
         target = torch.device(device) if device is not None else live.device
         if live.shape == saved.shape and live.dtype == saved.dtype and live.device == target:
-            with torch.no_grad():
+            with _no_grad():
                 return live.copy_(saved, non_blocking=True)
     else:
         target = torch.device(device or "cpu")
