@@ -42,6 +42,17 @@ if TYPE_CHECKING:
 log = logging.getLogger("lrfinder_plugins")
 
 DEFAULT_METHOD = "margin"
+SMOOTHING_DECADES = 0.4
+"""``margin``'s smoothing half-width in decades of LR (chosen on the benchmark's dev split)."""
+MARGIN_DECADES = 1.4
+"""``margin``'s safety margin in decades below the geometric mean of the minimum and blow-up."""
+FALLBACK_WIDTH_DECADES = 0.73
+"""The typical distance (decades) between the smoothed minimum and the blow-up, used when no
+descent stands out of the noise."""
+LOWER_DECADES = 0.4
+"""The usable range's low end: ``lr / 10**LOWER_DECADES``."""
+UPPER_DECADES = 0.25
+"""The usable range's high end: ``lr * 10**UPPER_DECADES``."""
 BUILTIN_PLUGIN = "lrfinder.suggest"
 """The plugin name the built-in methods are registered under."""
 
@@ -359,11 +370,11 @@ _ANALYSES_KEPT = 8
 def analyse_curve(
     result: RangeTestResult,
     *,
-    smoothing_decades: float = 0.4,
-    margin_decades: float = 1.4,
-    fallback_width_decades: float = 0.73,
-    lower_decades: float = 0.4,
-    upper_decades: float = 0.25,
+    smoothing_decades: float = SMOOTHING_DECADES,
+    margin_decades: float = MARGIN_DECADES,
+    fallback_width_decades: float = FALLBACK_WIDTH_DECADES,
+    lower_decades: float = LOWER_DECADES,
+    upper_decades: float = UPPER_DECADES,
 ) -> CurveAnalysis | None:
     """Read a curve robustly: its minimum, its blow-up, its noise, and what they suggest.
 
@@ -514,9 +525,9 @@ def _analyse_curve(
 def margin(
     result: RangeTestResult,
     *,
-    smoothing_decades: float = 0.4,
-    margin_decades: float = 1.4,
-    fallback_width_decades: float = 0.73,
+    smoothing_decades: float = SMOOTHING_DECADES,
+    margin_decades: float = MARGIN_DECADES,
+    fallback_width_decades: float = FALLBACK_WIDTH_DECADES,
 ) -> Suggestion:
     """The default: a safety margin below where the loss stops improving and where it blows up.
 
