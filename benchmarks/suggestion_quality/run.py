@@ -601,7 +601,18 @@ def _git_revision() -> str:
             cwd=HERE,
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
+            # the run's own outputs (tables, plots, caches) do not count as changes
+            [
+                "git",
+                "status",
+                "--porcelain",
+                "--untracked-files=no",
+                "--",
+                "../..",
+                ":!*.png",
+                ":!*results.*",
+                ":!*cache.json",
+            ],
             capture_output=True,
             text=True,
             check=True,
