@@ -555,6 +555,8 @@ def plot(methods: dict[str, Method], grids: dict[str, Grid], out: Path) -> list[
         single.savefig(path, dpi=90, bbox_inches="tight")
         plt.close(single)
         paths.append(path)
+    for unused in axes.flat[len(grids) :]:
+        unused.axis("off")
     handles, labels = axes.flat[0].get_legend_handles_labels()
     overview.legend(handles, labels, loc="lower center", ncol=4, fontsize=9)
     overview.tight_layout(rect=(0, 0.07, 1, 1))
