@@ -82,9 +82,15 @@ def _run(
 
 
 def train_one_cycle(task: Task, seed: int, one_cycle: dict[str, Any]) -> Outcome:
-    """Train with the task's optimizer under ``OneCycleLR(optimizer, **one_cycle)``, stepped per step."""
+    """Train with the task's optimizer under ``OneCycleLR(optimizer, **one_cycle)``, stepped per step.
+
+    With several param groups ``max_lr`` is a list (one per group); the optimizer is built at the
+    largest (the reference group's), and ``OneCycleLR`` then sets each group's own schedule."""
     model = task.build_model(seed)
-    optimizer = task.optimizer(list(model.parameters()), float(one_cycle["max_lr"]))
+    peak = one_cycle["max_lr"]
+    optimizer = task.optimizer(
+        list(model.parameters()), float(max(peak) if isinstance(peak, list) else peak)
+    )
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, **one_cycle)
     return _run(task, model, optimizer, seed, after_step=scheduler.step)
 
