@@ -125,8 +125,9 @@ class Trials:
                 **{**self.step_options, "overlap": False},
             )
 
-    def run(self, size: int, steps: int) -> TrialOutcome:
+    def run(self, size: int, steps: int, *, measure: bool = True) -> TrialOutcome:
         """Run a trial; an out-of-memory error is an outcome, any other error propagates.
+        ``measure=False``: the steps run bare (see :func:`run_measured`).
 
         Memory is freed after the trial (the previous trial's clean-up serves this one). The
         first trial pins glibc's allocator first (see :func:`_memory.pin_allocator`).
@@ -139,6 +140,7 @@ class Trials:
             steps,
             optimizer=self.optimizer,
             state=lambda: _memory.state_tensors(self.model, self.optimizer),
+            measure=measure,
         )
 
 
@@ -171,10 +173,22 @@ def run_measured(
     *,
     optimizer: torch.optim.Optimizer | None = None,
     state: Callable[[], Iterable[torch.Tensor]] = tuple,
+    measure: bool = True,
 ) -> TrialOutcome:
     """Run ``steps`` callables from ``make_steps(meter)`` under the device's meter
     (:func:`_memory.make_meter`): an out-of-memory error is an outcome, any other error
     propagates; memory is freed after it and the capacity read then.
+
+    With ``measure=False`` (the search reads nothing of the trial but its fit and the
+    capacity: :attr:`~lrfinder_plugins.BatchSizeSearch.reads_profile`) the steps run bare,
+    outside the dispatch mode, at the cost of the user's own steps. One exception: a budget
+    only the dispatch mode can enforce (``memory_budget`` off CUDA, counted in tensor bytes op
+    by op) still meters the trial's last step, after counting the training state again (the
+    optimizer state the bare steps created). That step is in steady state (the steps of a trial
+    repeat the same operations at the same size, and the state a first step creates exists
+    throughout every later one), so its peak is the trial's, and a size over the budget fails
+    there. On CUDA the allocator's peaks (``max_memory_allocated``, read at the phase
+    boundaries) are kept in every step, bare or not; on the CPU a bare trial reports no peak.
 
     Args:
         device: where the trial runs (picks the meter).
@@ -185,9 +199,11 @@ def run_measured(
         optimizer: marks the ``forward_backward`` and ``optimizer`` phases through its step
             hooks (``None``: one phase).
         state: the tensors alive before the trial (the training state), counted first.
+        measure: run every step under the meter (``False``: bare, as above).
     """
     meter = _memory.make_meter(device, memory_budget)
     meter.track(state())
+    metered = range(steps) if measure else range(steps - 1 if meter.checks_ops else steps, steps)
     hooks = []
     if optimizer is not None:
         hooks = [
@@ -198,10 +214,18 @@ def run_measured(
     runs = make_steps(meter)
     start = time.perf_counter()
     try:
-        for _ in range(steps):
+        for index in range(steps):
             run = next(runs)
-            meter.begin_step()
-            with meter.active():
+            if index in metered:
+                if meter.bare:
+                    meter.bare = False
+                    meter.track(state())  # what the bare steps left: the optimizer state
+                    meter.peak = meter.live
+                meter.begin_step()
+                with meter.active():
+                    run()
+            else:
+                meter.bare = True
                 run()
             done += 1
         meter.mark(_memory.FORWARD_BACKWARD)

@@ -1076,7 +1076,10 @@ class BatchSizeFinder(_SearchCallback):
                 session.start()
                 while not session.finished:
                     size = session.next_size()
-                    session.end_trial(size, self._trial(trainer, pl_module, targets, size))
+                    report = self._trial(
+                        trainer, pl_module, targets, size, measure=session.reads_profile
+                    )
+                    session.end_trial(size, report)
                 done = True
             finally:
                 result = session.finish()
@@ -1129,11 +1132,18 @@ class BatchSizeFinder(_SearchCallback):
         pl_module: pl.LightningModule,
         targets: list[tuple[Any, str]],
         size: int,
+        *,
+        measure: bool = True,
     ) -> TrialReport:
-        """One trial at ``size`` in the fit loop; an out-of-memory error is a report."""
+        """One trial at ``size`` in the fit loop; an out-of-memory error is a report.
+
+        Under the memory meter where the search reads the trial's memory (``measure``) or a
+        budget only the meter can enforce (``memory_budget`` off CUDA); else bare, at the
+        cost of the loop's own steps (on CUDA the allocator's peaks are still read)."""
         _set_batch_size(targets, size)
         saved = _Saved(trainer, pl_module)
         meter = _memory.make_meter(pl_module.device, self.memory_budget)
+        meter.bare = not (measure or meter.checks_ops)
         trial = _TrialCallback(self._steps_per_trial, meter)
         hooks: list[Any] = []
         error: str | None = None
@@ -1154,7 +1164,8 @@ class BatchSizeFinder(_SearchCallback):
                 )
                 meter.track(_memory.state_tensors(pl_module, optimizer))
             loop.setup_data()  # the train dataloader, at this size
-            with _local_steps(trainer, pl_module), meter.active():
+            metered = contextlib.nullcontext() if meter.bare else meter.active()
+            with _local_steps(trainer, pl_module), metered:
                 loop.run()
             meter.mark(_memory.FORWARD_BACKWARD)
             meter.begin_step()
