@@ -127,7 +127,7 @@ class Trials:
 
     def run(self, size: int, steps: int, *, measure: bool = True) -> TrialOutcome:
         """Run a trial; an out-of-memory error is an outcome, any other error propagates.
-        ``measure=False``: the steps run bare (see :func:`run_measured`).
+        ``measure=False``: nothing is read of it but the fit (see :func:`run_measured`).
 
         Memory is freed after the trial (the previous trial's clean-up serves this one). The
         first trial pins glibc's allocator first (see :func:`_memory.pin_allocator`).
@@ -175,20 +175,23 @@ def run_measured(
     state: Callable[[], Iterable[torch.Tensor]] = tuple,
     measure: bool = True,
 ) -> TrialOutcome:
-    """Run ``steps`` callables from ``make_steps(meter)`` under the device's meter
-    (:func:`_memory.make_meter`): an out-of-memory error is an outcome, any other error
-    propagates; memory is freed after it and the capacity read then.
+    """Run ``steps`` callables from ``make_steps(meter)``, the last under the device's meter
+    (:func:`_memory.make_meter`) where it is needed: an out-of-memory error is an outcome, any
+    other error propagates; memory is freed after it and the capacity read then.
 
-    With ``measure=False`` (the search reads nothing of the trial but its fit and the
-    capacity: :attr:`~lrfinder_plugins.BatchSizeSearch.reads_profile`) the steps run bare,
-    outside the dispatch mode, at the cost of the user's own steps. One exception: a budget
-    only the dispatch mode can enforce (``memory_budget`` off CUDA, counted in tensor bytes op
-    by op) still meters the trial's last step, after counting the training state again (the
-    optimizer state the bare steps created). That step is in steady state (the steps of a trial
-    repeat the same operations at the same size, and the state a first step creates exists
-    throughout every later one), so its peak is the trial's, and a size over the budget fails
-    there. On CUDA the allocator's peaks (``max_memory_allocated``, read at the phase
-    boundaries) are kept in every step, bare or not; on the CPU a bare trial reports no peak.
+    The meter (a dispatch mode: a cost on every operation) runs on one step at most, the last:
+    the steps of a trial repeat the same operations at the same size, and the state a first
+    step creates (the optimizer's) exists throughout every later one, so the last step is in
+    steady state and its profile, peaks and non-tensor peak are the trial's (the profile always
+    was the last step's). The training state is counted again just before it (``state()``:
+    what the bare steps created). It runs there when ``measure`` (the search reads the trial:
+    :attr:`~lrfinder_plugins.BatchSizeSearch.reads_profile`) or when only it can enforce the
+    budget (``memory_budget`` off CUDA, counted in tensor bytes op by op: a size over it fails
+    in that step). Otherwise the trial runs bare, at the cost of the user's own steps. On CUDA
+    the allocator's peaks (``max_memory_allocated``, read at the phase boundaries) are kept in
+    every step, metered or not; on the CPU a bare trial reports no peak. An out-of-memory error
+    in a bare step bounds no capacity (the live bytes then are unknown): the reading after the
+    clean-up does.
 
     Args:
         device: where the trial runs (picks the meter).
@@ -199,11 +202,11 @@ def run_measured(
         optimizer: marks the ``forward_backward`` and ``optimizer`` phases through its step
             hooks (``None``: one phase).
         state: the tensors alive before the trial (the training state), counted first.
-        measure: run every step under the meter (``False``: bare, as above).
+        measure: whether the search reads the trial's memory (``False``: bare, as above).
     """
     meter = _memory.make_meter(device, memory_budget)
     meter.track(state())
-    metered = range(steps) if measure else range(steps - 1 if meter.checks_ops else steps, steps)
+    metered = range(steps - 1 if measure or meter.checks_ops else steps, steps)
     hooks = []
     if optimizer is not None:
         hooks = [
