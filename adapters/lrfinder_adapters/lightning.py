@@ -47,7 +47,7 @@ import logging  # noqa: E402
 import math  # noqa: E402
 import time  # noqa: E402
 import warnings  # noqa: E402
-from collections.abc import Iterable, Iterator, Mapping, Sequence  # noqa: E402
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import TYPE_CHECKING, Any, NamedTuple  # noqa: E402
 
@@ -883,9 +883,19 @@ def _set_batch_size(targets: list[tuple[Any, str]], size: int) -> None:
 class _TrialCallback(Callback):
     """The only callback attached during a trial: counts optimizer steps, stops after ``steps``."""
 
-    def __init__(self, steps: int, meter: _memory.TensorMeter) -> None:
+    def __init__(
+        self,
+        steps: int,
+        meter: _memory.TensorMeter,
+        *,
+        meter_last: bool = False,
+        state: Callable[[], Iterable[torch.Tensor]] = tuple,
+    ) -> None:
         self.steps = steps
         self.meter = meter
+        self.meter_last = meter_last
+        self.state = state
+        self.metering = False
         self.done = 0
         self.window_open = False
         self.step_at_start = 0
@@ -893,14 +903,29 @@ class _TrialCallback(Callback):
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
-        """Start a step's profile before the first batch of an optimizer step's window."""
+        """Start a step's profile before the first batch of an optimizer step's window; the
+        last step (``meter_last``) runs under the meter, the state counted again first."""
         if self.done >= self.steps:
             trainer.should_stop = True
             return
         if not self.window_open:
+            if self.meter_last and not self.metering and self.done == self.steps - 1:
+                self.meter.bare = False
+                self.meter.track(self.state())  # what the bare steps left: optimizer state
+                self.meter.peak = self.meter.live
+                self.meter.__enter__()
+                self.metering = True
             self.meter.begin_step()
             self.step_at_start = trainer.global_step
             self.window_open = True
+        if self.metering:
+            self.meter.track(_memory._leaves(batch))  # loaded before the meter was entered
+
+    def leave(self) -> None:
+        """Take the meter off the dispatch stack (after the loop, or when it raised)."""
+        if self.metering:
+            self.metering = False
+            self.meter.__exit__(None, None, None)
 
     def on_train_batch_end(
         self,
@@ -1198,14 +1223,23 @@ class BatchSizeFinder(_SearchCallback):
     ) -> TrialReport:
         """One trial at ``size`` in the fit loop; an out-of-memory error is a report.
 
-        Under the memory meter where the search reads the trial's memory (``measure``) or a
-        budget only the meter can enforce (``memory_budget`` off CUDA); else bare, at the
-        cost of the loop's own steps (on CUDA the allocator's peaks are still read)."""
+        Its last optimizer step runs under the memory meter where the search reads the trial's
+        memory (``measure``) or a budget only the meter can enforce (``memory_budget`` off
+        CUDA); the steps before it, and every step otherwise, run bare, at the cost of the
+        loop's own steps (on CUDA the allocator's peaks are read in every step), as the torch
+        probe's (:func:`lrfinder_adapters._trials.run_measured`)."""
         _set_batch_size(targets, size)
         saved = _Saved(trainer, pl_module)
         meter = _memory.make_meter(pl_module.device, self.memory_budget)
-        meter.bare = not (measure or meter.checks_ops)
-        trial = _TrialCallback(self._steps_per_trial, meter)
+        meter.bare = True  # until the last step (see _TrialCallback, run_measured)
+
+        def state() -> Iterator[torch.Tensor]:
+            for optimizer in trainer.optimizers:
+                yield from _memory.state_tensors(pl_module, optimizer)
+
+        trial = _TrialCallback(
+            self._steps_per_trial, meter, meter_last=measure or meter.checks_ops, state=state
+        )
         hooks: list[Any] = []
         error: str | None = None
         exception: Exception | None = None
@@ -1225,9 +1259,11 @@ class BatchSizeFinder(_SearchCallback):
                 )
                 meter.track(_memory.state_tensors(pl_module, optimizer))
             loop.setup_data()  # the train dataloader, at this size
-            metered = contextlib.nullcontext() if meter.bare else meter.active()
-            with _local_steps(trainer, pl_module), metered:
-                loop.run()
+            with _local_steps(trainer, pl_module):
+                try:
+                    loop.run()
+                finally:
+                    trial.leave()
             meter.mark(_memory.FORWARD_BACKWARD)
             meter.begin_step()
         except Exception as exc:

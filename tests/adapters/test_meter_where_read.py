@@ -163,3 +163,43 @@ def test_guided_stops_measuring_after_two_failed_aims() -> None:
     assert measured[: aims[-1] + 1] == [True] * (aims[-1] + 1)
     assert len(measured) > aims[-1] + 3 and not any(measured[aims[-1] + 1 :])
     assert result.batch_size is not None and result.batch_size <= 300
+
+
+@pytest.mark.filterwarnings("ignore:.*does not have many workers:UserWarning")
+@pytest.mark.filterwarnings(
+    r"ignore:`isinstance\(treespec, LeafSpec\)` is deprecated:FutureWarning"
+)
+@pytest.mark.parametrize("budget", [False, True], ids=["no-budget", "budget"])
+def test_lightning_trials_meter_as_the_torch_ones(budget: bool) -> None:
+    """Lightning's trials run in the fit loop: binsearch reads nothing, so they run bare, but
+    for the last step under a CPU budget."""
+    pytest.importorskip("lightning")
+    from lrfinder_adapters.lightning import BatchSizeFinder
+    from tests.adapters.test_lightning import BUDGET, Sized, _trainer
+
+    class Watched(Sized):
+        def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+            stack = _get_current_dispatch_mode_stack()
+            self.metered.append(any(isinstance(m, _memory.TensorMeter) for m in stack))
+            return super().training_step(batch, batch_idx)
+
+    model = Watched()
+    model.metered = []
+    options: dict[str, Any] = {"memory_budget": BUDGET} if budget else {"max_val": 128}
+    finder = BatchSizeFinder(mode="binsearch", init_val=32, progress=False, **options)
+    finder._early_exit = True
+    _trainer(callbacks=[finder]).fit(model)
+    result = finder.result
+    assert result is not None and len(model.metered) == len(model.shapes)
+    if not budget:
+        assert len(result.trials) == 3 and not any(model.metered)
+        return
+    assert any(not t.fitted for t in result.trials)
+    i = 0
+    for trial in result.trials:
+        steps = STEPS if trial.fitted else model.shapes[i:].count(trial.size)
+        flags = model.metered[i : i + steps]
+        i += steps
+        if trial.fitted:
+            assert flags == [False] * (STEPS - 1) + [True], trial
+            assert trial.peak_bytes is not None and trial.peak_bytes <= BUDGET
