@@ -118,6 +118,16 @@ def state_tensors(
         yield from _leaves(state)
 
 
+@functools.cache
+def _fresh(func: Any) -> bool:
+    """Whether no output of the operator ``func`` may alias an input (its schema annotates no
+    return: views and in-place or ``out=`` variants do), so every output storage is new (one
+    already counted is skipped all the same)."""
+    schema = getattr(func, "_schema", None)
+    returns = getattr(schema, "returns", None)
+    return returns is not None and all(r.alias_info is None for r in returns)
+
+
 def _budget_error(used: int, budget: int, what: str) -> torch.OutOfMemoryError:
     return torch.OutOfMemoryError(
         f"out of memory: {what} {used / 2**20:.1f} MiB is over memory_budget "
@@ -192,11 +202,18 @@ class TensorMeter(TorchDispatchMode):
         except Exception:
             self._failed_at = self.live  # the operation's inputs are still alive here
             raise
-        inputs = {s._cdata for t in _leaves((args, kwargs)) if (s := _storage(t)) is not None}
-        for tensor in _leaves(out):
-            storage = _storage(tensor)
-            if storage is not None and storage._cdata not in inputs:
-                self._add(tensor)
+        if _fresh(func):  # the schema says no output aliases an input: no input set to build
+            if isinstance(out, torch.Tensor):
+                self._add(out)
+            else:
+                for tensor in _leaves(out):
+                    self._add(tensor)
+        else:
+            inputs = {s._cdata for t in _leaves((args, kwargs)) if (s := _storage(t)) is not None}
+            for tensor in _leaves(out):
+                storage = _storage(tensor)
+                if storage is not None and storage._cdata not in inputs:
+                    self._add(tensor)
         self._trace.append(self.live)
         return out
 

@@ -203,3 +203,33 @@ def test_lightning_trials_meter_as_the_torch_ones(budget: bool) -> None:
         if trial.fitted:
             assert flags == [False] * (STEPS - 1) + [True], trial
             assert trial.peak_bytes is not None and trial.peak_bytes <= BUDGET
+
+
+def test_the_schema_fast_path_counts_what_the_input_check_counts(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Operators whose schema says no output aliases an input skip the input set: the same
+    live bytes after every operation of a real step (views and in-place ops included)."""
+    model, optimizer, data = _problem()
+    inputs, targets = data[:16]
+    outside = torch.randn(64, 64)  # never tracked: a view of it must not count
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        loss = torch.nn.functional.cross_entropy(model(inputs), targets)
+        loss = loss + outside.t()[0, 0] * 0
+        loss.backward()
+        optimizer.step()
+
+    step()
+    traces = []
+    for fast in (True, False):
+        if not fast:
+            monkeypatch.setattr(_memory, "_fresh", lambda func: False)
+        torch.manual_seed(0)
+        meter = _memory.TensorMeter()
+        meter.track(_memory.state_tensors(model, optimizer))
+        with meter:
+            step()
+        traces.append(meter._trace)
+    assert traces[0] == traces[1] and len(traces[0]) > 50
