@@ -139,9 +139,10 @@ class BatchTrial:
     def samples_per_second(self) -> float | None:
         """The trial's throughput, ``size * steps / seconds`` (per rank under DDP: the slowest
         rank's seconds), for a trial that fitted; ``None`` otherwise. It counts the whole trial
-        (first step and the memory meter included), the same way at every size, so it ranks
-        sizes against each other; the meter's cost per operation makes small sizes look a
-        little slower than a bare loop would."""
+        (first step included), the same way at every size, so it ranks sizes against each
+        other; a trial the search reads (:attr:`BatchSizeSearch.reads_profile`) runs one step
+        under the adapters' memory meter, whose cost per operation makes that trial look
+        slower than a bare loop would (the others run bare)."""
         if not self.fitted or not self.seconds or self.seconds <= 0 or self.steps < 1:
             return None
         return self.size * self.steps / self.seconds

@@ -1,7 +1,8 @@
 """One batch-size trial on a plain PyTorch model: real optimizer steps, measured, state untouched.
 
 :class:`Trials` runs ``steps_per_trial`` optimizer steps at a proposed size through a
-:class:`~lrfinder_adapters.pytorch.TorchStep`, measures the memory of every operation (see
+:class:`~lrfinder_adapters.pytorch.TorchStep`, measures the memory of every operation of its
+last step where that is read or a budget needs it (see :func:`run_measured` and
 :mod:`lrfinder_adapters._memory`) and turns an out-of-memory error into an outcome. A
 ``DistributedDataParallel`` model is run through its inner module, so a trial makes no
 collective call: a size that runs out of memory on one rank only cannot leave the others waiting
