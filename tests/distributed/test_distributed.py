@@ -246,7 +246,9 @@ def test_the_kept_search_group_is_destroyed_at_exit(healthy: Path) -> None:
     a fresh one on every rank."""
     rank0, rank1 = records(healthy, "exit_cleanup")
     assert rank0 == rank1
-    assert rank0["registered"] == [False] and rank0["left"] == 0
+    # Every group kept is destroyed: this search's and, in the shared launch, the one kept for
+    # scenario hand_synced's own training group (alive in c10d, so its entry stays).
+    assert rank0["registered"] and not any(rank0["registered"]) and rank0["left"] == 0
     assert rank0["again"] == 10 and rank0["reopened"] == 1
 
 
