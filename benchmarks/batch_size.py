@@ -483,7 +483,9 @@ def run_cell(
     print(f"{model} {headroom} MiB true limit: {limit_row}", file=sys.stderr)
     if args.log:
         with args.log.open("a") as log:
-            log.write(json.dumps({"model": model, "headroom": headroom, "bisect": limit_row}) + "\n")
+            log.write(
+                json.dumps({"model": model, "headroom": headroom, "bisect": limit_row}) + "\n"
+            )
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
     for _ in range(args.repeat):
         for name in names:

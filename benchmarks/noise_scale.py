@@ -158,15 +158,21 @@ def sweep(task: Task, windows: int, max_steps: int) -> dict[str, Any]:
     for size in SWEEP_SIZES:
         best: tuple[int, float] | None = None
         for lr in lrs:
-            runs = [run_to_target(task, size, lr, target, max_steps, seed)[0]
-                    for seed in SWEEP_SEEDS]
+            runs = [
+                run_to_target(task, size, lr, target, max_steps, seed)[0] for seed in SWEEP_SEEDS
+            ]
             if any(r is None for r in runs):
                 continue
             steps = round(sum(runs) / len(runs))  # type: ignore[arg-type]
             if best is None or steps < best[0]:
                 best = (steps, lr)
-        rows.append({"size": size, "steps": None if best is None else best[0],
-                     "lr": None if best is None else best[1]})
+        rows.append(
+            {
+                "size": size,
+                "steps": None if best is None else best[0],
+                "lr": None if best is None else best[1],
+            }
+        )
     fitted = [(r["size"], r["steps"]) for r in rows if r["steps"] is not None]
     # S = S_min + (S_min B_noise) / B: least squares in 1/B, weighted by 1/S (relative errors).
     w = [1.0 / s for _, s in fitted]
@@ -208,10 +214,17 @@ def plot(sweeps: list[dict[str, Any]], path: Path) -> None:
         ax.loglog(sizes, steps, "o-", label="measured steps to target")
         grid = [2 ** (k / 4) for k in range(4, 37)]
         s_min, b_noise = found["s_min"], found["b_noise_fit"]
-        ax.loglog(grid, [s_min * (1 + b_noise / b) for b in grid], "--", color="gray",
-                  label=f"fit S_min(1 + B_noise/B), B_noise = {b_noise:.0f}")
-        for key, color, label in (("b_simple_start", "tab:orange", "B_simple at start"),
-                                  ("b_simple_target", "tab:red", "B_simple at target")):
+        ax.loglog(
+            grid,
+            [s_min * (1 + b_noise / b) for b in grid],
+            "--",
+            color="gray",
+            label=f"fit S_min(1 + B_noise/B), B_noise = {b_noise:.0f}",
+        )
+        for key, color, label in (
+            ("b_simple_start", "tab:orange", "B_simple at start"),
+            ("b_simple_target", "tab:red", "B_simple at target"),
+        ):
             value, low, high = found[key]
             bounded = math.isfinite(high) and low > 0
             shown = f"{label} = {value:.0f}" + ("" if bounded else " (interval unbounded)")
@@ -228,59 +241,85 @@ def plot(sweeps: list[dict[str, Any]], path: Path) -> None:
 
 def revision() -> str:
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                              text=True, check=True, cwd=HERE).stdout.strip()
+        return subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=HERE,
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
 
 
 def tables(rows: list[dict[str, Any]], sweeps: list[dict[str, Any]]) -> str:
-    out = ["| task | parameters | exact B_simple | estimate (3 seeds) | within 2x | interval holds it |",
-           "|---|---|---|---|---|---|"]
+    out = [
+        "| task | parameters | exact B_simple | estimate (3 seeds) | within 2x | interval holds it |",
+        "|---|---|---|---|---|---|",
+    ]
     order = [t.name for t in TASKS]
-    keys = sorted({(r["task"], r["checkpoint"]) for r in rows},
-                  key=lambda k: (order.index(k[0]), k[1] != "init"))
+    keys = sorted(
+        {(r["task"], r["checkpoint"]) for r in rows},
+        key=lambda k: (order.index(k[0]), k[1] != "init"),
+    )
     within_tasks = 0
     for task, checkpoint in keys:
         mine = [r for r in rows if r["task"] == task and r["checkpoint"] == checkpoint]
         within = sum(0.5 <= r["ratio"] <= 2 for r in mine)
         within_tasks += within == len(mine)
         shown = ", ".join(f"{r['estimate']:.3g}" for r in mine)
-        out.append(f"| {task} | {checkpoint} | {mine[0]['exact']:.3g} | {shown} | "
-                   f"{within}/{len(mine)} | {sum(r['covered'] for r in mine)}/{len(mine)} |")
+        out.append(
+            f"| {task} | {checkpoint} | {mine[0]['exact']:.3g} | {shown} | "
+            f"{within}/{len(mine)} | {sum(r['covered'] for r in mine)}/{len(mine)} |"
+        )
     total = len(rows)
     out.append("")
-    out.append(f"Within a factor of 2: {sum(0.5 <= r['ratio'] <= 2 for r in rows)}/{total} "
-               f"estimates; {within_tasks}/{len(keys)} task-parameter pairs with all 3 seeds "
-               f"within. Interval (95%) holds the exact value: "
-               f"{sum(r['covered'] for r in rows)}/{total} = "
-               f"{sum(r['covered'] for r in rows) / total:.0%}.")
+    out.append(
+        f"Within a factor of 2: {sum(0.5 <= r['ratio'] <= 2 for r in rows)}/{total} "
+        f"estimates; {within_tasks}/{len(keys)} task-parameter pairs with all 3 seeds "
+        f"within. Interval (95%) holds the exact value: "
+        f"{sum(r['covered'] for r in rows)}/{total} = "
+        f"{sum(r['covered'] for r in rows) / total:.0%}."
+    )
     for found in sweeps:
-        out += ["", f"**{found['task']}** (target training loss {found['target_loss']:.4g}):", "",
-                "| batch | steps to target | best LR | samples (steps x batch) |", "|---|---|---|---|"]
+        out += [
+            "",
+            f"**{found['task']}** (target training loss {found['target_loss']:.4g}):",
+            "",
+            "| batch | steps to target | best LR | samples (steps x batch) |",
+            "|---|---|---|---|",
+        ]
         for r in found["rows"]:
             steps = f"not in {MAX_STEPS}" if r["steps"] is None else str(r["steps"])
             samples = "" if r["steps"] is None else str(r["steps"] * r["size"])
             out.append(f"| {r['size']} | {steps} | {r['lr']} | {samples} |")
         start, target = found["b_simple_start"], found["b_simple_target"]
         out.append("")
-        out.append(f"Fitted bend B_noise = {found['b_noise_fit']:.0f} (S_min = {found['s_min']:.0f}); "
-                   f"B_simple at the start {start[0]:.0f} ({start[1]:.0f}-{start[2]:.0f}), "
-                   f"where the target is reached {target[0]:.0f} ({target[1]:.0f}-{target[2]:.0f}).")
+        out.append(
+            f"Fitted bend B_noise = {found['b_noise_fit']:.0f} (S_min = {found['s_min']:.0f}); "
+            f"B_simple at the start {start[0]:.0f} ({start[1]:.0f}-{start[2]:.0f}), "
+            f"where the target is reached {target[0]:.0f} ({target[1]:.0f}-{target[2]:.0f})."
+        )
     return "\n".join(out)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer windows, one seed, no sweep")
-    parser.add_argument("--plot-only", action="store_true",
-                        help="redraw the figure from the results file")
-    parser.add_argument("--sweep-only", action="store_true",
-                        help="rerun the sweep; keep part 1's rows from the results file")
+    parser.add_argument(
+        "--plot-only", action="store_true", help="redraw the figure from the results file"
+    )
+    parser.add_argument(
+        "--sweep-only",
+        action="store_true",
+        help="rerun the sweep; keep part 1's rows from the results file",
+    )
     args = parser.parse_args()
     if args.plot_only:
-        plot(json.loads((HERE / "noise_scale_results.json").read_text())["sweeps"],
-             HERE / "noise_scale_steps.png")
+        plot(
+            json.loads((HERE / "noise_scale_results.json").read_text())["sweeps"],
+            HERE / "noise_scale_steps.png",
+        )
         return
     torch.set_num_threads(1)
     # vmap over the transformer's attention falls back to a loop (slower, still exact).
@@ -296,14 +335,16 @@ def main() -> None:
     sweeps = [] if args.quick else [sweep(by_name(n), windows, MAX_STEPS) for n in SWEEP_TASKS]
     if sweeps:
         plot(sweeps, HERE / "noise_scale_steps.png")
-    meta = {"command": "nice -n 10 .venv/bin/python -m benchmarks.noise_scale"
-            + (" --quick" if args.quick else "") + (" --sweep-only" if args.sweep_only else ""),
-            "machine": f"{platform.machine()}, "
-            f"{platform.processor() or platform.system()}, torch {torch.__version__}, 1 thread",
-            "revision": revision(), "seconds": round(time.perf_counter() - started)}
-    results.write_text(
-        json.dumps({"meta": meta, "exactness": rows, "sweeps": sweeps}, indent=1)
-    )
+    meta = {
+        "command": "nice -n 10 .venv/bin/python -m benchmarks.noise_scale"
+        + (" --quick" if args.quick else "")
+        + (" --sweep-only" if args.sweep_only else ""),
+        "machine": f"{platform.machine()}, "
+        f"{platform.processor() or platform.system()}, torch {torch.__version__}, 1 thread",
+        "revision": revision(),
+        "seconds": round(time.perf_counter() - started),
+    }
+    results.write_text(json.dumps({"meta": meta, "exactness": rows, "sweeps": sweeps}, indent=1))
     print(json.dumps(meta))
     print(tables(rows, sweeps))
 

@@ -9,6 +9,7 @@ no backend.
 from __future__ import annotations
 
 import gc
+import inspect
 import time
 
 from lrfinder_plugins._batch_search import BatchSizeResult, BatchSizeSearch, NothingFitsError
@@ -64,6 +65,7 @@ def run_batch_size_search(
         progress=progress,
         description=description,
     )
+    measures = accepts_measure(probe)
     snapshot = probe.snapshot()
     # Objects older than the search are left out of the collections a probe runs between
     # trials to free memory: those then cost microseconds instead of a full-heap walk.
@@ -75,7 +77,8 @@ def run_batch_size_search(
         while not session.finished:
             size = session.next_size()
             try:
-                report = run_trial(probe, size, search.steps_per_trial)
+                measure = session.reads_profile if measures else None
+                report = run_trial(probe, size, search.steps_per_trial, measure=measure)
             finally:
                 with deferred_sigint():
                     probe.restore(snapshot)
@@ -99,14 +102,39 @@ def run_batch_size_search(
     return result
 
 
-def run_trial(probe: BatchProbe, size: int, steps: int) -> TrialReport:
+def accepts_measure(probe: BatchProbe) -> bool:
+    """Whether ``probe.try_batch_size`` takes the ``measure=`` keyword (see
+    :class:`~lrfinder_plugins.spi.BatchProbe`).
+
+    Example:
+        >>> class Probe:
+        ...     def try_batch_size(self, size, steps, *, measure=True): ...
+        >>> accepts_measure(Probe())
+        True
+    """
+    try:
+        parameters = inspect.signature(probe.try_batch_size).parameters
+    except (TypeError, ValueError):
+        return False
+    return "measure" in parameters
+
+
+def run_trial(
+    probe: BatchProbe, size: int, steps: int, *, measure: bool | None = None
+) -> TrialReport:
     """Run one trial; an out-of-memory error is a report that did not fit, another error a
     report carrying it (so that, under several processes, every rank still reaches the reduce).
+
+    ``measure`` (``None``: not passed) is handed to ``probe.try_batch_size(size, steps,
+    measure=...)``: whether the search reads the trial's memory profile.
     """
     start = time.perf_counter()
     error: str | None = None
     try:
-        report = probe.try_batch_size(size, steps)
+        if measure is None:
+            report = probe.try_batch_size(size, steps)
+        else:
+            report = probe.try_batch_size(size, steps, measure=measure)  # type: ignore[call-arg]
     except Exception as exc:
         if not is_oom(exc):
             return TrialReport(fitted=False, steps=0, error=first_line(exc), exception=exc)

@@ -139,9 +139,10 @@ class BatchTrial:
     def samples_per_second(self) -> float | None:
         """The trial's throughput, ``size * steps / seconds`` (per rank under DDP: the slowest
         rank's seconds), for a trial that fitted; ``None`` otherwise. It counts the whole trial
-        (first step and the memory meter included), the same way at every size, so it ranks
-        sizes against each other; the meter's cost per operation makes small sizes look a
-        little slower than a bare loop would."""
+        (first step included), the same way at every size, so it ranks sizes against each
+        other; a trial the search reads (:attr:`BatchSizeSearch.reads_profile`) runs one step
+        under the adapters' memory meter, whose cost per operation makes that trial look
+        slower than a bare loop would (the others run bare)."""
         if not self.fitted or not self.seconds or self.seconds <= 0 or self.steps < 1:
             return None
         return self.size * self.steps / self.seconds
@@ -463,6 +464,7 @@ class BatchSizeSearch:
         self._profiles: dict[int, tuple[int, ...]] = {}
         self.stop_reason: BatchStopReason | None = None
         self._proposal: tuple[int, str] | None = (self.init_val, "init")
+        self._final_proposal = False  # the proposal is the answer's verify: nothing reads it
         self._expected: float | None = None  # the peak predicted for the proposed aim
         self._predicted: int | None = None  # the answer, once a prediction held
 
@@ -483,6 +485,31 @@ class BatchSizeSearch:
         if self.stop_reason is not None or self._proposal is None:
             raise RuntimeError(f"the batch-size search already stopped ({self.stop_reason})")
         return self._proposal[0]
+
+    @property
+    def reads_profile(self) -> bool:
+        """Whether the search reads the memory of the trial it proposes (:meth:`next_size`):
+        its profile and peaks feed the guided mode's memory model or check its aim.
+
+        Only the guided mode reads them, and only while it may still aim (fewer than
+        ``MAX_AIMS`` aims, fewer than two that ran out of memory); a trial proposed to verify
+        the answer (or the last of ``max_trials``) is never read. A probe may then run the
+        trial without its per-operation meter (see :class:`~lrfinder_plugins.spi.BatchProbe`):
+        the fit and the capacity are all the search reads of it. A pure function of the
+        recorded trials, so every rank agrees.
+
+        Example:
+            >>> BatchSizeSearch(mode="binsearch").reads_profile
+            False
+            >>> BatchSizeSearch().reads_profile
+            True
+        """
+        if self.mode != "guided" or self._proposal is None or self._final_proposal:
+            return False
+        aims = self._aims()
+        if len(aims) >= MAX_AIMS or sum(not t.fitted for t in aims) >= 2:
+            return False
+        return self._proposal[1] in ("jump", "predict") or len(self.trials) < self.max_trials - 1
 
     def record(
         self,
@@ -552,6 +579,7 @@ class BatchSizeSearch:
             error=error,
         )
         self.trials.append(trial)
+        self._final_proposal = False
         self._advance()
 
     def stop(self, reason: BatchStopReason | str) -> None:
@@ -655,6 +683,7 @@ class BatchSizeSearch:
                 return self._finish(final)
             if len(self.trials) < self.max_trials:  # not run since the last failure: run it
                 self._proposal = (wanted, "verify")
+                self._final_proposal = True
                 return None
         if len(self.trials) >= self.max_trials:
             return self._finish(BatchStopReason.MAX_TRIALS)
@@ -666,6 +695,7 @@ class BatchSizeSearch:
             if wanted in settled:  # a last probe could only fail after the answer: stop here
                 return self._finish(BatchStopReason.MAX_TRIALS)
             self._proposal = (wanted, "verify")  # spend the last trial on a usable answer
+            self._final_proposal = True
             return None
         aim = None if self.mode != "guided" or largest is None else self._aim(largest, oom)
         if aim is not None and aim[0] in settled:  # the model puts the answer on a size run

@@ -403,7 +403,10 @@ class BatchProbe(Protocol):
     failed trial left; a snapshot with ``close()`` is closed at the end).
     ``try_batch_size(size, steps)`` runs ``steps`` training steps at batch size ``size`` and
     returns ``None`` or a :class:`TrialReport`; when the size does not fit it raises the
-    backend's out-of-memory error. Optional attributes: ``upper_bound`` caps the sizes tried
+    backend's out-of-memory error. A ``try_batch_size`` that takes a ``measure`` keyword is
+    passed ``measure=session.reads_profile``: ``False`` when the search reads nothing of the
+    trial but whether it fitted and the capacity, so the probe may skip its per-operation
+    memory meter. Optional attributes: ``upper_bound`` caps the sizes tried
     (e.g. the dataset length), ``reducer`` (a :class:`Reducer`) spans several processes.
     """
 

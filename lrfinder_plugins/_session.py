@@ -322,6 +322,13 @@ class BatchSizeSession:
         """The batch size of the next trial (the same on every rank)."""
         return self.search.next_size()
 
+    @property
+    def reads_profile(self) -> bool:
+        """Whether the search reads the memory profile and peaks of the next trial
+        (:attr:`BatchSizeSearch.reads_profile`): where it does not, a loop may run the trial
+        without its per-operation memory meter. The same on every rank."""
+        return self.search.reads_profile
+
     def end_trial(self, size: int, report: TrialReport) -> TrialReport:
         """Hand in this rank's report of the trial at ``size``; return every rank's.
 

@@ -141,8 +141,10 @@ class NoiseScale:
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (a non-finite number becomes ``None``)."""
-        return {k: (v if not isinstance(v, float) or math.isfinite(v) else None)
-                for k, v in asdict(self).items()}
+        return {
+            k: (v if not isinstance(v, float) or math.isfinite(v) else None)
+            for k, v in asdict(self).items()
+        }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> NoiseScale:
@@ -250,9 +252,7 @@ class NoiseScaleEstimator:
         at least: a variance from two is too rough to stop on)."""
         estimate = self.estimate()
         return (
-            estimate is not None
-            and self.steps >= 3
-            and estimate.relative_half_width <= precision
+            estimate is not None and self.steps >= 3 and estimate.relative_half_width <= precision
         )
 
 
@@ -374,8 +374,10 @@ class Recommendation:
 
     def lr_advice(self) -> str:
         """One sentence on the LR at this batch."""
-        rule = {"linear": "linearly with the batch (SGD, Goyal et al. 2017)",
-                "sqrt": "with the square root of the batch (Adam-style, Malladi et al. 2022)"}
+        rule = {
+            "linear": "linearly with the batch (SGD, Goyal et al. 2017)",
+            "sqrt": "with the square root of the batch (Adam-style, Malladi et al. 2022)",
+        }
         how = rule.get(self.lr_rule or "")
         if how is None:
             return "LR: re-run the range test at this batch (tune() does)"

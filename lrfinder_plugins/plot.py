@@ -270,7 +270,9 @@ def plot_batch_size(
     if knee is not None:
         ax.plot([knee], [rates[knee]], "s", color="tab:green", markersize=10, label=f"knee {knee}")
     if result.batch_size is not None:
-        ax.axvline(result.batch_size, color="black", linestyle=":", label=f"fits: {result.batch_size}")
+        ax.axvline(
+            result.batch_size, color="black", linestyle=":", label=f"fits: {result.batch_size}"
+        )
     scale = result.noise_scale
     if scale is not None and math.isfinite(scale.b_simple):
         ax.axvline(scale.b_simple, color="red", label=f"B_simple ≈ {scale.b_simple:.3g}")
@@ -278,8 +280,13 @@ def plot_batch_size(
         ax.axvspan(max(scale.low, 0.5), high, color="red", alpha=0.1, label="its interval")
     advice = result.recommendation
     if advice is not None:
-        ax.axvline(advice.batch_size, color="tab:purple", linewidth=2, alpha=0.6,
-                   label=f"recommended: {advice.batch_size}")
+        ax.axvline(
+            advice.batch_size,
+            color="tab:purple",
+            linewidth=2,
+            alpha=0.6,
+            label=f"recommended: {advice.batch_size}",
+        )
     ax.set_xscale("log", base=2)
     ax.set_xlabel("batch size (log scale)")
     ax.set_ylabel("samples / s")

@@ -118,6 +118,16 @@ def state_tensors(
         yield from _leaves(state)
 
 
+@functools.cache
+def _fresh(func: Any) -> bool:
+    """Whether no output of the operator ``func`` may alias an input (its schema annotates no
+    return: views and in-place or ``out=`` variants do), so every output storage is new (one
+    already counted is skipped all the same)."""
+    schema = getattr(func, "_schema", None)
+    returns = getattr(schema, "returns", None)
+    return returns is not None and all(r.alias_info is None for r in returns)
+
+
 def _budget_error(used: int, budget: int, what: str) -> torch.OutOfMemoryError:
     return torch.OutOfMemoryError(
         f"out of memory: {what} {used / 2**20:.1f} MiB is over memory_budget "
@@ -151,6 +161,10 @@ class TensorMeter(TorchDispatchMode):
         self._trace: list[int] = []
         self._completed: list[int] | None = None
         self._failed_at: int | None = None
+        self.bare = False
+        """Set while a step runs outside the dispatch mode: its phases are not marked, and an
+        out-of-memory error in it says nothing about the live bytes (see
+        :func:`lrfinder_adapters._trials.run_measured`)."""
 
     # -- counting ------------------------------------------------------------------------------
     def track(self, tensors: Iterable[torch.Tensor]) -> None:
@@ -188,11 +202,18 @@ class TensorMeter(TorchDispatchMode):
         except Exception:
             self._failed_at = self.live  # the operation's inputs are still alive here
             raise
-        inputs = {s._cdata for t in _leaves((args, kwargs)) if (s := _storage(t)) is not None}
-        for tensor in _leaves(out):
-            storage = _storage(tensor)
-            if storage is not None and storage._cdata not in inputs:
-                self._add(tensor)
+        if _fresh(func):  # the schema says no output aliases an input: no input set to build
+            if isinstance(out, torch.Tensor):
+                self._add(out)
+            else:
+                for tensor in _leaves(out):
+                    self._add(tensor)
+        else:
+            inputs = {s._cdata for t in _leaves((args, kwargs)) if (s := _storage(t)) is not None}
+            for tensor in _leaves(out):
+                storage = _storage(tensor)
+                if storage is not None and storage._cdata not in inputs:
+                    self._add(tensor)
         self._trace.append(self.live)
         return out
 
@@ -201,13 +222,25 @@ class TensorMeter(TorchDispatchMode):
         """Measure while the block runs (steps run inside it)."""
         return self
 
+    @property
+    def checks_ops(self) -> bool:
+        """Whether only the dispatch mode can enforce this meter's budget (a budget counted in
+        tensor bytes, op by op: every device but CUDA, whose budget is held to the allocator's
+        own peaks at each phase boundary)."""
+        return self.budget is not None
+
     def mark(self, phase: str) -> None:
-        """Close the phase that just ended: keep its peak, start the next from the live bytes."""
+        """Close the phase that just ended: keep its peak, start the next from the live bytes
+        (nothing while a step runs bare: the live bytes are not counted then)."""
+        if self.bare:
+            return
         self.phase_peaks[phase] = max(self.phase_peaks.get(phase, 0), self.peak)
         self.peak = self.live
 
     def begin_step(self) -> None:
         """A training step starts (the profile covers the last step that completed)."""
+        if self.bare:
+            return
         if self._trace:
             if self.resident is not None:
                 extra = self.resident.non_tensor(max(self._trace) - self._step_live)
@@ -245,8 +278,8 @@ class TensorMeter(TorchDispatchMode):
         if self.budget is not None:
             return self.budget
         request = requested_bytes(str(error))
-        if request is None:
-            return None
+        if request is None or self.bare:
+            return None  # a bare step's failure: the live bytes then are not known
         return (self.live if self._failed_at is None else self._failed_at) + request
 
 
@@ -276,8 +309,12 @@ class CudaMeter(TensorMeter):
         self.expandable = expandable_segments()
         torch.cuda.reset_peak_memory_stats(self.device)
 
+    @property
+    def checks_ops(self) -> bool:
+        return False  # the budget is held to max_memory_allocated, read at phase boundaries
+
     def mark(self, phase: str) -> None:
-        super().mark(phase)
+        super().mark(phase)  # the tensor peaks: only in a metered step
         peak = int(torch.cuda.max_memory_allocated(self.device))
         reserved = int(torch.cuda.max_memory_reserved(self.device))
         self.fragmentation = max(self.fragmentation, reserved - peak)

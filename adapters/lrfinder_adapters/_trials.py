@@ -1,7 +1,8 @@
 """One batch-size trial on a plain PyTorch model: real optimizer steps, measured, state untouched.
 
 :class:`Trials` runs ``steps_per_trial`` optimizer steps at a proposed size through a
-:class:`~lrfinder_adapters.pytorch.TorchStep`, measures the memory of every operation (see
+:class:`~lrfinder_adapters.pytorch.TorchStep`, measures the memory of every operation of its
+last step where that is read or a budget needs it (see :func:`run_measured` and
 :mod:`lrfinder_adapters._memory`) and turns an out-of-memory error into an outcome. A
 ``DistributedDataParallel`` model is run through its inner module, so a trial makes no
 collective call: a size that runs out of memory on one rank only cannot leave the others waiting
@@ -125,8 +126,9 @@ class Trials:
                 **{**self.step_options, "overlap": False},
             )
 
-    def run(self, size: int, steps: int) -> TrialOutcome:
+    def run(self, size: int, steps: int, *, measure: bool = True) -> TrialOutcome:
         """Run a trial; an out-of-memory error is an outcome, any other error propagates.
+        ``measure=False``: nothing is read of it but the fit (see :func:`run_measured`).
 
         Memory is freed after the trial (the previous trial's clean-up serves this one). The
         first trial pins glibc's allocator first (see :func:`_memory.pin_allocator`).
@@ -139,6 +141,7 @@ class Trials:
             steps,
             optimizer=self.optimizer,
             state=lambda: _memory.state_tensors(self.model, self.optimizer),
+            measure=measure,
         )
 
 
@@ -171,10 +174,25 @@ def run_measured(
     *,
     optimizer: torch.optim.Optimizer | None = None,
     state: Callable[[], Iterable[torch.Tensor]] = tuple,
+    measure: bool = True,
 ) -> TrialOutcome:
-    """Run ``steps`` callables from ``make_steps(meter)`` under the device's meter
-    (:func:`_memory.make_meter`): an out-of-memory error is an outcome, any other error
-    propagates; memory is freed after it and the capacity read then.
+    """Run ``steps`` callables from ``make_steps(meter)``, the last under the device's meter
+    (:func:`_memory.make_meter`) where it is needed: an out-of-memory error is an outcome, any
+    other error propagates; memory is freed after it and the capacity read then.
+
+    The meter (a dispatch mode: a cost on every operation) runs on one step at most, the last:
+    the steps of a trial repeat the same operations at the same size, and the state a first
+    step creates (the optimizer's) exists throughout every later one, so the last step is in
+    steady state and its profile, peaks and non-tensor peak are the trial's (the profile always
+    was the last step's). The training state is counted again just before it (``state()``:
+    what the bare steps created). It runs there when ``measure`` (the search reads the trial:
+    :attr:`~lrfinder_plugins.BatchSizeSearch.reads_profile`) or when only it can enforce the
+    budget (``memory_budget`` off CUDA, counted in tensor bytes op by op: a size over it fails
+    in that step). Otherwise the trial runs bare, at the cost of the user's own steps. On CUDA
+    the allocator's peaks (``max_memory_allocated``, read at the phase boundaries) are kept in
+    every step, metered or not; on the CPU a bare trial reports no peak. An out-of-memory error
+    in a bare step bounds no capacity (the live bytes then are unknown): the reading after the
+    clean-up does.
 
     Args:
         device: where the trial runs (picks the meter).
@@ -185,9 +203,11 @@ def run_measured(
         optimizer: marks the ``forward_backward`` and ``optimizer`` phases through its step
             hooks (``None``: one phase).
         state: the tensors alive before the trial (the training state), counted first.
+        measure: whether the search reads the trial's memory (``False``: bare, as above).
     """
     meter = _memory.make_meter(device, memory_budget)
     meter.track(state())
+    metered = range(steps - 1 if measure or meter.checks_ops else steps, steps)
     hooks = []
     if optimizer is not None:
         hooks = [
@@ -198,10 +218,18 @@ def run_measured(
     runs = make_steps(meter)
     start = time.perf_counter()
     try:
-        for _ in range(steps):
+        for index in range(steps):
             run = next(runs)
-            meter.begin_step()
-            with meter.active():
+            if index in metered:
+                if meter.bare:
+                    meter.bare = False
+                    meter.track(state())  # what the bare steps left: the optimizer state
+                    meter.peak = meter.live
+                meter.begin_step()
+                with meter.active():
+                    run()
+            else:
+                meter.bare = True
                 run()
             done += 1
         meter.mark(_memory.FORWARD_BACKWARD)

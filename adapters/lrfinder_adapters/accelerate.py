@@ -36,6 +36,7 @@ from accelerate.utils.memory import clear_device_cache  # noqa: E402
 
 from lrfinder_adapters import _torch_state  # noqa: E402
 from lrfinder_adapters._trials import check_pin_allocator, pin_once, run_measured  # noqa: E402
+from lrfinder_adapters.batch_size import check_noise_options, noise_scale_at_answer  # noqa: E402
 from lrfinder_adapters.distributed import (  # noqa: E402
     DEFAULT_FAULT_TIMEOUT,
     TorchDistributedReducer,
@@ -44,6 +45,7 @@ from lrfinder_adapters.distributed import (  # noqa: E402
 )
 from lrfinder_adapters.probe import TorchProbe  # noqa: E402
 from lrfinder_adapters.pytorch import LossFn, TorchStep  # noqa: E402
+from lrfinder_plugins.noise_scale import GNS_PRECISION  # noqa: E402
 from lrfinder_plugins.spi import (  # noqa: E402
     BatchSizeResult,
     BatchSizeSearch,
@@ -311,6 +313,9 @@ def find_batch_size(
     fault_timeout: float = DEFAULT_FAULT_TIMEOUT,
     progress: bool = True,
     pin_allocator: bool | None = None,
+    noise_scale: bool = False,
+    gns_precision: float = GNS_PRECISION,
+    gns_max_steps: int = 50,
     **step_options: Any,
 ) -> BatchSizeResult:
     """The largest per-process batch that fits on every process, in an Accelerate program.
@@ -333,6 +338,12 @@ def find_batch_size(
             to the result's accumulation steps.
         fault_timeout: see :class:`~lrfinder_adapters.distributed.TorchDistributedReducer`.
         progress: show a progress bar (main process).
+        noise_scale, gns_precision, gns_max_steps: measure the gradient noise scale at the
+            answer (``result.noise_scale``, read by ``result.recommendation``), as
+            :func:`lrfinder_adapters.batch_size.find_batch_size` does: the same measuring
+            steps through the same trial runner (two micro-batches per step on one process;
+            under several processes one per rank, through the prepared model), the state
+            restored after.
         **step_options: ``TorchStep`` options for the trials (``max_grad_norm``,
             ``compute_loss``, ``schedulers``, ``snapshot``).
 
@@ -340,6 +351,7 @@ def find_batch_size(
         >>> found = find_batch_size(accelerator, model, optimizer, loss_fn, dataset=train_set)  # doctest: +SKIP
     """
     _check_accelerator(accelerator)
+    check_noise_options(noise_scale, gns_precision, gns_max_steps, step_fn=step_fn)
     target_batch = per_rank_target(target_batch, accelerator.num_processes)
     schedulers = [getattr(s, "scheduler", s) for s in step_options.pop("schedulers", ())]
     probe = TorchProbe(
@@ -369,6 +381,26 @@ def find_batch_size(
         margin=margin,
         target_batch=target_batch,
     )
+    if noise_scale:
+        result = noise_scale_at_answer(
+            probe,
+            result,
+            model,
+            getattr(optimizer, "optimizer", optimizer),
+            loss_fn,
+            dataset=dataset,
+            make_loader=make_loader,
+            loader_options=None,
+            device=accelerator.device,
+            precision=gns_precision,
+            max_steps=gns_max_steps,
+            step_options={
+                **_amp_options(accelerator),
+                **step_options,
+                "scaler": accelerator.scaler,
+                "schedulers": schedulers,
+            },
+        )
     if target_batch is not None and set_accumulation:
         accelerator.gradient_accumulation_steps = result.accumulation_steps
         log.info("gradient_accumulation_steps set to %d", result.accumulation_steps)
@@ -425,10 +457,11 @@ class _CallProbe:
             clear_device_cache(garbage_collection=True)
         rng.restore()
 
-    def try_batch_size(self, size: int, steps: int) -> TrialReport:
-        """Call the function at ``size``; its out-of-memory error ends the trial."""
+    def try_batch_size(self, size: int, steps: int, *, measure: bool = True) -> TrialReport:
+        """Call the function at ``size``; its out-of-memory error ends the trial. Unmeasured
+        where the search reads no peak of it (``measure=False``)."""
         self.pin_allocator = pin_once(self.pin_allocator)
-        if not self.measure:
+        if not (self.measure and measure):
             return self._call_unmeasured(size, steps)
         self._returned = False
 

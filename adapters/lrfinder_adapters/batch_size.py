@@ -243,16 +243,7 @@ def find_batch_size(
         pin_allocator=pin_allocator,
         **step_options,
     )
-    _validate.boolean("noise_scale", noise_scale)
-    if noise_scale:
-        check_precision("gns_precision", gns_precision)
-        _validate.int_at_least("gns_max_steps", gns_max_steps, 3)
-        if step_fn is not None:
-            raise TypeError(
-                "noise_scale=True needs dataset= or make_loader=: a step_fn runs whole steps, "
-                "so the micro-batches' gradients cannot be read; measure in your loop with "
-                "lrfinder_adapters.gradient_noise.NoiseScaleMonitor instead"
-            )
+    check_noise_options(noise_scale, gns_precision, gns_max_steps, step_fn=step_fn)
     result = search_with_probe(
         probe,
         progress=progress,
@@ -265,27 +256,87 @@ def find_batch_size(
         target_batch=per_rank_target(target_batch, probe.reducer.world_size),
         knee_tolerance=knee_tolerance,
     )
-    options = {**result.options, "optimizer": type(optimizer).__name__}
-    measured = None
-    if noise_scale and result.batch_size is not None:
-        loader = (
-            make_loader(result.batch_size)
-            if make_loader is not None
-            else _shuffled_loader(dataset, result.batch_size, loader_options)
-        )
-        measured = _measure_noise_scale(
-            probe,
-            model,
-            optimizer,
-            loss_fn,
-            loader,
-            result.batch_size,
-            device=device,
-            precision=gns_precision,
-            max_steps=gns_max_steps,
-            step_options=step_options,
-        )
-        options["noise_scale_precision"] = gns_precision
+    result = dataclasses.replace(
+        result, options={**result.options, "optimizer": type(optimizer).__name__}
+    )
+    if not noise_scale:
+        return result
+    return noise_scale_at_answer(
+        probe,
+        result,
+        model,
+        optimizer,
+        loss_fn,
+        dataset=dataset,
+        make_loader=make_loader,
+        loader_options=loader_options,
+        device=device,
+        precision=gns_precision,
+        max_steps=gns_max_steps,
+        step_options=step_options,
+    )
+
+
+def check_noise_options(
+    noise_scale: Any, gns_precision: Any, gns_max_steps: Any, *, step_fn: Any = None
+) -> None:
+    """Validate the ``noise_scale=``, ``gns_precision=``, ``gns_max_steps=`` options of a
+    batch-size search (every adapter's: the same rules), before anything runs.
+
+    Raises:
+        TypeError, ValueError: naming the option, its value and the fix.
+    """
+    _validate.boolean("noise_scale", noise_scale)
+    if noise_scale:
+        check_precision("gns_precision", gns_precision)
+        _validate.int_at_least("gns_max_steps", gns_max_steps, 3)
+        if step_fn is not None:
+            raise TypeError(
+                "noise_scale=True needs dataset= or make_loader=: a step_fn runs whole steps, "
+                "so the micro-batches' gradients cannot be read; measure in your loop with "
+                "lrfinder_adapters.gradient_noise.NoiseScaleMonitor instead"
+            )
+
+
+def noise_scale_at_answer(
+    probe: TorchProbe,
+    result: BatchSizeResult,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loss_fn: LossFn | None,
+    *,
+    dataset: Any,
+    make_loader: Callable[[int], Iterable[Any]] | None,
+    loader_options: Mapping[str, Any] | None,
+    device: str | torch.device | None,
+    precision: float,
+    max_steps: int,
+    step_options: Mapping[str, Any],
+) -> BatchSizeResult:
+    """``result`` with the gradient noise scale measured at its answer (``noise_scale``, and
+    the ``noise_scale_precision`` option): training steps through the probe's trial runner with
+    a :class:`~lrfinder_adapters.gradient_noise.NoiseScaleMonitor` attached, the state restored
+    after (the raw PyTorch and Accelerate searches share it). Unchanged when nothing fitted."""
+    if result.batch_size is None:
+        return result
+    loader = (
+        make_loader(result.batch_size)
+        if make_loader is not None
+        else _shuffled_loader(dataset, result.batch_size, loader_options)
+    )
+    measured = _measure_noise_scale(
+        probe,
+        model,
+        optimizer,
+        loss_fn,
+        loader,
+        result.batch_size,
+        device=device,
+        precision=precision,
+        max_steps=max_steps,
+        step_options=step_options,
+    )
+    options = {**result.options, "noise_scale_precision": precision}
     return dataclasses.replace(result, options=options, noise_scale=measured)
 
 

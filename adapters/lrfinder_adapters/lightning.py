@@ -42,11 +42,12 @@ require("lightning", "lightning")
 
 import contextlib  # noqa: E402
 import copy  # noqa: E402
+import dataclasses  # noqa: E402
 import logging  # noqa: E402
 import math  # noqa: E402
 import time  # noqa: E402
 import warnings  # noqa: E402
-from collections.abc import Iterable, Iterator, Mapping, Sequence  # noqa: E402
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import TYPE_CHECKING, Any, NamedTuple  # noqa: E402
 
@@ -59,6 +60,7 @@ from lightning.pytorch.utilities.exceptions import _TunerExitException  # noqa: 
 from lrfinder_adapters import _memory  # noqa: E402
 from lrfinder_adapters import state as _state  # noqa: E402
 from lrfinder_adapters.gradient_noise import NoiseScaleMonitor  # noqa: E402
+from lrfinder_plugins.noise_scale import GNS_PRECISION  # noqa: E402
 from lrfinder_plugins.spi import (  # noqa: E402
     BatchSizeResult,
     BatchSizeSearch,
@@ -808,6 +810,7 @@ class LearningRateFinder(_SearchCallback):
 
 _BATCH_OPTIONS = frozenset(
     {"margin", "memory_budget", "max_val", "progress", "target_batch", "pin_allocator"}
+    | {"noise_scale", "gns_precision", "gns_max_steps"}
 )
 _LR_OPTIONS = frozenset(
     {"suggest_method", "plot_path", "smoothing", "progress", "fault_timeout", "log_to_loggers"}
@@ -880,9 +883,19 @@ def _set_batch_size(targets: list[tuple[Any, str]], size: int) -> None:
 class _TrialCallback(Callback):
     """The only callback attached during a trial: counts optimizer steps, stops after ``steps``."""
 
-    def __init__(self, steps: int, meter: _memory.TensorMeter) -> None:
+    def __init__(
+        self,
+        steps: int,
+        meter: _memory.TensorMeter,
+        *,
+        meter_last: bool = False,
+        state: Callable[[], Iterable[torch.Tensor]] = tuple,
+    ) -> None:
         self.steps = steps
         self.meter = meter
+        self.meter_last = meter_last
+        self.state = state
+        self.metering = False
         self.done = 0
         self.window_open = False
         self.step_at_start = 0
@@ -890,14 +903,29 @@ class _TrialCallback(Callback):
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
     ) -> None:
-        """Start a step's profile before the first batch of an optimizer step's window."""
+        """Start a step's profile before the first batch of an optimizer step's window; the
+        last step (``meter_last``) runs under the meter, the state counted again first."""
         if self.done >= self.steps:
             trainer.should_stop = True
             return
         if not self.window_open:
+            if self.meter_last and not self.metering and self.done == self.steps - 1:
+                self.meter.bare = False
+                self.meter.track(self.state())  # what the bare steps left: optimizer state
+                self.meter.peak = self.meter.live
+                self.meter.__enter__()
+                self.metering = True
             self.meter.begin_step()
             self.step_at_start = trainer.global_step
             self.window_open = True
+        if self.metering:
+            self.meter.track(_memory._leaves(batch))  # loaded before the meter was entered
+
+    def leave(self) -> None:
+        """Take the meter off the dispatch stack (after the loop, or when it raised)."""
+        if self.metering:
+            self.metering = False
+            self.meter.__exit__(None, None, None)
 
     def on_train_batch_end(
         self,
@@ -913,6 +941,31 @@ class _TrialCallback(Callback):
         self.window_open = False
         self.done += 1
         if self.done >= self.steps:
+            trainer.should_stop = True
+
+
+class _NoiseTrial(_TrialCallback):
+    """The measuring steps at the answer: optimizer steps until the monitor's estimate is
+    ``precision`` precise or ``steps`` ran (the raw PyTorch search's rule:
+    :func:`lrfinder_adapters.gradient_noise.measure_during`)."""
+
+    def __init__(self, monitor: NoiseScaleMonitor, precision: float, steps: int) -> None:
+        meter = _memory.TensorMeter()
+        meter.bare = True  # no memory measured: the estimate is what this run is for
+        super().__init__(steps, meter)
+        self.monitor, self.precision = monitor, precision
+
+    def on_train_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
+        """Count the step; stop once the estimate is precise enough."""
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        if self.monitor.estimator.precise_enough(self.precision):
             trainer.should_stop = True
 
 
@@ -952,6 +1005,15 @@ class BatchSizeFinder(_SearchCallback):
         milestones: epochs at whose start the search runs again, mid-fit (as a subclass calling
             :meth:`scale_batch_size` from ``on_train_epoch_start`` does); the epoch then
             iterates dataloaders rebuilt at the found size, from the state before the search.
+        noise_scale, gns_precision, gns_max_steps: after the search, measure the gradient noise
+            scale at the answer (``result.noise_scale``, read by ``result.recommendation``), as
+            ``lrfinder_adapters.batch_size.find_batch_size(noise_scale=True)`` does: optimizer
+            steps through this finder's trial runner (the fit loop), two micro-batches per
+            step (``accumulate_grad_batches=2``) with a
+            :class:`~lrfinder_adapters.gradient_noise.NoiseScaleMonitor` attached, until the
+            interval's relative half-width is ``gns_precision`` or ``gns_max_steps`` steps ran;
+            the state is restored after. One process only (under DDP, measure during the fit
+            with :class:`NoiseScaleCallback`).
 
     Raises:
         NothingFitsError: even the smallest size ran out of memory.
@@ -978,7 +1040,15 @@ class BatchSizeFinder(_SearchCallback):
         milestones: Sequence[int] = (),
         target_batch: int | None = None,
         pin_allocator: bool | None = None,
+        noise_scale: bool = False,
+        gns_precision: float = GNS_PRECISION,
+        gns_max_steps: int = 50,
     ) -> None:
+        from lrfinder_adapters.batch_size import check_noise_options
+
+        check_noise_options(noise_scale, gns_precision, gns_max_steps)
+        self.noise_scale = noise_scale
+        self.gns_precision, self.gns_max_steps = float(gns_precision), gns_max_steps
         if pin_allocator is not None and not isinstance(pin_allocator, bool):
             raise TypeError(
                 f"pin_allocator must be None, True or False, got {pin_allocator!r}; "
@@ -1030,6 +1100,12 @@ class BatchSizeFinder(_SearchCallback):
         if stage == "fit":
             _check_strategy(trainer)
             self._targets(trainer, pl_module)
+            if self.noise_scale and trainer.world_size > 1:
+                raise ValueError(
+                    f"noise_scale=True runs on one process; this trainer has world_size="
+                    f"{trainer.world_size}: pass noise_scale=False and add NoiseScaleCallback() "
+                    "to the fit (under DDP it reads the ranks as the small batches)"
+                )
 
     def _targets(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> list[tuple[Any, str]]:
         source = trainer.fit_loop._data_source
@@ -1076,12 +1152,25 @@ class BatchSizeFinder(_SearchCallback):
                 session.start()
                 while not session.finished:
                     size = session.next_size()
-                    session.end_trial(size, self._trial(trainer, pl_module, targets, size))
+                    report = self._trial(
+                        trainer, pl_module, targets, size, measure=session.reads_profile
+                    )
+                    session.end_trial(size, report)
                 done = True
             finally:
                 result = session.finish()
                 if not done:
                     _set_batch_size(targets, original)
+            if self.noise_scale and result.batch_size is not None:
+                try:
+                    measured = self._measure_noise_scale(
+                        trainer, pl_module, targets, result.batch_size
+                    )
+                except BaseException:
+                    _set_batch_size(targets, original)
+                    raise
+                options = {**result.options, "noise_scale_precision": self.gns_precision}
+                result = dataclasses.replace(result, options=options, noise_scale=measured)
         finally:
             outer.put_back(trainer)
         self.result = result
@@ -1129,12 +1218,28 @@ class BatchSizeFinder(_SearchCallback):
         pl_module: pl.LightningModule,
         targets: list[tuple[Any, str]],
         size: int,
+        *,
+        measure: bool = True,
     ) -> TrialReport:
-        """One trial at ``size`` in the fit loop; an out-of-memory error is a report."""
+        """One trial at ``size`` in the fit loop; an out-of-memory error is a report.
+
+        Its last optimizer step runs under the memory meter where the search reads the trial's
+        memory (``measure``) or a budget only the meter can enforce (``memory_budget`` off
+        CUDA); the steps before it, and every step otherwise, run bare, at the cost of the
+        loop's own steps (on CUDA the allocator's peaks are read in every step), as the torch
+        probe's (:func:`lrfinder_adapters._trials.run_measured`)."""
         _set_batch_size(targets, size)
         saved = _Saved(trainer, pl_module)
         meter = _memory.make_meter(pl_module.device, self.memory_budget)
-        trial = _TrialCallback(self._steps_per_trial, meter)
+        meter.bare = True  # until the last step (see _TrialCallback, run_measured)
+
+        def state() -> Iterator[torch.Tensor]:
+            for optimizer in trainer.optimizers:
+                yield from _memory.state_tensors(pl_module, optimizer)
+
+        trial = _TrialCallback(
+            self._steps_per_trial, meter, meter_last=measure or meter.checks_ops, state=state
+        )
         hooks: list[Any] = []
         error: str | None = None
         exception: Exception | None = None
@@ -1154,8 +1259,11 @@ class BatchSizeFinder(_SearchCallback):
                 )
                 meter.track(_memory.state_tensors(pl_module, optimizer))
             loop.setup_data()  # the train dataloader, at this size
-            with _local_steps(trainer, pl_module), meter.active():
-                loop.run()
+            with _local_steps(trainer, pl_module):
+                try:
+                    loop.run()
+                finally:
+                    trial.leave()
             meter.mark(_memory.FORWARD_BACKWARD)
             meter.begin_step()
         except Exception as exc:
@@ -1189,6 +1297,42 @@ class BatchSizeFinder(_SearchCallback):
             seconds=seconds,
             error=error,
         )
+
+    def _measure_noise_scale(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        targets: list[tuple[Any, str]],
+        size: int,
+    ) -> Any:
+        """The measuring steps at ``size`` through the fit loop (two micro-batches per step),
+        the monitor attached; everything put back after, as after a trial."""
+        _set_batch_size(targets, size)
+        saved = _Saved(trainer, pl_module)
+        accumulate = trainer.accumulate_grad_batches
+        monitor = NoiseScaleMonitor(
+            pl_module,
+            trainer.optimizers[0],
+            micro_batch_size=size,
+            accumulation_steps=2,
+            scaler=getattr(trainer.precision_plugin, "scaler", None),
+        )
+        measuring = _NoiseTrial(monitor, self.gns_precision, self.gns_max_steps)
+        try:
+            _detach(trainer, measuring)
+            trainer.accumulate_grad_batches = 2
+            trainer.fit_loop.setup_data()
+            with _local_steps(trainer, pl_module):
+                trainer.fit_loop.run()
+        finally:
+            monitor.close()
+            trainer.accumulate_grad_batches = accumulate
+            saved.restore(trainer)
+            _memory.free_memory(pl_module.device)
+        estimate = monitor.estimate
+        if estimate is not None:
+            log.info("noise scale at batch size %d: %s", size, estimate.describe())
+        return estimate
 
 
 @contextlib.contextmanager

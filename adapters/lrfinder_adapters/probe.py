@@ -126,9 +126,11 @@ class TorchProbe:
             snapshot, self.model, self.optimizer, schedulers=self.schedulers, scaler=self.scaler
         )
 
-    def try_batch_size(self, size: int, steps: int) -> TrialReport:
-        """Run ``steps`` measured optimizer steps at ``size``; an OOM is a report, not an error."""
-        outcome = self._trials.run(size, steps)
+    def try_batch_size(self, size: int, steps: int, *, measure: bool = True) -> TrialReport:
+        """Run ``steps`` optimizer steps at ``size``, measured unless ``measure=False`` (the
+        search reads nothing but the fit: see :func:`lrfinder_adapters._trials.run_measured`);
+        an OOM is a report, not an error."""
+        outcome = self._trials.run(size, steps, measure=measure)
         return TrialReport(
             fitted=outcome.fitted,
             steps=outcome.steps,

@@ -359,3 +359,39 @@ def test_decorator_guided_measures_every_call_also_after_a_failed_one() -> None:
 def test_decorator_checks_pin_allocator() -> None:
     with pytest.raises(TypeError, match=r"pin_allocator must be None, True or False, got 'no'"):
         find_executable_batch_size(lambda batch_size: batch_size, pin_allocator="no")  # type: ignore[arg-type]
+
+
+def test_find_batch_size_measures_the_noise_scale_at_the_answer() -> None:
+    """noise_scale=True: the same measuring steps as raw PyTorch's, at the answer, through the
+    same trial runner; the state is bitwise what it was; a bad option fails before any trial."""
+    accelerator = Accelerator(cpu=True)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(8, 32), nn.Tanh(), nn.Linear(32, 1))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(1024, 8, generator=gen)
+    dataset = torch.utils.data.TensorDataset(x, x @ torch.randn(8, 1, generator=gen))
+    before = capture_state(model, optimizer.optimizer)
+    with pytest.raises(ValueError, match="gns_max_steps"):
+        find_batch_size(
+            accelerator, model, optimizer, nn.functional.mse_loss, dataset=dataset,
+            noise_scale=True, gns_max_steps=1, progress=False,
+        )  # fmt: skip
+    result = find_batch_size(
+        accelerator,
+        model,
+        optimizer,
+        nn.functional.mse_loss,
+        dataset=dataset,
+        memory_budget=300_000,
+        progress=False,
+        noise_scale=True,
+        gns_max_steps=20,
+    )
+    assert_state_bitwise_equal(before, capture_state(model, optimizer.optimizer))
+    assert result.noise_scale is not None and 3 <= result.noise_scale.steps <= 20
+    assert result.noise_scale.b_simple > 0 and result.options["noise_scale_precision"] > 0
+    assert result.recommendation is not None and result.knee in result.throughput
+    assert "B_simple" in result.summary()

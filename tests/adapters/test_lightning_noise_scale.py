@@ -65,3 +65,47 @@ def test_lightning_batch_size_finder_reports_the_knee_and_a_recommendation() -> 
     advice = result.recommendation
     assert advice is not None and advice.batch_size <= (result.batch_size or 0)
     assert "knee at" in result.summary() and "recommended:" in result.summary()
+
+
+def test_batch_size_finder_measures_the_noise_scale_at_the_answer() -> None:
+    """noise_scale=True: measuring steps at the answer through the fit loop (two micro-batches
+    per step); the state is bitwise what it was, counters and settings too."""
+    import lightning.pytorch as pl
+
+    from lrfinder_adapters.lightning import BatchSizeFinder
+    from tests.adapters.test_lightning import BUDGET, Sized, _assert_put_back, _Probe
+
+    pl.seed_everything(0, verbose=False)
+    before, after = _Probe(prime=True), _Probe()
+    finder = BatchSizeFinder(
+        mode="binsearch", memory_budget=BUDGET, progress=False, noise_scale=True, gns_max_steps=12
+    )
+    trainer = _trainer(callbacks=[before, finder, after], limit_train_batches=4)
+    trainer.fit(Sized())
+    _assert_put_back(before, after, trainer, finder)
+    assert trainer.accumulate_grad_batches == 1
+    result = finder.result
+    assert result is not None and result.noise_scale is not None
+    assert 3 <= result.noise_scale.steps <= 12 and result.noise_scale.b_small == result.batch_size
+    assert result.noise_scale.b_simple > 0 and "B_simple" in result.summary()
+    assert result.options["noise_scale_precision"] > 0 and result.recommendation is not None
+
+
+def test_tuner_passes_the_noise_scale_options_and_refuses_bad_ones() -> None:
+    from lrfinder_adapters.lightning import BatchSizeFinder, Tuner
+    from lrfinder_adapters.testing import assert_state_bitwise_equal, capture_state
+    from tests.adapters.test_lightning import BUDGET, Sized
+
+    model = Sized()
+    shadow = torch.optim.SGD(model.parameters(), lr=0.1)  # only to fit capture_state's signature
+    state = capture_state(model, shadow)
+    found = Tuner(_trainer()).scale_batch_size(
+        model, mode="binsearch", memory_budget=BUDGET, progress=False, noise_scale=True,
+        gns_max_steps=5,
+    )  # fmt: skip
+    assert found == model.batch_size
+    assert_state_bitwise_equal(state, capture_state(model, shadow))
+    with pytest.raises(ValueError, match="gns_precision"):
+        BatchSizeFinder(noise_scale=True, gns_precision=2.0)
+    with pytest.raises(TypeError, match="noise_scale must be True or False"):
+        BatchSizeFinder(noise_scale="yes")

@@ -155,6 +155,42 @@ def scenario_batch() -> dict[str, Any]:
     }
 
 
+def scenario_noise() -> dict[str, Any]:
+    """NoiseScaleCallback in a DDP fit: the ranks' micro-batches are the small batches, the
+    all-reduced gradient the big one; every estimate the callback kept, per rank."""
+    from lrfinder_adapters.lightning import NoiseScaleCallback
+
+    torch.manual_seed(0)
+    callback = NoiseScaleCallback(log_every_n_steps=1)
+    t = pl.Trainer(
+        accelerator="cpu",
+        devices=2,
+        strategy="ddp",
+        max_steps=12,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[callback],
+    )
+    t.fit(Regressor())
+    return {
+        "history": [
+            {
+                "step": step,
+                "b_simple": e.b_simple,
+                "low": e.low,
+                "high": e.high,
+                "b_small": e.b_small,
+                "b_big": e.b_big,
+                "steps": e.steps,
+            }
+            for step, e in callback.history
+        ],
+        "global_step": t.global_step,
+    }
+
+
 def scenario_error() -> dict[str, Any]:
     """Rank 1's training_step raises at its 3rd step while rank 0 waits in DDP's all-reduce:
     both raise within about fault_timeout, rank 0 naming rank 1; both models restored."""
