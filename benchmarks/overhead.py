@@ -7,7 +7,8 @@ model and data, alternating them, and prints each one's median time and the rati
 Lightning's ``Tuner.lr_find`` (real, on the same MLP as a LightningModule and the same batches,
 a fresh ``Trainer`` per call, not timed) is in the same table when lightning is installed.
 Ratios are medians of ratios paired within a repeat (every contender runs once per repeat, the
-order rotating). ``--clock thread`` times with ``time.thread_time()`` (this thread's CPU time;
+order rotating), and the ratio of each contender's fastest run to the bare loop's fastest (the
+figure least moved by a noisy machine: interference only ever adds time). ``--clock thread`` times with ``time.thread_time()`` (this thread's CPU time;
 torch runs on one thread): on a machine that other programs keep busy it leaves out the time
 this process waits for a core, which wall time (the default) counts.
 
@@ -33,9 +34,14 @@ import torch
 
 from lrfinder_adapters.pytorch import find_lr
 
+OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
+    "adamw": torch.optim.AdamW,
+    "sgd": torch.optim.SGD,
+}
+
 
 def make(
-    width: int, batch: int, device: str = "cpu", seed: int = 0
+    width: int, batch: int, device: str = "cpu", seed: int = 0, optimizer: str = "adamw"
 ) -> tuple[torch.nn.Module, torch.optim.Optimizer, torch.utils.data.DataLoader]:
     """The same model and batches for every contender, already on ``device``.
 
@@ -55,7 +61,7 @@ def make(
         torch.nn.ReLU(),
         torch.nn.Linear(width, 10),
     ).to(device)
-    return model, torch.optim.AdamW(model.parameters(), lr=1e-3), loader
+    return model, OPTIMIZERS[optimizer](model.parameters(), lr=1e-3), loader
 
 
 def bare_loop(
@@ -155,7 +161,13 @@ def lightning_tuner(
     from benchmarks.lightning_lr_find import MLP, make_trainer
 
     width = model[2].in_features  # type: ignore[index]
-    module = MLP(width)
+    kind = type(optimizer)
+
+    class Module(MLP):
+        def configure_optimizers(self) -> torch.optim.Optimizer:
+            return kind(self.parameters(), lr=1e-3)
+
+    module = Module(width)
     module.net.load_state_dict(model.state_dict())
     root = tempfile.mkdtemp(prefix="lrf-bench-")
     trainer = make_trainer(root)
@@ -206,6 +218,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--clock", choices=sorted(CLOCKS), default="wall")
+    parser.add_argument("--optimizer", choices=sorted(OPTIMIZERS), default="adamw")
     parser.add_argument(
         "--overlap",
         action="store_true",
@@ -239,9 +252,10 @@ def main() -> None:
     )
     for width in widths:
         times = bench(contenders, width, args)
-        base = statistics.median(times["bare loop"])
+        base_samples = times["bare loop"]
+        base = statistics.median(base_samples)
         print(
-            f"model: MLP 64-{width}-{width}-10, batch {args.batch}, 100 steps, "
+            f"model: MLP 64-{width}-{width}-10, {args.optimizer}, batch {args.batch}, 100 steps, "
             f"{args.repeats} repeats: bare step {base * 10:.3f} ms"
         )
         for name, samples in times.items():
@@ -249,7 +263,8 @@ def main() -> None:
             print(
                 f"{name:>34}: median {statistics.median(samples) * 1000:8.1f} ms   "
                 f"paired ratio vs bare loop {statistics.median(ratios):.3f} "
-                f"({min(ratios):.3f}-{max(ratios):.3f})"
+                f"({min(ratios):.3f}-{max(ratios):.3f}); "
+                f"fastest {min(samples) * 1000:8.1f} ms, ratio {min(samples) / min(base_samples):.3f}"
             )
 
 
@@ -259,13 +274,13 @@ def bench(
     """Each contender's times at one width: a warm-up each, then interleaved repeats."""
     times: dict[str, list[float]] = {name: [] for name in contenders}
     for fn in contenders.values():  # warm-up
-        timed(fn, *make(width, args.batch, args.device), clock=args.clock)
+        timed(fn, *make(width, args.batch, args.device, optimizer=args.optimizer), clock=args.clock)
     order = list(contenders.items())
     for repeat in range(args.repeats):
         # Rotate who goes first each repeat, so warm caches and clocks favour no one.
         shift = repeat % len(order)
         for name, fn in order[shift:] + order[:shift]:
-            made = make(width, args.batch, args.device)
+            made = make(width, args.batch, args.device, optimizer=args.optimizer)
             times[name].append(timed(fn, *made, clock=args.clock))
     return times
 

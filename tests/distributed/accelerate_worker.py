@@ -121,6 +121,44 @@ def scenario_batch(accelerator: Accelerator) -> dict[str, Any]:
     }
 
 
+def scenario_noise(accelerator: Accelerator) -> dict[str, Any]:
+    """find_batch_size(noise_scale=True) on 2 processes: every process measures the same steps
+    (the small gradient its own, the big one DDP's reduced one) and reports the same estimate."""
+    import dataclasses
+    import math
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 32), nn.Tanh(), nn.Linear(32, 1))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    gen = torch.Generator().manual_seed(1 + accelerator.process_index)  # each its own shard
+    x = torch.randn(1024, 8, generator=gen)
+    dataset = torch.utils.data.TensorDataset(x, x @ torch.ones(8, 1))
+    before = capture_state(model, optimizer.optimizer)
+    result = find_batch_size(
+        accelerator,
+        model,
+        optimizer,
+        nn.functional.mse_loss,
+        dataset=dataset,
+        memory_budget=300_000,
+        progress=False,
+        noise_scale=True,
+        gns_max_steps=12,
+    )
+    assert_state_bitwise_equal(before, capture_state(model, optimizer.optimizer))
+    assert result.noise_scale is not None
+    return {
+        "batch_size": result.batch_size,
+        "world_size": result.world_size,
+        "noise": {
+            k: (v if math.isfinite(v) else str(v)) if isinstance(v, float) else v
+            for k, v in dataclasses.asdict(result.noise_scale).items()
+        },
+        "recommended": None if result.recommendation is None else result.recommendation.batch_size,
+    }
+
+
 def scenario_decorator(accelerator: Accelerator) -> dict[str, Any]:
     """Processes with different limits (60 and 90): both end on one size, ≤ 60."""
     limit = 60 if accelerator.process_index == 1 else 90

@@ -325,7 +325,7 @@ def accelerate_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     pytest.importorskip("accelerate")
     out = tmp_path_factory.mktemp("accelerate")
     worker = WORKER.with_name("accelerate_worker.py")
-    finish(torchrun(out, "lr", "nan", "batch", "decorator", worker=worker), out)
+    finish(torchrun(out, "lr", "nan", "batch", "noise", "decorator", worker=worker), out)
     yield out
 
 
@@ -347,6 +347,17 @@ def test_accelerate_processes_with_different_memory_end_on_one_size(accelerate_r
     rank0, rank1 = records(accelerate_run, "batch")
     assert rank0 == rank1 and rank0["oom_trials"] <= 1 and rank0["world_size"] == 2
     assert rank0["answer_peak"] is not None and rank0["answer_peak"] <= 2 * 2**20, rank0
+
+
+def test_accelerate_noise_scale_is_the_same_on_both_processes(accelerate_run: Path) -> None:
+    """noise_scale=True under 2 processes: one estimate, equal on both, from the processes' own
+    gradients (small) and DDP's reduced one (big: twice the samples); state restored."""
+    rank0, rank1 = records(accelerate_run, "noise")
+    assert rank0 == rank1 and rank0["world_size"] == 2, (rank0, rank1)
+    noise = rank0["noise"]
+    assert 3 <= noise["steps"] <= 12 and noise["b_big"] == 2 * noise["b_small"]
+    assert isinstance(noise["b_simple"], float) and noise["b_simple"] > 0
+    assert rank0["recommended"] is not None
 
 
 def test_accelerate_decorator_agrees_across_processes(accelerate_run: Path) -> None:
