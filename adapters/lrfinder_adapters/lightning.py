@@ -1008,12 +1008,12 @@ class BatchSizeFinder(_SearchCallback):
         noise_scale, gns_precision, gns_max_steps: after the search, measure the gradient noise
             scale at the answer (``result.noise_scale``, read by ``result.recommendation``), as
             ``lrfinder_adapters.batch_size.find_batch_size(noise_scale=True)`` does: optimizer
-            steps through this finder's trial runner (the fit loop), two micro-batches per
-            step (``accumulate_grad_batches=2``) with a
+            steps through this finder's trial runner (the fit loop) with a
             :class:`~lrfinder_adapters.gradient_noise.NoiseScaleMonitor` attached, until the
             interval's relative half-width is ``gns_precision`` or ``gns_max_steps`` steps ran;
-            the state is restored after. One process only (under DDP, measure during the fit
-            with :class:`NoiseScaleCallback`).
+            the state is restored after. One process: two micro-batches per step
+            (``accumulate_grad_batches=2``); under DDP one batch per rank, through DDP's own
+            all-reduce (each rank's gradient is a small batch, the reduced one the big batch).
 
     Raises:
         NothingFitsError: even the smallest size ran out of memory.
@@ -1100,12 +1100,6 @@ class BatchSizeFinder(_SearchCallback):
         if stage == "fit":
             _check_strategy(trainer)
             self._targets(trainer, pl_module)
-            if self.noise_scale and trainer.world_size > 1:
-                raise ValueError(
-                    f"noise_scale=True runs on one process; this trainer has world_size="
-                    f"{trainer.world_size}: pass noise_scale=False and add NoiseScaleCallback() "
-                    "to the fit (under DDP it reads the ranks as the small batches)"
-                )
 
     def _targets(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> list[tuple[Any, str]]:
         source = trainer.fit_loop._data_source
@@ -1305,24 +1299,34 @@ class BatchSizeFinder(_SearchCallback):
         targets: list[tuple[Any, str]],
         size: int,
     ) -> Any:
-        """The measuring steps at ``size`` through the fit loop (two micro-batches per step),
-        the monitor attached; everything put back after, as after a trial."""
+        """The measuring steps at ``size`` through the fit loop, the monitor attached;
+        everything put back after, as after a trial.
+
+        One process: two micro-batches per optimizer step (small: one, big: the window). Under
+        DDP: one batch per rank and step, through DDP's own all-reduce (small: each rank's
+        gradient, big: the reduced one, read by the monitor's communication hook, as
+        :class:`NoiseScaleCallback` does), so every rank computes the same estimate and stops
+        at the same step.
+        """
         _set_batch_size(targets, size)
         saved = _Saved(trainer, pl_module)
         accumulate = trainer.accumulate_grad_batches
+        wrapped = trainer.strategy.model
+        distributed = trainer.world_size > 1 and wrapped is not None
+        window = 1 if distributed else 2
         monitor = NoiseScaleMonitor(
-            pl_module,
+            wrapped if distributed and wrapped is not None else pl_module,
             trainer.optimizers[0],
             micro_batch_size=size,
-            accumulation_steps=2,
+            accumulation_steps=window,
             scaler=getattr(trainer.precision_plugin, "scaler", None),
         )
         measuring = _NoiseTrial(monitor, self.gns_precision, self.gns_max_steps)
         try:
             _detach(trainer, measuring)
-            trainer.accumulate_grad_batches = 2
+            trainer.accumulate_grad_batches = window
             trainer.fit_loop.setup_data()
-            with _local_steps(trainer, pl_module):
+            with contextlib.nullcontext() if distributed else _local_steps(trainer, pl_module):
                 trainer.fit_loop.run()
         finally:
             monitor.close()

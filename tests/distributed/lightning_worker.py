@@ -191,6 +191,62 @@ def scenario_noise() -> dict[str, Any]:
     }
 
 
+def scenario_batch_noise() -> dict[str, Any]:
+    """BatchSizeFinder(noise_scale=True) under DDP, rank 1 with the smaller budget: the same
+    size and the same noise-scale estimate on both ranks (each rank's gradient is a small
+    batch, DDP's reduced one the big batch)."""
+    import dataclasses
+    import os
+
+    from lrfinder_adapters.lightning import BatchSizeFinder
+
+    class Snapshot(pl.Callback):
+        """The module's and optimizer's state at fit start (before or after the finder's)."""
+
+        def __init__(self) -> None:
+            self.state: dict[str, Any] = {}
+
+        def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+            self.state = capture_state(pl_module, trainer.optimizers[0])
+
+    torch.manual_seed(0)
+    rank = int(os.environ.get("RANK", 0))
+    before, after = Snapshot(), Snapshot()
+    finder = BatchSizeFinder(
+        mode="binsearch",
+        init_val=32,
+        memory_budget=BUDGETS[rank],
+        noise_scale=True,
+        gns_max_steps=8,
+        progress=False,
+    )
+    t = pl.Trainer(
+        accelerator="cpu",
+        devices=2,
+        strategy="ddp",
+        max_epochs=1,
+        limit_train_batches=2,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[before, finder, after],
+    )
+    t.fit(Sized())
+    assert_state_bitwise_equal(before.state, after.state)  # the search and its noise steps
+    result = finder.result
+    assert result is not None and result.noise_scale is not None
+    return {
+        "batch_size": result.batch_size,
+        "noise": {
+            k: (v if math.isfinite(v) else str(v)) if isinstance(v, float) else v
+            for k, v in dataclasses.asdict(result.noise_scale).items()
+        },
+        "recommended": None if result.recommendation is None else result.recommendation.batch_size,
+        "accumulate": t.accumulate_grad_batches,
+    }
+
+
 def scenario_error() -> dict[str, Any]:
     """Rank 1's training_step raises at its 3rd step while rank 0 waits in DDP's all-reduce:
     both raise within about fault_timeout, rank 0 naming rank 1; both models restored."""

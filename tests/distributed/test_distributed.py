@@ -374,7 +374,13 @@ def lightning_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     out = tmp_path_factory.mktemp("lightning")
     finish(
         torchrun(
-            out, "lr", "nan", "batch", "noise", worker=WORKER.with_name("lightning_worker.py")
+            out,
+            "lr",
+            "nan",
+            "batch",
+            "noise",
+            "batch_noise",
+            worker=WORKER.with_name("lightning_worker.py"),
         ),
         out,
     )
@@ -403,6 +409,20 @@ def test_lightning_scale_batch_size_under_ddp_agrees_on_both_ranks(lightning_run
     # Rank 1's 20 kB of live tensors hold about 160 samples of this model (rank 0's 100 kB
     # far more): rank 1's limit decided for both.
     assert 32 <= rank0["found"] < 200
+
+
+def test_lightning_batch_size_finder_measures_the_noise_scale_under_ddp(
+    lightning_run: Path,
+) -> None:
+    """BatchSizeFinder(noise_scale=True) with strategy='ddp': one size and one estimate on both
+    ranks, each rank's gradient the small batch and DDP's reduced one the big (twice) batch."""
+    rank0, rank1 = records(lightning_run, "batch_noise")
+    assert rank0 == rank1, (rank0, rank1)
+    noise = rank0["noise"]
+    assert 3 <= noise["steps"] <= 8 and noise["b_small"] == rank0["batch_size"]
+    assert noise["b_big"] == 2 * noise["b_small"] and rank0["accumulate"] == 1
+    assert isinstance(noise["b_simple"], float) and noise["b_simple"] > 0
+    assert rank0["recommended"] is not None
 
 
 def test_lightning_noise_scale_callback_under_ddp_is_equal_on_both_ranks(
