@@ -123,6 +123,9 @@ class BatchTrial:
         phase_peaks: the peak of each phase (e.g. ``forward_backward``, ``optimizer``), if known.
         capacity_bytes: the memory the peak could have used, if known (device or budget).
         error: the first line of the out-of-memory error, when it did not fit.
+        timed_steps, timed_seconds: the steps and seconds :attr:`samples_per_second` reads,
+            when not all of them (a trial the search reads runs its last step under the
+            adapters' memory meter and times the others only).
     """
 
     size: int
@@ -134,18 +137,23 @@ class BatchTrial:
     phase_peaks: dict[str, int] = field(default_factory=dict)
     capacity_bytes: int | None = None
     error: str | None = None
+    timed_steps: int | None = None
+    timed_seconds: float | None = None
 
     @property
     def samples_per_second(self) -> float | None:
         """The trial's throughput, ``size * steps / seconds`` (per rank under DDP: the slowest
         rank's seconds), for a trial that fitted; ``None`` otherwise. It counts the whole trial
         (first step included), the same way at every size, so it ranks sizes against each
-        other; a trial the search reads (:attr:`BatchSizeSearch.reads_profile`) runs one step
-        under the adapters' memory meter, whose cost per operation makes that trial look
-        slower than a bare loop would (the others run bare)."""
-        if not self.fitted or not self.seconds or self.seconds <= 0 or self.steps < 1:
+        other. A trial the search reads (:attr:`BatchSizeSearch.reads_profile`) runs its last
+        step under the adapters' memory meter, whose cost per operation is not the user's:
+        its throughput reads the bare steps only (``timed_steps`` in ``timed_seconds``)."""
+        steps, seconds = self.steps, self.seconds
+        if self.timed_steps is not None and self.timed_seconds is not None:
+            steps, seconds = self.timed_steps, self.timed_seconds
+        if not self.fitted or not seconds or seconds <= 0 or steps < 1:
             return None
-        return self.size * self.steps / self.seconds
+        return self.size * steps / seconds
 
 
 @dataclass(frozen=True)
@@ -522,6 +530,8 @@ class BatchSizeSearch:
         seconds: float | None = None,
         capacity_bytes: int | None = None,
         error: str | None = None,
+        timed_steps: int | None = None,
+        timed_seconds: float | None = None,
     ) -> None:
         """Record how the trial of :meth:`next_size` went; may finish the search.
 
@@ -541,6 +551,8 @@ class BatchSizeSearch:
                 units of ``profile`` when one is given, else of ``peak_bytes``; the guided mode
                 needs it to predict the limit. The latest reading counts.
             error: the first line of the out-of-memory error.
+            timed_steps, timed_seconds: the steps its throughput reads and how long they took,
+                when not all (see :attr:`BatchTrial.samples_per_second`).
         """
         expected = self.next_size()
         if size != expected:
@@ -577,6 +589,8 @@ class BatchSizeSearch:
             phase_peaks=phases,
             capacity_bytes=None if capacity_bytes is None else int(capacity_bytes),
             error=error,
+            timed_steps=timed_steps,
+            timed_seconds=timed_seconds,
         )
         self.trials.append(trial)
         self._final_proposal = False

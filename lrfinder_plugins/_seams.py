@@ -102,6 +102,9 @@ class TrialReport:
         profile: the memory in use after each operation of one step (for the guided mode).
         capacity_bytes: the memory the peak may reach (device memory or a budget).
         seconds: how long the trial took (default: measured by the driver).
+        timed_steps, timed_seconds: the steps and seconds its throughput reads, when they are
+            not ``steps`` and ``seconds``: a trial whose last step ran under a memory meter
+            times its bare steps only (the meter's cost per operation is not the user's).
         error: the first line of the out-of-memory error, when it did not fit.
         exception: an error that is not an out-of-memory error (local to this rank: the
             search restores the state and raises it; other ranks raise naming this one).
@@ -115,6 +118,8 @@ class TrialReport:
     seconds: float | None = None
     error: str | None = None
     exception: BaseException | None = field(default=None, compare=False, repr=False)
+    timed_steps: int | None = None
+    timed_seconds: float | None = None
 
 
 def combine_reports(reports: Sequence[TrialReport]) -> TrialReport:
@@ -123,11 +128,11 @@ def combine_reports(reports: Sequence[TrialReport]) -> TrialReport:
     It fitted only if it fitted everywhere; the fewest completed steps; the largest peak (per
     phase when every rank reports phases); the smallest capacity; the profile as the largest
     value at each operation (when every rank reports one of the same length); the slowest
-    rank's seconds; the first rank's error line.
+    rank's seconds (and timed seconds, over the fewest timed steps); the first rank's error line.
 
     Example:
         >>> combine_reports([TrialReport(peak_bytes=5), TrialReport(fitted=False, peak_bytes=9)])
-        TrialReport(fitted=False, steps=0, peak_bytes=9, profile=None, capacity_bytes=None, seconds=None, error=None)
+        TrialReport(fitted=False, steps=0, peak_bytes=9, profile=None, capacity_bytes=None, seconds=None, error=None, timed_steps=None, timed_seconds=None)
     """
     if len(reports) == 1:
         return reports[0]
@@ -154,7 +159,19 @@ def combine_reports(reports: Sequence[TrialReport]) -> TrialReport:
         capacity_bytes=min(capacities, default=None),
         seconds=max(seconds, default=None),
         error=next((r.error for r in reports if r.error), None),
+        **_timed(reports),
     )
+
+
+def _timed(reports: Sequence[TrialReport]) -> dict[str, Any]:
+    """The timed part of every rank's report: the fewest steps in the slowest rank's seconds
+    (none unless every rank timed a part)."""
+    if any(r.timed_steps is None or r.timed_seconds is None for r in reports):
+        return {}
+    return {
+        "timed_steps": min(r.timed_steps for r in reports if r.timed_steps is not None),
+        "timed_seconds": max(r.timed_seconds for r in reports if r.timed_seconds is not None),
+    }
 
 
 def _peak(peak: int | dict[str, int] | None) -> int | None:

@@ -353,6 +353,8 @@ class BatchSizeSession:
             seconds=reduced.seconds,
             capacity_bytes=reduced.capacity_bytes,
             error=reduced.error,
+            timed_steps=reduced.timed_steps,
+            timed_seconds=reduced.timed_seconds,
         )
         trial = self.search.trials[-1]
         log.info(

@@ -40,6 +40,8 @@ class TrialOutcome:
     seconds: float
     error: str | None
     profile: list[int] | None
+    timed_steps: int | None = None  # the bare steps before a metered one, and their seconds
+    timed_seconds: float | None = None
 
 
 class Feed:
@@ -215,12 +217,15 @@ def run_measured(
             optimizer.register_step_post_hook(lambda *_: meter.mark(_memory.OPTIMIZER)),
         ]
     done, error, capacity = 0, None, None
+    timed: float | None = None
     runs = make_steps(meter)
     start = time.perf_counter()
     try:
         for index in range(steps):
             run = next(runs)
             if index in metered:
+                if index > 0 and timed is None:
+                    timed = time.perf_counter() - start  # the bare steps: the user's own cost
                 if meter.bare:
                     meter.bare = False
                     meter.track(state())  # what the bare steps left: the optimizer state
@@ -259,6 +264,8 @@ def run_measured(
         seconds=seconds,
         error=error,
         profile=meter.profile if error is None else None,
+        timed_steps=None if timed is None else metered.start,
+        timed_seconds=timed,
     )
 
 

@@ -899,6 +899,9 @@ class _TrialCallback(Callback):
         self.done = 0
         self.window_open = False
         self.step_at_start = 0
+        self.started: float | None = None
+        self.timed_steps: int | None = None  # the bare steps before a metered one
+        self.timed_seconds: float | None = None
 
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
@@ -908,8 +911,13 @@ class _TrialCallback(Callback):
         if self.done >= self.steps:
             trainer.should_stop = True
             return
+        if self.started is None:
+            self.started = time.perf_counter()
         if not self.window_open:
             if self.meter_last and not self.metering and self.done == self.steps - 1:
+                if self.done > 0:  # the bare steps' time: the user's own cost (throughput)
+                    self.timed_steps = self.done
+                    self.timed_seconds = time.perf_counter() - self.started
                 self.meter.bare = False
                 self.meter.track(self.state())  # what the bare steps left: optimizer state
                 self.meter.peak = self.meter.live
@@ -1290,6 +1298,8 @@ class BatchSizeFinder(_SearchCallback):
             capacity_bytes=capacity,
             seconds=seconds,
             error=error,
+            timed_steps=trial.timed_steps,
+            timed_seconds=trial.timed_seconds,
         )
 
     def _measure_noise_scale(

@@ -139,4 +139,6 @@ class TorchProbe:
             capacity_bytes=outcome.capacity,
             seconds=outcome.seconds,
             error=outcome.error,
+            timed_steps=outcome.timed_steps,
+            timed_seconds=outcome.timed_seconds,
         )

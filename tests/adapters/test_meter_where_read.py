@@ -75,6 +75,7 @@ def test_binsearch_without_budget_runs_bare() -> None:
     assert result.batch_size == 64 and len(result.trials) == 6
     assert seen and not any(metered for _, metered in seen)
     assert all(t.peak_bytes is None for t in result.trials)  # the CPU has no bare peak
+    assert all(t.timed_steps is None for t in result.trials)  # all bare: the whole trial timed
     assert all(t.capacity_bytes is None or t.capacity_bytes > 0 for t in result.trials)
 
 
@@ -96,6 +97,7 @@ def test_budget_meters_the_last_step_only_where_nothing_is_read() -> None:
         if trial.fitted:
             assert steps == [False] * (STEPS - 1) + [True], trial
             assert trial.peak_bytes is not None and trial.peak_bytes <= budget
+            _assert_throughput_of_bare_steps(trial)
         else:
             assert steps[:-1] == [False] * (len(steps) - 1) and steps[-1], trial
 
@@ -118,6 +120,16 @@ def test_guided_meters_the_last_step_of_the_trials_it_reads() -> None:
     for trial, steps in zip(result.trials, _per_trial(seen, result)):
         assert steps == [False] * (STEPS - 1) + [True], trial
         assert trial.peak_bytes is not None and trial.peak_bytes > 0
+        _assert_throughput_of_bare_steps(trial)
+
+
+def _assert_throughput_of_bare_steps(trial: Any) -> None:
+    """A trial with a metered last step times its bare steps only, and its throughput reads
+    them: the meter's cost per operation is not the user's."""
+    assert trial.timed_steps == STEPS - 1, trial
+    assert trial.timed_seconds is not None and 0 < trial.timed_seconds <= trial.seconds
+    expected = trial.size * (STEPS - 1) / trial.timed_seconds
+    assert trial.samples_per_second == pytest.approx(expected)
 
 
 class _RecordingProbe(FakeProbe):
@@ -203,6 +215,7 @@ def test_lightning_trials_meter_as_the_torch_ones(budget: bool) -> None:
         if trial.fitted:
             assert flags == [False] * (STEPS - 1) + [True], trial
             assert trial.peak_bytes is not None and trial.peak_bytes <= BUDGET
+            _assert_throughput_of_bare_steps(trial)
 
 
 def test_the_schema_fast_path_counts_what_the_input_check_counts(

@@ -306,6 +306,19 @@ def test_result_round_trips_through_json(tmp_path: Path) -> None:
     assert BatchSizeResult.load_json(path) == result
 
 
+def test_throughput_reads_the_timed_steps_and_old_files_load_without_them() -> None:
+    """A trial that timed its bare steps (its last ran under a meter) reports their throughput;
+    the fields survive JSON, and a file written before them loads (the whole trial timed)."""
+    timed = BatchTrial(size=8, fitted=True, steps=3, seconds=3.0, timed_steps=2, timed_seconds=1.0)
+    assert timed.samples_per_second == 16.0
+    result = BatchSizeResult(8, 1, (timed,), BatchStopReason.LIMIT_FOUND)
+    assert BatchSizeResult.from_dict(result.to_dict()).trials == (timed,)
+    old = result.to_dict()
+    for trial in old["trials"]:
+        del trial["timed_steps"], trial["timed_seconds"]
+    assert BatchSizeResult.from_dict(old).trials[0].samples_per_second == 8.0
+
+
 def test_from_dict_rejects_other_formats() -> None:
     """Loading something that is not a batch-size result says so."""
     with pytest.raises(ValueError, match="not a batch-size search result"):

@@ -195,6 +195,17 @@ def test_combine_reports_takes_the_worst_of_every_rank() -> None:
     assert combined.capacity_bytes == 40 and combined.seconds == 2.0 and combined.fitted
 
 
+def test_combine_reports_times_the_fewest_bare_steps_in_the_slowest_seconds() -> None:
+    """The timed part (the bare steps a metered trial's throughput reads): the fewest steps in
+    the slowest rank's seconds; none unless every rank timed one."""
+    a = TrialReport(seconds=3.0, timed_steps=2, timed_seconds=1.0)
+    b = TrialReport(seconds=4.0, timed_steps=2, timed_seconds=1.5)
+    combined = combine_reports([a, b])
+    assert (combined.timed_steps, combined.timed_seconds, combined.seconds) == (2, 1.5, 4.0)
+    untimed = combine_reports([a, TrialReport(seconds=2.0)])
+    assert untimed.timed_steps is None and untimed.timed_seconds is None
+
+
 def test_step_outcome_survives_its_vector() -> None:
     """to_vector/from_vector round-trip every number (what a collective sums)."""
     outcome = StepOutcome(2.5, 4.0, non_finite=1, skipped=0, out_of_data=1, errors=0)
