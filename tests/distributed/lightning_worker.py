@@ -53,17 +53,19 @@ class Regressor(pl.LightningModule):
         return DataLoader(TensorDataset(x, x.sum(dim=1, keepdim=True)), batch_size=32)
 
 
-def trainer() -> pl.Trainer:
-    return pl.Trainer(
-        accelerator="cpu",
-        devices=2,
-        strategy="ddp",
-        max_epochs=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
+def trainer(**overrides: Any) -> pl.Trainer:
+    """A quiet 2-process DDP trainer on the CPU (one epoch unless ``overrides`` say)."""
+    options: dict[str, Any] = {
+        "accelerator": "cpu",
+        "devices": 2,
+        "strategy": "ddp",
+        "max_epochs": 1,
+        "logger": False,
+        "enable_checkpointing": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+    }
+    return pl.Trainer(**{**options, **overrides})
 
 
 def run(model: Regressor) -> dict[str, Any]:
@@ -162,17 +164,7 @@ def scenario_noise() -> dict[str, Any]:
 
     torch.manual_seed(0)
     callback = NoiseScaleCallback(log_every_n_steps=1)
-    t = pl.Trainer(
-        accelerator="cpu",
-        devices=2,
-        strategy="ddp",
-        max_steps=12,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[callback],
-    )
+    t = trainer(max_steps=12, max_epochs=None, callbacks=[callback])
     t.fit(Regressor())
     return {
         "history": [
@@ -220,18 +212,7 @@ def scenario_batch_noise() -> dict[str, Any]:
         gns_max_steps=8,
         progress=False,
     )
-    t = pl.Trainer(
-        accelerator="cpu",
-        devices=2,
-        strategy="ddp",
-        max_epochs=1,
-        limit_train_batches=2,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[before, finder, after],
-    )
+    t = trainer(limit_train_batches=2, callbacks=[before, finder, after])
     t.fit(Sized())
     assert_state_bitwise_equal(before.state, after.state)  # the search and its noise steps
     result = finder.result
