@@ -44,6 +44,9 @@ OOM_MESSAGES: tuple[str, ...] = (
     # the CPU allocator (Linux/macOS and Windows wording) and C++ allocation failures
     "defaultcpuallocator: can't allocate memory",
     "defaultcpuallocator: not enough memory",
+    # the CPU allocator's aligned allocation under an address-space limit (torch 2.13, oneDNN
+    # convolutions under RLIMIT_AS: "posix_memalign failed:Cannot allocate memory (12)")
+    "posix_memalign failed",
     "std::bad_alloc",
     # Intel Gaudi (HPU)
     "pt_devmem allocation failed",

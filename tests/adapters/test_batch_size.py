@@ -296,6 +296,7 @@ def test_requested_bytes_reads_cuda_and_cpu_messages() -> None:
         "UR_RESULT_ERROR_OUT_OF_DEVICE_MEMORY",
         "DefaultCPUAllocator: not enough memory: you tried to allocate 4096 bytes.",
         "std::bad_alloc",
+        "posix_memalign failed:Cannot allocate memory (12)",
         "could not create a primitive",
     ],
 )
