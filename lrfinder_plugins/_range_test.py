@@ -136,9 +136,7 @@ class RangeTest:
 
     def record(self, loss: float) -> None:
         """Record the loss of the step that used :meth:`next_lr`; may finish the test."""
-        if self.stop_reason is not None:
-            self.next_lr()  # raises: nothing is recorded after the stop
-        lr = self._planned[len(self.losses)]
+        lr = self.next_lr()  # raises once the test stopped: nothing is recorded after it
         loss = float(loss)
         self.lrs.append(lr)
         self.losses.append(loss)

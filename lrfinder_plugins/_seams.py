@@ -286,6 +286,13 @@ class _ReduceWhenWaited:
         return self.reducer.reduce_step(resolve_outcome(self.outcome))
 
 
+def reduce_when_waited(reducer: Reducer, outcome: StepOutcome | DeferredOutcome) -> PendingStep:
+    """A pending step whose reduce (and the read of its numbers) runs only when waited for:
+    what :func:`start_step` gives for a reducer without ``start_step``, and what a reducer's
+    own ``start_step`` may give for an outcome still on a device."""
+    return _ReduceWhenWaited(reducer, outcome)
+
+
 def start_step(reducer: Reducer, outcome: StepOutcome | DeferredOutcome) -> PendingStep:
     """Start the reduce of one step's ``outcome`` without waiting for it.
 
@@ -302,7 +309,7 @@ def start_step(reducer: Reducer, outcome: StepOutcome | DeferredOutcome) -> Pend
     if start is not None:
         pending: PendingStep = start(outcome)
         return pending
-    return _ReduceWhenWaited(reducer, outcome)
+    return reduce_when_waited(reducer, outcome)
 
 
 class LocalReducer:
@@ -398,8 +405,9 @@ class TrainingStep(Protocol):
     samples it averaged, or that no batch is left for another step), a
     :class:`DeferredOutcome` (its numbers still on a device, for a search that decides one step
     late), or ``None`` when the step was skipped (an AMP overflow: not a point); it raises
-    ``StopIteration`` when the data ran out. An optional ``reducer`` attribute (a :class:`Reducer`) makes the search span several
-    processes; an optional ``group_ratios`` records every param group's LR.
+    ``StopIteration`` when the data ran out. An optional ``reducer`` attribute (a
+    :class:`Reducer`) makes the search span several processes; an optional ``group_ratios``
+    records every param group's LR.
     """
 
     def snapshot(self) -> Any: ...

@@ -56,6 +56,7 @@ from lrfinder_plugins._seams import (
     combine_reports,
     first_line,
     raise_failure,
+    reduce_when_waited,
     resolve_outcome,
     start_step,
 )
@@ -105,6 +106,7 @@ __all__ = [
     "make_probe",
     "make_step",
     "raise_failure",
+    "reduce_when_waited",
     "registered_schedules",
     "registered_suggesters",
     "resolve_outcome",

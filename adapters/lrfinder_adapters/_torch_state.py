@@ -42,7 +42,7 @@ def save_tensor(tensor: torch.Tensor, pin: bool = True) -> torch.Tensor:
 
 
 Saver = Callable[[torch.Tensor], Any]
-"""Where a snapshot puts one tensor: :func:`save_tensor` (CPU memory) or a :class:`DiskWriter`."""
+"""Where a snapshot puts one tensor: :func:`save_tensor` (CPU memory) or a :class:`DiskFile`."""
 
 
 def to_cpu_copy(tree: Any, save: Saver = save_tensor) -> Any:
@@ -75,7 +75,7 @@ def _bytes_of(tensor: torch.Tensor) -> Any:
 
 @dataclass(frozen=True)
 class OnDisk:
-    """Where :class:`DiskWriter` put one tensor's bytes, and how to read them back in place."""
+    """Where :class:`DiskFile` put one tensor's bytes, and how to read them back in place."""
 
     file: DiskFile
     offset: int

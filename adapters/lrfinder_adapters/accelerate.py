@@ -36,7 +36,11 @@ from accelerate.utils.memory import clear_device_cache  # noqa: E402
 
 from lrfinder_adapters import _torch_state  # noqa: E402
 from lrfinder_adapters._trials import check_pin_allocator, pin_once, run_measured  # noqa: E402
-from lrfinder_adapters.batch_size import check_noise_options, noise_scale_at_answer  # noqa: E402
+from lrfinder_adapters.batch_size import (  # noqa: E402
+    check_noise_options,
+    noise_scale_at_answer,
+    with_optimizer_name,
+)
 from lrfinder_adapters.distributed import (  # noqa: E402
     DEFAULT_FAULT_TIMEOUT,
     TorchDistributedReducer,
@@ -354,9 +358,16 @@ def find_batch_size(
     check_noise_options(noise_scale, gns_precision, gns_max_steps, step_fn=step_fn)
     target_batch = per_rank_target(target_batch, accelerator.num_processes)
     schedulers = [getattr(s, "scheduler", s) for s in step_options.pop("schedulers", ())]
+    inner = getattr(optimizer, "optimizer", optimizer)  # AcceleratedOptimizer wraps it
+    trial_options = {
+        **_amp_options(accelerator),
+        **step_options,
+        "scaler": accelerator.scaler,
+        "schedulers": schedulers,
+    }
     probe = TorchProbe(
         model,
-        getattr(optimizer, "optimizer", optimizer),
+        inner,
         loss_fn,
         dataset=dataset,
         make_loader=make_loader,
@@ -365,9 +376,7 @@ def find_batch_size(
         memory_budget=memory_budget,
         distributed=False,
         pin_allocator=pin_allocator,
-        scaler=accelerator.scaler,
-        schedulers=schedulers,
-        **{**_amp_options(accelerator), **step_options},
+        **trial_options,
     )
     probe.reducer = accelerator_reducer(accelerator, model, fault_timeout)
     result = search_with_probe(
@@ -381,12 +390,13 @@ def find_batch_size(
         margin=margin,
         target_batch=target_batch,
     )
+    result = with_optimizer_name(result, inner)
     if noise_scale:
         result = noise_scale_at_answer(
             probe,
             result,
             model,
-            getattr(optimizer, "optimizer", optimizer),
+            inner,
             loss_fn,
             dataset=dataset,
             make_loader=make_loader,
@@ -394,12 +404,7 @@ def find_batch_size(
             device=accelerator.device,
             precision=gns_precision,
             max_steps=gns_max_steps,
-            step_options={
-                **_amp_options(accelerator),
-                **step_options,
-                "scaler": accelerator.scaler,
-                "schedulers": schedulers,
-            },
+            step_options=trial_options,
         )
     if target_batch is not None and set_accumulation:
         accelerator.gradient_accumulation_steps = result.accumulation_steps

@@ -256,9 +256,7 @@ def find_batch_size(
         target_batch=per_rank_target(target_batch, probe.reducer.world_size),
         knee_tolerance=knee_tolerance,
     )
-    result = dataclasses.replace(
-        result, options={**result.options, "optimizer": type(optimizer).__name__}
-    )
+    result = with_optimizer_name(result, optimizer)
     if not noise_scale:
         return result
     return noise_scale_at_answer(
@@ -274,6 +272,16 @@ def find_batch_size(
         precision=gns_precision,
         max_steps=gns_max_steps,
         step_options=step_options,
+    )
+
+
+def with_optimizer_name(result: BatchSizeResult, optimizer: Any) -> BatchSizeResult:
+    """``result`` with its optimizer's class name in ``options["optimizer"]``, which the
+    recommendation reads for the LR rule when the batch changes (linear for SGD, square root
+    for Adam-style: :func:`lrfinder_plugins.noise_scale.lr_rule_for`); every adapter's search
+    records it."""
+    return dataclasses.replace(
+        result, options={**result.options, "optimizer": type(optimizer).__name__}
     )
 
 

@@ -56,6 +56,7 @@ from lrfinder_plugins.spi import (  # noqa: E402
     TrialReport,
     combine_reports,
     first_line,
+    reduce_when_waited,
     resolve_outcome,
 )
 from lrfinder_plugins.spi import validate as _validate  # noqa: E402
@@ -286,7 +287,7 @@ class TorchDistributedReducer:
         """
         if not isinstance(outcome, StepOutcome):
             if not outcome.ready:
-                return _ReadThenReduce(self, outcome)
+                return reduce_when_waited(self, outcome)  # read and reduced when waited for
             outcome = resolve_outcome(outcome)
         if outcome.error is not None:
             self._post(outcome.error)
@@ -387,18 +388,6 @@ class _Reduce:
         if reduced.errors:
             self.reducer._faulted = True
         return reduced
-
-
-class _ReadThenReduce:
-    """A step whose loss is still on the device: read it when waited for, then reduce."""
-
-    __slots__ = ("outcome", "reducer")
-
-    def __init__(self, reducer: TorchDistributedReducer, outcome: DeferredOutcome) -> None:
-        self.reducer, self.outcome = reducer, outcome
-
-    def wait(self) -> StepOutcome:
-        return self.reducer.start_step(resolve_outcome(self.outcome)).wait()
 
 
 def _default_store() -> Any:

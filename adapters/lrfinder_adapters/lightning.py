@@ -1052,17 +1052,13 @@ class BatchSizeFinder(_SearchCallback):
         gns_precision: float = GNS_PRECISION,
         gns_max_steps: int = 50,
     ) -> None:
+        from lrfinder_adapters._trials import check_pin_allocator
         from lrfinder_adapters.batch_size import check_noise_options
 
         check_noise_options(noise_scale, gns_precision, gns_max_steps)
         self.noise_scale = noise_scale
         self.gns_precision, self.gns_max_steps = float(gns_precision), gns_max_steps
-        if pin_allocator is not None and not isinstance(pin_allocator, bool):
-            raise TypeError(
-                f"pin_allocator must be None, True or False, got {pin_allocator!r}; "
-                "e.g. pin_allocator=False to leave the C allocator alone"
-            )
-        self.pin_allocator = pin_allocator
+        self.pin_allocator = check_pin_allocator(pin_allocator)
         self.milestones = _milestones(milestones)
         self.target_batch = (
             None
@@ -1135,6 +1131,8 @@ class BatchSizeFinder(_SearchCallback):
 
         At fit start or mid-fit (e.g. from ``on_train_epoch_start``: the running epoch then
         iterates dataloaders rebuilt at the found size)."""
+        from lrfinder_adapters.batch_size import with_optimizer_name
+
         targets = self._targets(trainer, pl_module)
         container, name = targets[0]
         original = container[name] if isinstance(container, Mapping) else getattr(container, name)
@@ -1163,6 +1161,8 @@ class BatchSizeFinder(_SearchCallback):
                 result = session.finish()
                 if not done:
                     _set_batch_size(targets, original)
+            if trainer.optimizers:
+                result = with_optimizer_name(result, trainer.optimizers[0])
             if self.noise_scale and result.batch_size is not None:
                 try:
                     measured = self._measure_noise_scale(
@@ -1321,11 +1321,10 @@ class BatchSizeFinder(_SearchCallback):
         _set_batch_size(targets, size)
         saved = _Saved(trainer, pl_module)
         accumulate = trainer.accumulate_grad_batches
-        wrapped = trainer.strategy.model
-        distributed = trainer.world_size > 1 and wrapped is not None
-        window = 1 if distributed else 2
+        ddp = trainer.strategy.model if trainer.world_size > 1 else None
+        window = 2 if ddp is None else 1
         monitor = NoiseScaleMonitor(
-            wrapped if distributed and wrapped is not None else pl_module,
+            pl_module if ddp is None else ddp,
             trainer.optimizers[0],
             micro_batch_size=size,
             accumulation_steps=window,
@@ -1336,7 +1335,7 @@ class BatchSizeFinder(_SearchCallback):
             _detach(trainer, measuring)
             trainer.accumulate_grad_batches = window
             trainer.fit_loop.setup_data()
-            with contextlib.nullcontext() if distributed else _local_steps(trainer, pl_module):
+            with _local_steps(trainer, pl_module) if ddp is None else contextlib.nullcontext():
                 trainer.fit_loop.run()
         finally:
             monitor.close()

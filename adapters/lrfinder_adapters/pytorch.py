@@ -674,9 +674,8 @@ class TorchStep:
                 total = detached if total is None else total + detached
         if self.all_reduce_grads:
             self.sync_gradients()
-        self.can_continue = (
-            True  # past the step's collectives: another step keeps the ranks in step
-        )
+        # Past the step's collectives: another step keeps the ranks in step.
+        self.can_continue = True
         if self.max_grad_norm is not None:
             self.clip_gradients()
         self.optimizer_step()

@@ -394,4 +394,6 @@ def test_find_batch_size_measures_the_noise_scale_at_the_answer() -> None:
     assert result.noise_scale is not None and 3 <= result.noise_scale.steps <= 20
     assert result.noise_scale.b_simple > 0 and result.options["noise_scale_precision"] > 0
     assert result.recommendation is not None and result.knee in result.throughput
+    # The wrapped optimizer's class is named (AdamW: the square-root rule when the batch moves).
+    assert result.options["optimizer"] == "AdamW" and result.recommendation.lr_rule == "sqrt"
     assert "B_simple" in result.summary()

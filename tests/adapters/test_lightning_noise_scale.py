@@ -89,6 +89,8 @@ def test_batch_size_finder_measures_the_noise_scale_at_the_answer() -> None:
     assert 3 <= result.noise_scale.steps <= 12 and result.noise_scale.b_small == result.batch_size
     assert result.noise_scale.b_simple > 0 and "B_simple" in result.summary()
     assert result.options["noise_scale_precision"] > 0 and result.recommendation is not None
+    # The optimizer is named, so the recommendation says how to move the LR (Adam: sqrt).
+    assert result.options["optimizer"] == "Adam" and result.recommendation.lr_rule == "sqrt"
 
 
 def test_tuner_passes_the_noise_scale_options_and_refuses_bad_ones() -> None:
