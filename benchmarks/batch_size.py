@@ -19,7 +19,11 @@ Every child runs on one thread (``OMP_NUM_THREADS=1``) with oneDNN off (its scra
 outlives a failure). glibc's allocator is pinned (``MALLOC_ARENA_MAX=1``,
 ``MALLOC_MMAP_THRESHOLD_=131072``) from the start in the bisection, the re-fits and the other
 libraries' children; ours get no such environment: ``find_batch_size`` pins it itself before
-its first trial (``pin_allocator``), as it would for a user.
+its first trial (``pin_allocator``), as it would for a user. A pinned child's cap is its own
+address space after the warm-up + the headroom; ours are capped at the same absolute number a
+pinned child has (measured once per cell by a ``base`` child): an unpinned process holds 15-32
+MiB more address space after the warm-up, and pinning gives part of it back, room the fresh
+re-fit process would not have.
 
 Usage:
     .venv/bin/python benchmarks/batch_size.py [--models mlp,conv,transformer]
@@ -133,8 +137,18 @@ def _steps(model: Any, optimizer: Any, data: Any, size: int, steps: int = STEPS)
         optimizer.step()
 
 
-def _limit_memory(headroom: int) -> None:
-    """Cap what this process may use to what it uses now plus ``headroom``."""
+def _vm_size() -> int:
+    """This process's address space (``VmSize``), in bytes."""
+    return next(
+        int(line.split()[1]) * 1024
+        for line in Path("/proc/self/status").read_text().splitlines()
+        if line.startswith("VmSize:")
+    )
+
+
+def _limit_memory(headroom: int, cap: int | None = None) -> None:
+    """Cap what this process may use to what it uses now plus ``headroom`` (on the CPU: to
+    ``cap`` bytes of address space when given)."""
     if DEVICE == "cuda":
         import torch
 
@@ -145,12 +159,8 @@ def _limit_memory(headroom: int) -> None:
         return
     import resource
 
-    vm_size = next(
-        int(line.split()[1]) * 1024
-        for line in Path("/proc/self/status").read_text().splitlines()
-        if line.startswith("VmSize:")
-    )
-    resource.setrlimit(resource.RLIMIT_AS, (vm_size + headroom, resource.RLIM_INFINITY))
+    limit = cap if cap is not None else _vm_size() + headroom
+    resource.setrlimit(resource.RLIMIT_AS, (limit, resource.RLIM_INFINITY))
 
 
 def _is_oom(error: BaseException) -> bool:
@@ -313,9 +323,12 @@ def _bisect(model: Any, optimizer: Any, data: Any) -> dict[str, Any]:
     return {"found": low, "trials": [], "stop": ""}
 
 
-def worker(name: str, headroom_mib: int, size: int | None = None) -> dict[str, Any]:
+def worker(
+    name: str, headroom_mib: int, size: int | None = None, cap: int | None = None
+) -> dict[str, Any]:
     """Run one contender (or the bisection, or a re-fit of ``size``) in this process under the
-    memory limit; return its figures."""
+    memory limit (``cap`` bytes of address space when given); return its figures. ``base``
+    only reports the address space a pinned child has where the others are capped."""
     import logging
 
     import torch
@@ -329,7 +342,9 @@ def worker(name: str, headroom_mib: int, size: int | None = None) -> dict[str, A
         import lightning.pytorch  # noqa: F401  (its import is not part of the search)
     if name.startswith("accelerate"):
         import accelerate  # noqa: F401
-    _limit_memory(headroom_mib * 2**20)
+    if name == "base":
+        return {"vm_size": _vm_size()}
+    _limit_memory(headroom_mib * 2**20, cap)
     if name == "refit":
         assert size is not None
         return {"fits": _fits(model, optimizer, data, size)}
@@ -350,6 +365,7 @@ def run_child(
     model: str = "mlp",
     device: str = "cpu",
     size: int | None = None,
+    cap: int | None = None,
 ) -> dict[str, Any]:
     """Run ``worker(name)`` in a fresh interpreter: one thread; glibc pinned from the start
     except for our contenders, which pin it themselves."""
@@ -363,6 +379,8 @@ def run_child(
     command += ["--device", device, "--models", model]
     if size is not None:
         command += ["--size", str(size)]
+    if cap is not None:
+        command += ["--cap-bytes", str(cap)]
     try:
         done = subprocess.run(
             command, env=env, capture_output=True, text=True, timeout=timeout, check=False
@@ -486,10 +504,26 @@ def run_cell(
             log.write(
                 json.dumps({"model": model, "headroom": headroom, "bisect": limit_row}) + "\n"
             )
+    cap = None  # ours: the absolute cap a pinned child has (see the module docstring)
+    if args.device == "cpu" and any(name.startswith("ours") for name in names):
+        base = run_child("base", headroom, args.timeout, model=model, device=args.device)
+        if "error" in base:
+            raise SystemExit(f"the base child failed ({model}): {base['error']}")
+        cap = base["vm_size"] + headroom * 2**20
+        print(f"{model} {headroom} MiB: ours capped at {cap / 2**20:.1f} MiB", file=sys.stderr)
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
     for _ in range(args.repeat):
         for name in names:
-            row = run_child(name, headroom, args.timeout, model=model, device=args.device)
+            row = run_child(
+                name,
+                headroom,
+                args.timeout,
+                model=model,
+                device=args.device,
+                cap=cap if name.startswith("ours") else None,
+            )
+            if cap is not None and name.startswith("ours"):
+                row["cap_mib"] = round(cap / 2**20, 1)
             if row.get("found"):
                 refit = run_child(
                     "refit",
@@ -520,6 +554,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds per contender")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--size", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--cap-bytes", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--write", type=Path, help="also write the Markdown report there")
     parser.add_argument("--json", type=Path, help="also write the raw figures there")
     parser.add_argument("--log", type=Path, help="append each contender's figures as it ends")
@@ -531,7 +566,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.worker:
         DEVICE, MODEL = args.device, args.models
-        print(json.dumps(worker(args.worker, int(args.headroom_mib), args.size)))
+        print(json.dumps(worker(args.worker, int(args.headroom_mib), args.size, args.cap_bytes)))
         return
     start = time.perf_counter()
     cells = {

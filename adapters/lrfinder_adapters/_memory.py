@@ -43,7 +43,7 @@ by is the step's non-tensor peak, and the profile of the last completed step car
 to every moment), so the guided search extrapolates and checks what the process really needs.
 It is read in steady state (the trial's last step, after two at the same size), it is never
 negative (small tensors reuse heap pages already resident and raise no high-water mark), and
-it counts from 1 MiB and 1% of the step's tensor peak (``NON_TENSOR_FLOOR``, ``NON_TENSOR_SHARE``).
+it counts from 4 MiB and 1% of the step's tensor peak (``NON_TENSOR_FLOOR``, ``NON_TENSOR_SHARE``).
 
 Phases: the trial runner marks the optimizer step (through ``register_step_pre_hook`` /
 ``register_step_post_hook``), so each trial reports a ``forward_backward`` and an ``optimizer``
@@ -78,11 +78,14 @@ MMAP_THRESHOLD = 128 * 2**10
 """The fixed mmap threshold the search pins: glibc's starting value, so that every tensor
 larger than it gets its own mapping, returned to the system when it is freed."""
 
-NON_TENSOR_FLOOR = 2**20
+NON_TENSOR_FLOOR = 4 * 2**20
 NON_TENSOR_SHARE = 0.01
-"""A step's non-tensor peak counts once it reaches 1 MiB and 1% of the step's tensor peak:
-below that it is page-level noise (a heap page touched for the first time), which at the small
-first sizes would bend the lines the guided search extrapolates; the margin covers it."""
+"""A step's non-tensor peak counts once it reaches 4 MiB and 1% of the step's tensor peak:
+below that it is the interpreter's and the heap's own noise, not scratch that grows with the
+batch: a heap page touched for the first time, or a new arena of Python's object allocator
+(1 MiB each: seen as a +1.04 MiB step at the first size of an MLP search, 1 run in 4, which
+broke the small sizes' line and cost a trial). At the small first sizes such a step would bend
+the lines the guided search extrapolates; the margin covers it."""
 
 log = logging.getLogger("lrfinder_plugins")
 
