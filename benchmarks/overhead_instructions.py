@@ -1,7 +1,7 @@
-"""Per-step overhead as instruction counts: a noise-free view of what the range test adds.
+"""Per-step overhead as instruction counts: a steadier view than time of what the range test adds.
 
 Wall-clock ratios on a shared VM move by up to 1.7x between two runs of the same loop, which
-hides a 3% difference. Instructions do not move: this runs the 100-step range test
+hides a 3% difference. Instructions move much less (the garbage collector and BLAS threads vary them a little): this runs the 100-step range test
 (``benchmarks.overhead.ours``: snapshot and restore included) and the bare loop
 (``benchmarks.overhead.bare_loop``) under valgrind's callgrind, each in a process that runs it
 ``0`` and ``--runs`` times after two warm-up runs, and reports the instructions per run (the
