@@ -212,9 +212,16 @@ def _ours(mode: str) -> Callable[[Any, Any, Any], dict[str, Any]]:
             "found": result.batch_size,
             "trials": [[t.size, t.fitted] for t in result.trials],
             "stop": str(result.stop_reason),
+            # What each trial read (MiB): the capacity after it and its measured peak.
+            "capacity_mib": [_mib(t.capacity_bytes) for t in result.trials],
+            "peak_mib": [_mib(t.peak_bytes) for t in result.trials],
         }
 
     return run
+
+
+def _mib(value: int | None) -> float | None:
+    return None if value is None else round(value / 2**20, 2)
 
 
 def _lightning(mode: str) -> Callable[[Any, Any, Any], dict[str, Any]]:

@@ -475,6 +475,7 @@ class BatchSizeSearch:
         self._final_proposal = False  # the proposal is the answer's verify: nothing reads it
         self._expected: float | None = None  # the peak predicted for the proposed aim
         self._predicted: int | None = None  # the answer, once a prediction held
+        self._settling: int | None = None  # the answer under the reading an aim left, run once
 
     # -- the state machine ---------------------------------------------------------------------
     @property
@@ -679,9 +680,24 @@ class BatchSizeSearch:
         largest, oom = _bracket(self.trials)
         if largest is None and oom == 1:
             return self._finish(BatchStopReason.NOTHING_FITS)
-        if self._prediction_held() and (largest is None or largest < self.cap):
-            self._predicted = self.trials[-1].size
+        settling, self._settling = self._settling, None
+        last = self.trials[-1]
+        if settling is not None and last.fitted and last.size == settling:
+            self._predicted = settling  # below an aim that fitted, under the reading it left
             return self._finish(BatchStopReason.PREDICTION_HELD)
+        held = self._prediction_held()
+        if held == last.size and (largest is None or largest < self.cap):
+            self._predicted = last.size
+            return self._finish(BatchStopReason.PREDICTION_HELD)
+        if held is not None and held < last.size and len(self.trials) < self.max_trials:
+            if held in _settled(self.trials):
+                self._predicted = held
+                return self._finish(BatchStopReason.PREDICTION_HELD)
+            self._settling = held
+            self._proposal = (held, "verify")
+            self._final_proposal = True
+            self._expected = None
+            return None
         self._expected = None
         final = None
         if largest is not None and largest >= self.cap:
@@ -790,26 +806,31 @@ class BatchSizeSearch:
     def _aims(self) -> list[BatchTrial]:
         return [t for t in self.trials if t.role in ("jump", "predict")]
 
-    def _prediction_held(self) -> bool:
-        """The last trial was an aim that fitted with the peak predicted for it."""
+    def _prediction_held(self) -> int | None:
+        """The answer the last trial's aim allows: its own size when it fitted with the peak
+        predicted for it and still keeps the margin under the capacity read after it; a smaller
+        size when it fitted with that peak but memory it left taken (no tensor: a grown heap, a
+        BLAS library's cached work buffers, a kernel's mappings) lowered the capacity read after
+        it, which a training run pays too after its first large step: the size that keeps the
+        margin under that reading; ``None``: no aim, or its peak missed."""
         last = self.trials[-1]
         if self.mode != "guided" or self._expected is None or last.role not in ("jump", "predict"):
-            return False
+            return None
         measured = self._measured(last)
         if not last.fitted or measured is None:
-            return False
+            return None
         model = self._local_model(last.size + 1)
         base = 0.0 if model is None else max(0.0, model.peak(0))
         share = max(self.tolerance, MATCH_SHARE)
         if abs(measured - self._expected) > share * max(self._expected - base, 0.0) + 1:
-            return False
-        # Memory the aim left taken (no tensor: a grown heap, a kernel's mappings) lowers the
-        # capacity read after it; a training run pays it too after its first large step. The
-        # aim holds only if it still keeps the margin under that reading.
+            return None
         capacity = last.capacity_bytes
         if model is None or capacity is None:
-            return True
-        return last.size <= (1.0 - self.margin) * model.limit(capacity) * (1.0 + share) + 1
+            return last.size
+        if last.size <= (1.0 - self.margin) * model.limit(capacity) * (1.0 + share) + 1:
+            return last.size
+        size = self._aim_size(model, capacity, _bracket(self.trials)[1])
+        return size if 1 <= size < last.size else None
 
     def _measured(self, trial: BatchTrial) -> float | None:
         profile = self._profiles.get(trial.size)
@@ -832,17 +853,23 @@ class BatchSizeSearch:
         model = self._memory_model(oom) if not aims else self._local_model(oom)
         if capacity is None or model is None or model.peak(largest) > capacity:
             return None
+        aim = self._aim_size(model, capacity, oom)
+        if aim < 1:
+            return None
+        if aim not in _settled(self.trials):
+            self._expected = model.peak(aim)
+        return aim, ("predict" if aims else "jump")
+
+    def _aim_size(self, model: MemoryModel, capacity: float, oom: int | None) -> int:
+        """``(1 - margin)`` x the limit ``model`` predicts under ``capacity``, below ``oom``, the
+        cap and on a divisor of ``target_batch`` (below 1: no size)."""
         aim = math.floor((1.0 - self.margin) * model.limit(capacity))
         if oom is not None:
             aim = min(aim, math.floor((1.0 - self.margin) * (oom - 1)))
         aim = min(aim, self.cap)
         if self.target_batch is not None and aim >= 1:
             aim = accumulation_for(self.target_batch, aim)[0]
-        if aim < 1:
-            return None
-        if aim not in _settled(self.trials):
-            self._expected = model.peak(aim)
-        return aim, ("predict" if aims else "jump")
+        return aim
 
     def _local_model(self, below: int | None) -> MemoryModel | None:
         """The line through the two largest measured sizes that fitted below ``below``."""

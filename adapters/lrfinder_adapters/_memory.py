@@ -22,17 +22,22 @@ left counts what glibc holds free in its heap (``mallinfo2``) as room: freed ten
 was freed does not shrink the reading. Pinned, every tensor above the threshold is mapped on its
 own and unmapped when freed, so the address space left is the room itself (the heap's free
 memory then serves small allocations only, and is not counted). It is read after each trial's clean-up,
-and after an out-of-memory error the live bytes at the failing operation plus the size it asked
+which under ``RLIMIT_AS`` on glibc ends with ``malloc_trim(0)`` (:func:`trim_heap`): the free
+top of the heap goes back to the kernel, so the reading does not depend on where glibc last
+trimmed (measured on the benchmark's conv net: the address space before its first large trial
+varied by 20 MiB between processes without it, by 4 MiB with it), and after an out-of-memory error the live bytes at the failing operation plus the size it asked
 for (read from the message) bound it from above.
 
 Allocator pinning (:func:`pin_allocator`): on glibc under a finite ``RLIMIT_AS`` the address
 space glibc takes depends on history: its first allocation failure in a thread adds an arena
 (64 MiB of address space, kept), and its moving mmap threshold puts tensors of up to 32 MiB on
-the heap once one that size was freed, and keeps them there. The search sets
-``M_ARENA_MAX=1`` and a fixed ``M_MMAP_THRESHOLD`` (128 KiB, glibc's starting value) through
-``mallopt`` so that what fits is a function of the size alone; the process keeps those settings
-(glibc cannot go back to a moving threshold), so the training that follows runs as the trials
-did. ``MALLOC_ARENA_MAX`` or ``MALLOC_MMAP_THRESHOLD_`` in the environment win.
+the heap once one that size was freed, and keeps them there, and with it its trim threshold
+(up to 64 MiB left free at the top of the heap, given back or not by chance). The search sets
+``M_ARENA_MAX=1``, a fixed ``M_MMAP_THRESHOLD`` and ``M_TRIM_THRESHOLD`` (128 KiB each, glibc's
+starting values) through ``mallopt`` and trims the heap once, so that what fits is a function
+of the size alone; the process keeps those settings (glibc cannot go back to a moving
+threshold), so the training that follows runs as the trials did. ``MALLOC_ARENA_MAX``, ``MALLOC_MMAP_THRESHOLD_`` or ``MALLOC_TRIM_THRESHOLD_`` in the
+environment win.
 
 Non-tensor memory (:class:`ResidentPeak`, the CPU on Linux): what a step takes that is no
 tensor an operator returns (a kernel's own scratch, such as the columns of a convolution without
@@ -72,6 +77,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 FORWARD_BACKWARD = "forward_backward"
 OPTIMIZER = "optimizer"
 
+M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
 M_ARENA_MAX = -8
 MMAP_THRESHOLD = 128 * 2**10
@@ -522,6 +528,8 @@ def free_memory(device: torch.device) -> None:
     import gc
 
     gc.collect()
+    if device.type == "cpu":
+        trim_heap()
     if device.type == "cuda" and torch.cuda.is_initialized():
         torch.cuda.empty_cache()
     mps = getattr(torch, "mps", None)
@@ -624,6 +632,23 @@ def malloc_free_bytes() -> int | None:
     return int(mallinfo2().fordblks)
 
 
+def trim_heap() -> bool:
+    """Under a finite ``RLIMIT_AS`` on glibc, hand the free top of the heap back to the kernel
+    (``malloc_trim(0)``), so the address space left is read the same whatever ran before;
+    return whether it ran.
+
+    Example:
+        >>> trim_heap() in (True, False)
+        True
+    """
+    libc = _glibc() if address_space_limited() else None
+    trim = None if libc is None else getattr(libc, "malloc_trim", None)
+    if trim is None:
+        return False
+    trim(0)
+    return True
+
+
 def address_space_limited() -> bool:
     """Whether this process runs under a finite ``RLIMIT_AS``."""
     soft, _hard = resource.getrlimit(resource.RLIMIT_AS)
@@ -660,12 +685,15 @@ def pin_allocator(pin: bool | None = None) -> dict[str, int]:
         return {}
     wanted = {"M_ARENA_MAX": (M_ARENA_MAX, 1, "MALLOC_ARENA_MAX")}
     wanted["M_MMAP_THRESHOLD"] = (M_MMAP_THRESHOLD, MMAP_THRESHOLD, "MALLOC_MMAP_THRESHOLD_")
+    wanted["M_TRIM_THRESHOLD"] = (M_TRIM_THRESHOLD, MMAP_THRESHOLD, "MALLOC_TRIM_THRESHOLD_")
     made: dict[str, int] = {}
     for name, (param, value, variable) in wanted.items():
         if variable in os.environ:
             continue  # the user's own glibc tunable wins
         if _PINNED.get(name) == value or libc.mallopt(param, value) == 1:
             made[name] = value
+    if made:
+        trim_heap()  # what a moved trim threshold kept free at the top goes back now
     if made and made != _PINNED:
         _PINNED.update(made)
         log.info(

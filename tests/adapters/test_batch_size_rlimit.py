@@ -149,6 +149,55 @@ print(json.dumps({
 """
 
 
+TRIM = r"""
+import json, resource, sys
+import torch
+from lrfinder_adapters import _memory
+
+
+def vm_size():
+    return _memory._read_kib("/proc/self/status", "VmSize")
+
+
+def small_objects(mib):  # 64 KiB objects: below any mmap threshold, so on the heap
+    blocks = [bytearray(64 * 2**10) for _ in range(mib * 16)]
+    del blocks
+
+
+unlimited = _memory.trim_heap()
+resource.setrlimit(resource.RLIMIT_AS, (vm_size() + 512 * 2**20, resource.RLIM_INFINITY))
+block = torch.empty(16 * 2**20, dtype=torch.uint8)  # freed, it moves glibc's thresholds up
+block.fill_(1)
+del block
+start = vm_size()
+small_objects(12)  # left free at the heap's top: under the moved trim threshold
+kept = vm_size() - start
+made = _memory.pin_allocator()
+after_pin = vm_size() - start
+small_objects(12)  # pinned: the trim threshold is back at 128 KiB
+print(json.dumps({
+    "unlimited": unlimited,
+    "made": made,
+    "kept": kept,
+    "after_pin": after_pin,
+    "after_churn": vm_size() - start,
+}))
+"""
+
+
+def test_pinning_gives_the_free_top_of_the_heap_back_and_keeps_it_back() -> None:
+    """Left alone, glibc's trim threshold moves up with its mmap threshold and 12 MiB freed at
+    the top of the heap stay in the address space; pinning trims them and fixes the trim
+    threshold at 128 KiB, so the same churn afterwards leaves nothing behind, and the capacity
+    read between trials does not depend on where glibc last trimmed. Without a limit the
+    trim does not run."""
+    report = report_of(start_child(script=TRIM))
+    assert report["unlimited"] is False, report
+    assert report["made"].get("M_TRIM_THRESHOLD") == 128 * 2**10, report
+    assert report["kept"] >= 10 * 2**20, report
+    assert report["after_pin"] < 2**20 and report["after_churn"] < 2**20, report
+
+
 def start_child(*args: str, script: str = CHILD) -> subprocess.Popen[str]:
     """Start a child script on one thread, with glibc's allocator left to the library."""
     env = {
@@ -238,16 +287,22 @@ def test_real_allocation_failures_end_trials_and_the_answer_ran_after_the_last(
 
 def test_pinning_makes_freed_tensors_leave_the_address_space() -> None:
     """Pinned, a freed 16 MiB tensor gives its address space back, and the heap's free memory
-    (too small for such tensors) is not counted as room; left alone, glibc keeps the tensor on
+    (for allocations below 128 KiB only) is not counted as room; left alone, glibc keeps the tensor on
     the heap, and the capacity reading counts it as room anyway (mallinfo2)."""
     pinned = report_of(start_child("auto", script=PINNING))
     alone = report_of(start_child("off", script=PINNING))
-    assert pinned["made"] == {"M_ARENA_MAX": 1, "M_MMAP_THRESHOLD": 128 * 2**10}
+    assert pinned["made"] == {
+        "M_ARENA_MAX": 1,
+        "M_MMAP_THRESHOLD": 128 * 2**10,
+        "M_TRIM_THRESHOLD": 128 * 2**10,
+    }
     assert alone["made"] == {}
     # Left alone, glibc keeps at least part of the churned 16 MiB on the heap (seen: 12-16 MiB,
     # depending on where its moving threshold stood); pinned, less than 1 MiB stays.
     assert pinned["grew"] < 2**20 and alone["grew"] >= 8 * 2**20, (pinned, alone)
-    assert pinned["held_free"] >= 4 * 2**20 > abs(pinned["heap_counted"]) * 4, pinned
+    # Pinned, the heap's free memory is not room for such tensors and is not counted (what the
+    # moved trim threshold kept free at its top was given back when pinning).
+    assert pinned["heap_counted"] == 0, pinned
     assert alone["held_free"] >= 8 * 2**20 and abs(alone["headroom_change"]) < 2**20, alone
 
 
@@ -352,7 +407,11 @@ def test_accelerate_searches_pin_and_predict_under_a_real_address_space_limit(
         start_child(entry, str(HEADROOM_MIB), str(MARGIN), "auto", script=ACCELERATE_CHILD)
     )
     assert pinned["pinned"], pinned
-    assert pinned["made"] == {"M_ARENA_MAX": 1, "M_MMAP_THRESHOLD": 128 * 2**10}, pinned
+    assert pinned["made"] == {
+        "M_ARENA_MAX": 1,
+        "M_MMAP_THRESHOLD": 128 * 2**10,
+        "M_TRIM_THRESHOLD": 128 * 2**10,
+    }, pinned
     assert len(pinned["trials"]) <= 5 and pinned["oom_trials"] <= 1, pinned
     low, high = 0.85 * (1 - MARGIN) * true_limit, (1 + NOISE) * true_limit
     assert low <= pinned["found"] <= high, (pinned, true_limit)
