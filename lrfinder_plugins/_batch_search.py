@@ -19,10 +19,12 @@ Modes:
         training step at small sizes, fits how each moment grows with the batch
         (:class:`MemoryModel`) and aims straight at ``(1 - margin)`` times the predicted limit.
         It stops there when that size fits and its measured peak matches the prediction
-        (``prediction_held``: also under the capacity read after it, which memory the aim left
-        taken may have lowered); a peak that misses re-fits the model through the two largest
-        sizes and aims again, an out-of-memory aim aims again from the capacity read after the
-        failure, below it. After two failed aims, three aims, or when the capacity reading
+        (``prediction_held``) and it still keeps the margin under the capacity read after it.
+        When memory the aim left taken (no tensor: MKL's cached GEMM buffers, a grown heap)
+        lowered that reading, the size that keeps the margin under it is run once
+        (``verify``: smaller than the aim, so it fits unless memory changed) and answered;
+        a peak that misses re-fits the model through the two largest sizes and aims again,
+        an out-of-memory aim aims again from the capacity read after the failure, below it. After two failed aims, three aims, or when the capacity reading
         contradicts a size that fitted, it doubles and bisects like ``binsearch``, to
         ``margin / 5`` of the size. Without peak or capacity figures it does that from the start.
 

@@ -179,7 +179,9 @@ class RangeTestSession:
         the failing rank, :class:`~lrfinder_plugins.RankFailedError` elsewhere).
         """
         if self._local and type(outcome) is float:
-            self._record(outcome)  # the common case, without building a record
+            # The common case, without building a record; a non-finite loss is recorded as NaN,
+            # as every reduced outcome records it.
+            self._record(outcome if math.isfinite(outcome) else math.nan)
             return _LOCAL_POINT
         counted = True
         if isinstance(outcome, StepOutcome):

@@ -103,6 +103,7 @@ def _to_device(obj: Any, device: torch.device | None) -> Any:
 
 
 _NARROW_FLOATS = (torch.float16, torch.bfloat16)
+_MODEL_STOPPED = "the model or loss function raised StopIteration"
 
 
 def _widened(loss: torch.Tensor) -> torch.Tensor:
@@ -550,6 +551,26 @@ class TorchStep:
         self._last_scale = 0.0
         # The optimizer's parameters only: those are the ones a scaler unscales before clipping.
         self._clip_params = [p for group in optimizer.param_groups for p in group["params"]]
+        self._plain = self._is_plain()
+        """One micro-batch, no scaler, clipping, validation, AMP, look-ahead or late decision, one
+        process and the seams as defined here: after the first, each step runs as a hand-written
+        loop's would and returns its loss as a float (the session records a float with nothing
+        more to reduce); the first returns a full outcome, with its samples."""
+
+    def _is_plain(self) -> bool:
+        seams = ("run", "micro_step", "forward", "backward", "optimizer_step", "_fetch", "_loss")
+        return (
+            self.accumulation_steps == 1
+            and self.scaler is None
+            and self.val_loader is None
+            and self.max_grad_norm is None
+            and not self.all_reduce_grads
+            and not self.lookahead
+            and not self.overlap
+            and self.reducer.world_size == 1
+            and self._autocast is contextlib.nullcontext
+            and all(getattr(type(self), name) is getattr(TorchStep, name) for name in seams)
+        )
 
     def _host_buffer(self, loss: torch.Tensor) -> torch.Tensor | None:
         """A pinned host buffer for a CUDA loss (two in turn: step k's is read before step k+2
@@ -630,7 +651,7 @@ class TorchStep:
             else:
                 group["lr"] = lr * ratio
 
-    def run(self) -> StepOutcome | DeferredOutcome | None:
+    def run(self) -> StepOutcome | DeferredOutcome | float | None:
         """One optimizer step: its mean loss and samples, or ``None`` if the scaler skipped it.
 
         The parts are seams a subclass may replace (the Accelerate adapter does):
@@ -640,6 +661,20 @@ class TorchStep:
         whose data ran out re-runs its last batches (a step that is never recorded) so that the
         collectives of the step the other ranks already started still match.
         """
+        if self._plain and self._batches is not None:
+            # The plain case, after its first step: fetch, zero_grad, forward, backward, step
+            # and read the loss, as a hand-written loop does (the same calls, in that order).
+            batch = next(self._batches)  # StopIteration: the data ran out (run_step says so)
+            if self.device is not None:
+                batch = _to_device(batch, self.device)
+            self.optimizer.zero_grad(set_to_none=True)
+            try:
+                loss = self._loss(batch)
+            except StopIteration as error:
+                raise RuntimeError(_MODEL_STOPPED) from error
+            loss.backward()
+            self.optimizer.step()
+            return loss.item()
         self.can_continue = not self._collectives  # until this step's collectives are done
         if self._batches is None:
             self._batches = self._cycle(self.train_loader, "train_loader")
@@ -718,7 +753,7 @@ class TorchStep:
         except StopIteration as error:
             # Only the data running out may end the test quietly (as PEP 479 does for
             # generators): a StopIteration from the user's model or loss is a bug to show.
-            raise RuntimeError("the model or loss function raised StopIteration") from error
+            raise RuntimeError(_MODEL_STOPPED) from error
 
     def backward(self, loss: torch.Tensor) -> None:
         """Backward of one micro-batch's loss: divided over the window, scaled under AMP."""

@@ -493,3 +493,93 @@ def test_recorded_lr_is_the_lr_the_optimizer_step_used(batches: list[Batch], mse
     used = count_steps(optimizer)
     result = run(model, optimizer, mse, batches, num_iter=15)
     assert used == list(result.lrs)
+
+
+class _Seamed(TorchStep):
+    """A subclass with a seam of its own (the same forward): it runs the general path."""
+
+    def forward(self, batch: Any) -> torch.Tensor:
+        return super().forward(batch)
+
+
+def _record_returns(step: TorchStep) -> list[Any]:
+    """What each ``step.run()`` returns, in order."""
+    returned: list[Any] = []
+    original = step.run
+
+    def run() -> Any:
+        returned.append(original())
+        return returned[-1]
+
+    step.run = run  # type: ignore[method-assign]
+    return returned
+
+
+def test_the_plain_step_is_a_hand_written_loop(batches: list[Batch], mse: Any) -> None:
+    """The plain case (one micro-batch, nothing else on) runs every step after the first as a
+    hand-written loop does and hands the session a float; the points are bitwise those of the
+    general path (a subclass with a seam of its own) and of a loop written out here."""
+    results = []
+    for kind in (TorchStep, _Seamed):
+        model = linear_model()
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        step = kind(model, optimizer, mse, batches)
+        assert step._plain is (kind is TorchStep)
+        test = RangeTest(start_lr=1e-3, end_lr=1.0, num_iter=12, diverge_threshold=None)
+        returned = _record_returns(step)
+        results.append(run_range_test(step, test, progress=False))
+        floats = [type(r) is float for r in returned]
+        assert floats == ([False] + [True] * 11 if kind is TorchStep else [False] * 12)
+
+    model = linear_model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    by_hand = []
+    for lr, (inputs, targets) in zip(results[0].lrs, batches * 3):
+        optimizer.param_groups[0]["lr"] = lr
+        optimizer.zero_grad(set_to_none=True)
+        loss = mse(model(inputs), targets)
+        loss.backward()
+        optimizer.step()
+        by_hand.append(loss.item())
+    assert results[0].losses == results[1].losses == tuple(by_hand)
+    assert results[0].options == results[1].options  # global_batch read from the first step
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"accumulation_steps": 2},
+        {"max_grad_norm": 1.0},
+        {"amp": True},
+        {"val_loader": [(torch.randn(4, 4), torch.randn(4, 1))]},
+        {"lookahead": True},
+        {"overlap": True},
+        {"scaler": "scaler"},
+    ],
+)
+def test_anything_on_takes_the_general_path(batches: list[Batch], mse: Any, options: Any) -> None:
+    """Each option the fused step does not do turns it off."""
+    if options.get("scaler") == "scaler":
+        options = {"scaler": torch.amp.GradScaler("cpu", enabled=False)}
+    model = linear_model()
+    step = TorchStep(model, torch.optim.SGD(model.parameters(), lr=0.1), mse, batches, **options)
+    assert not step._plain
+
+
+def test_a_stop_iteration_from_the_model_is_an_error_in_the_plain_step(
+    batches: list[Batch], mse: Any
+) -> None:
+    """After the first step too: only the data running out ends the test quietly."""
+    calls = []
+
+    def loss_fn(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        calls.append(1)
+        if len(calls) == 3:
+            raise StopIteration
+        return mse(outputs, targets)
+
+    model = linear_model()
+    step = TorchStep(model, torch.optim.SGD(model.parameters(), lr=0.1), loss_fn, batches)
+    assert step._plain
+    with pytest.raises(RuntimeError, match="raised StopIteration"):
+        run_range_test(step, RangeTest(num_iter=10), progress=False)
