@@ -136,33 +136,32 @@ class RangeTest:
 
     def record(self, loss: float) -> None:
         """Record the loss of the step that used :meth:`next_lr`; may finish the test."""
-        lr = self.next_lr()  # raises once the test stopped: nothing is recorded after it
+        if self.stop_reason is not None:
+            self.next_lr()  # raises: nothing is recorded after the stop
+        losses = self.losses
+        self.lrs.append(self._planned[len(losses)])
         loss = float(loss)
-        self.lrs.append(lr)
-        self.losses.append(loss)
+        losses.append(loss)
         if not math.isfinite(loss):
             self.smoothed_losses.append(loss)
             self.stop_reason = StopReason.NON_FINITE
             return
         beta = self.smoothing
         self._avg = beta * self._avg + (1.0 - beta) * loss
-        smoothed = self._avg / (1.0 - beta ** len(self.losses)) if beta else loss
+        smoothed = self._avg / (1.0 - beta ** len(losses)) if beta else loss
         self.smoothed_losses.append(smoothed)
-        if smoothed < self._best:
-            self._best = smoothed
-        if self._diverged(smoothed):
-            self.stop_reason = StopReason.DIVERGED
-        elif len(self.losses) == self.num_iter:
-            self.stop_reason = StopReason.BUDGET
-
-    def _diverged(self, smoothed: float) -> bool:
-        if self.diverge_threshold is None:
-            return False
         best = self._best
-        # Relative to |best|; a best of exactly 0 would never allow a stop, so use the scale of
-        # the first smoothed loss then.
-        scale = abs(best) or abs(self.smoothed_losses[0])
-        return smoothed - best > (self.diverge_threshold - 1.0) * scale > 0.0
+        if smoothed < best:
+            self._best = best = smoothed
+        threshold = self.diverge_threshold
+        # Diverged: above the best by (threshold - 1) x |best|; a best of exactly 0 would never
+        # allow a stop, so the scale of the first smoothed loss is used then.
+        if threshold is not None and (
+            smoothed - best > (threshold - 1.0) * (abs(best) or abs(self.smoothed_losses[0])) > 0.0
+        ):
+            self.stop_reason = StopReason.DIVERGED
+        elif len(losses) == self.num_iter:
+            self.stop_reason = StopReason.BUDGET
 
     def stop(self, reason: StopReason | str) -> None:
         """End the test from outside (data ran out, interrupted); a no-op once stopped."""

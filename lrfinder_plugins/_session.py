@@ -119,7 +119,7 @@ class RangeTestSession:
     @property
     def finished(self) -> bool:
         """True once the test stopped (budget, divergence, non-finite, no data, outside stop)."""
-        return self.test.finished
+        return self.test.stop_reason is not None
 
     def start(self) -> None:
         """Open the reduce point (collective: every rank calls it) and tell the observers."""
@@ -181,7 +181,12 @@ class RangeTestSession:
         if self._local and type(outcome) is float:
             # The common case, without building a record; a non-finite loss is recorded as NaN,
             # as every reduced outcome records it.
-            self._record(outcome if math.isfinite(outcome) else math.nan)
+            loss = outcome if math.isfinite(outcome) else math.nan
+            if self._notify:
+                self._record(loss)
+            else:
+                self.skipped = 0
+                self.test.record(loss)
             return _LOCAL_POINT
         counted = True
         if isinstance(outcome, StepOutcome):

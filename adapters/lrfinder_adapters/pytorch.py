@@ -839,7 +839,8 @@ class TorchStep:
                 f"batches must be (inputs, targets) tuples/lists or dicts, got "
                 f"{type(batch).__name__}; pass compute_loss=lambda model, batch: ... for others"
             )
-        outputs = model(**inputs) if isinstance(inputs, Mapping) else model(inputs)
+        plain = type(inputs) is torch.Tensor or not isinstance(inputs, Mapping)
+        outputs = model(inputs) if plain else model(**inputs)
         if loss_fn is None:
             raise TypeError("loss_fn is None but batches are (inputs, targets): pass a loss_fn")
         return loss_tensor(loss_fn(outputs, targets))
