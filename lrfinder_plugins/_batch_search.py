@@ -24,9 +24,10 @@ Modes:
         lowered that reading, the size that keeps the margin under it is run once
         (``verify``: smaller than the aim, so it fits unless memory changed) and answered;
         a peak that misses re-fits the model through the two largest sizes and aims again,
-        an out-of-memory aim aims again from the capacity read after the failure, below it. After two failed aims, three aims, or when the capacity reading
-        contradicts a size that fitted, it doubles and bisects like ``binsearch``, to
-        ``margin / 5`` of the size. Without peak or capacity figures it does that from the start.
+        an out-of-memory aim aims again from the capacity read after the failure, below it.
+        After two failed aims, three aims, or when the capacity reading contradicts a size
+        that fitted, it doubles and bisects like ``binsearch``, to ``margin / 5`` of the size.
+        Without peak or capacity figures it does that from the start.
 
 An out-of-memory trial changes the state of memory (an allocator may keep more address space
 after one), so a size that fitted before a failure and a failure after it never form a bracket:
@@ -687,20 +688,19 @@ class BatchSizeSearch:
         if settling is not None and last.fitted and last.size == settling:
             self._predicted = settling  # below an aim that fitted, under the reading it left
             return self._finish(BatchStopReason.PREDICTION_HELD)
-        held = self._prediction_held()
-        if held == last.size and (largest is None or largest < self.cap):
+        answer = self._aim_answer()
+        self._expected = None
+        if answer == last.size and (largest is None or largest < self.cap):
             self._predicted = last.size
             return self._finish(BatchStopReason.PREDICTION_HELD)
-        if held is not None and held < last.size and len(self.trials) < self.max_trials:
-            if held in _settled(self.trials):
-                self._predicted = held
+        if answer is not None and answer < last.size and len(self.trials) < self.max_trials:
+            if answer in _settled(self.trials):
+                self._predicted = answer
                 return self._finish(BatchStopReason.PREDICTION_HELD)
-            self._settling = held
-            self._proposal = (held, "verify")
+            self._settling = answer
+            self._proposal = (answer, "verify")
             self._final_proposal = True
-            self._expected = None
             return None
-        self._expected = None
         final = None
         if largest is not None and largest >= self.cap:
             final = (
@@ -808,7 +808,7 @@ class BatchSizeSearch:
     def _aims(self) -> list[BatchTrial]:
         return [t for t in self.trials if t.role in ("jump", "predict")]
 
-    def _prediction_held(self) -> int | None:
+    def _aim_answer(self) -> int | None:
         """The answer the last trial's aim allows: its own size when it fitted with the peak
         predicted for it and still keeps the margin under the capacity read after it; a smaller
         size when it fitted with that peak but memory it left taken (no tensor: a grown heap, a

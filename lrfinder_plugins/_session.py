@@ -181,12 +181,7 @@ class RangeTestSession:
         if self._local and type(outcome) is float:
             # The common case, without building a record; a non-finite loss is recorded as NaN,
             # as every reduced outcome records it.
-            loss = outcome if math.isfinite(outcome) else math.nan
-            if self._notify:
-                self._record(loss)
-            else:
-                self.skipped = 0
-                self.test.record(loss)
+            self._record(outcome if math.isfinite(outcome) else math.nan)
             return _LOCAL_POINT
         counted = True
         if isinstance(outcome, StepOutcome):

@@ -21,12 +21,14 @@ left counts what glibc holds free in its heap (``mallinfo2``) as room: freed ten
 32 MiB stay there and are reused before new address space is taken, so a trial that fitted and
 was freed does not shrink the reading. Pinned, every tensor above the threshold is mapped on its
 own and unmapped when freed, so the address space left is the room itself (the heap's free
-memory then serves small allocations only, and is not counted). It is read after each trial's clean-up,
-which under ``RLIMIT_AS`` on glibc ends with ``malloc_trim(0)`` (:func:`trim_heap`): the free
-top of the heap goes back to the kernel, so the reading does not depend on where glibc last
-trimmed (measured on the benchmark's conv net: the address space before its first large trial
-varied by 20 MiB between processes without it, by 4 MiB with it), and after an out-of-memory error the live bytes at the failing operation plus the size it asked
-for (read from the message) bound it from above.
+memory then serves small allocations only, and is not counted). It is read after each trial's
+clean-up, which under ``RLIMIT_AS`` on glibc ends with ``malloc_trim(0)`` (:func:`trim_heap`):
+the free top of the heap goes back to the kernel, so the reading depends less on where glibc
+last trimmed (the benchmark's conv net at 0.5 GiB: the capacity before its first large trial
+spread over 40 MiB between processes before this and the fixed trim threshold, 12.6 MiB
+after; heap holes ``malloc_trim`` cannot give back make the rest). After an out-of-memory
+error the live bytes at the failing operation plus the size it asked for (read from the
+message) bound it from above.
 
 Allocator pinning (:func:`pin_allocator`): on glibc under a finite ``RLIMIT_AS`` the address
 space glibc takes depends on history: its first allocation failure in a thread adds an arena
@@ -36,8 +38,8 @@ the heap once one that size was freed, and keeps them there, and with it its tri
 ``M_ARENA_MAX=1``, a fixed ``M_MMAP_THRESHOLD`` and ``M_TRIM_THRESHOLD`` (128 KiB each, glibc's
 starting values) through ``mallopt`` and trims the heap once, so that what fits is a function
 of the size alone; the process keeps those settings (glibc cannot go back to a moving
-threshold), so the training that follows runs as the trials did. ``MALLOC_ARENA_MAX``, ``MALLOC_MMAP_THRESHOLD_`` or ``MALLOC_TRIM_THRESHOLD_`` in the
-environment win.
+threshold), so the training that follows runs as the trials did. ``MALLOC_ARENA_MAX``,
+``MALLOC_MMAP_THRESHOLD_`` or ``MALLOC_TRIM_THRESHOLD_`` in the environment win.
 
 Non-tensor memory (:class:`ResidentPeak`, the CPU on Linux): what a step takes that is no
 tensor an operator returns (a kernel's own scratch, such as the columns of a convolution without
