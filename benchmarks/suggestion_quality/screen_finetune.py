@@ -1,4 +1,4 @@
-"""Screening two rule changes for margin's fine-tuning failure (issue 15, not shipped).
+"""Screening two rule changes for margin's fine-tuning failure (issue 15; B shipped after it).
 
 The finetune curves fall cleanly to a minimum at 0.02-0.05 (about 1.2 decades above the grid's
 best LR, 2.5e-3) and climb back to the start loss within a decade, but a 3-class cross-entropy
@@ -8,7 +8,9 @@ the grid's cliff (regret 0.83-1). The two candidates:
 
 - A: the loss also blew up where the smoothed curve climbed ``k x depth`` back above its lowest
   (when the descent stands out of the noise, depth >= 2 x noise);
-- B: ``min(margin, the LR from which the smoothed loss stays f of its descent down)``.
+- B: ``min(margin, the LR from which the smoothed loss stays f of its descent down)``, since
+  shipped as ``analyse_curve``'s ``descent_fraction`` (read from the library here; it picked
+  the same LRs as this screening's own copy of the rule, to the bit, on all 87 runs).
 
 Each constant is chosen with ``selection.py``'s robust criterion on the dev split, and once per
 family without that family (leave-one-family-out), as ``screen_valley_cap.py`` does; a second
@@ -40,6 +42,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from benchmarks.suggestion_quality import selection
 from benchmarks.suggestion_quality.cache import (
     GRID_LRS,
     GRID_PATH,
@@ -123,16 +126,14 @@ RISES: tuple[float, ...] = (
     4.0,
 )
 """Rule A's ``k``: the loss blew up once its smoothed curve climbed ``k x depth`` above its lowest."""
-FRACTIONS: tuple[float, ...] = tuple(round(0.05 * i, 2) for i in range(1, 20))
-"""Rule B's ``f``: the suggestion is at most the LR where the loss has made ``f`` of its descent."""
+FRACTIONS = selection.FRACTIONS
+"""Rule B's ``f`` (shipped as ``descent_fraction``): the suggestion is at most the LR where the
+loss has made ``f`` of its descent."""
 
 
-def _margin_parts(
-    result: RangeTestResult, rise_depths: float = math.inf
-) -> tuple[float, list[float], list[float], float, float]:
-    """margin's suggestion (as ``analyse_curve`` computes it, with rule A's blow-up threshold) and
-    the pieces rule B needs: the smoothed curve up to the blow-up, its LRs, the start loss and
-    the lowest smoothed loss."""
+def _margin_rule_a(result: RangeTestResult, rise_depths: float = math.inf) -> float:
+    """margin's suggestion without the descent cap, as ``analyse_curve`` computed it before rule
+    B shipped, with rule A's blow-up threshold (``inf``: the shipped rule)."""
     kept = [i for i, y in enumerate(result.losses) if math.isfinite(y)]
     count = len(kept)
     xs = [math.log10(result.lrs[i]) for i in kept]
@@ -173,23 +174,7 @@ def _margin_parts(
     rising = i_min < head and later - lowest > 2.0 * noise and later > lowest
     if not early and not rising and ratio < 2.0:
         x_low = xs[i_edge] - FALLBACK
-    lr = 10.0 ** ((x_low + xs[i_edge]) / 2 - MARGIN)
-    return lr, smoothed[: i_min + 1], [10.0**x for x in xs[: i_min + 1]], start, lowest
-
-
-def descent_cap(result: RangeTestResult, fraction: float) -> float:
-    """Rule B's cap: the LR from which on the smoothed loss stays at least ``fraction`` of the way
-    down from the start loss to its lowest, up to the lowest (that LR when it never falls below
-    the start)."""
-    _, smoothed, lrs, start, lowest = _margin_parts(result)
-    if not start > lowest:
-        return lrs[-1]
-    level = start - fraction * (start - lowest)
-    # the last crossing: from there on the smoothed loss stays below ``level`` up to its lowest
-    j = len(smoothed) - 1
-    while j > 0 and smoothed[j - 1] <= level:
-        j -= 1
-    return lrs[j]
+    return 10.0 ** ((x_low + xs[i_edge]) / 2 - MARGIN)
 
 
 def _stats(regrets: list[float]) -> str:
@@ -285,18 +270,22 @@ def main(argv: Sequence[str] = ()) -> int:
         print()
     family = {t.name: t.family for t in TASKS}
     keys = list(curves)
-    shipped = {k: r.suggestion("margin").lr for k, r in curves.items()}
-    base = {k: _margin_parts(r)[0] for k, r in curves.items()}
+    shipped = {k: r.suggestion("margin", descent_fraction=0).lr for k, r in curves.items()}
+    base = {k: _margin_rule_a(r) for k, r in curves.items()}
     drift = max(abs(math.log10(base[k] / shipped[k])) for k in keys)
     assert drift < 1e-9, f"the re-read margin differs from the shipped one by {drift} decades"
-    rule_a = {k: {c: _margin_parts(r, c)[0] for c in RISES} for k, r in curves.items()}
-    caps = {k: {c: descent_cap(r, c) for c in FRACTIONS} for k, r in curves.items()}
-    rule_b = {k: {c: min(base[k], caps[k][c]) for c in FRACTIONS} for k in keys}
+    rule_a = {k: {c: _margin_rule_a(r, c) for c in RISES} for k, r in curves.items()}
+    rule_b = {
+        k: {c: r.suggestion("margin", descent_fraction=c).lr for c in FRACTIONS}
+        for k, r in curves.items()
+    }
     dev = [k for k in keys if k[0] in DEV_TASKS]
     confirm = [k for k in keys if k[0] in CONFIRM_TASKS]
     finetune = [k for k in keys if family[k[0]] == "finetune"]
     default = _Screen(grids, {k: {0.0: base[k]} for k in keys}, (0.0,), lambda a, b: True)
-    print("current default (margin; no constant to choose, so leave-one-family-out = all runs):")
+    print(
+        "margin without the descent cap (no constant to choose, so leave-one-family-out = all runs):"
+    )
     print(f"  dev {_stats(default.at(0.0, dev))}")
     print(f"  confirm {_stats(default.at(0.0, confirm))}")
     print(f"  leave-one-family-out {_stats(default.at(0.0, keys))}")

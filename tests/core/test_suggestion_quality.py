@@ -51,12 +51,52 @@ def test_margin_is_the_default() -> None:
 
 
 def test_margin_is_the_geometric_mean_of_minimum_and_blowup_over_the_margin() -> None:
-    """margin = sqrt(lr at the smoothed minimum * lr at the blow-up) / 10**1.4."""
+    """Without the descent cap, margin = sqrt(lr at the smoothed minimum * lr at the blow-up)
+    / 10**1.4."""
     result = result_from_losses(descent_then_blowup())
-    analysis = analyse_curve(result)
+    analysis = analyse_curve(result, descent_fraction=0)
     assert analysis is not None
     expected = math.sqrt(analysis.lr_min * analysis.lr_blowup) / MARGIN
-    assert result.suggestion().lr == pytest.approx(expected, rel=1e-12)
+    assert result.suggestion("margin", descent_fraction=0).lr == pytest.approx(expected, rel=1e-12)
+
+
+def test_margin_is_never_above_where_the_loss_made_its_fraction_of_the_descent() -> None:
+    """The default is min(the uncapped margin, lr_descended); lr_descended is the first LR from
+    which the smoothed loss stays 0.4 of the way down its descent up to the minimum."""
+    for losses in (descent_then_blowup(), sigmoid_curve(), v_curve()):
+        result = result_from_losses(losses)
+        capped, free = analyse_curve(result), analyse_curve(result, descent_fraction=0)
+        assert capped is not None and free is not None
+        assert capped.lr == pytest.approx(min(free.lr, capped.lr_descended), rel=1e-12)
+        assert result.suggestion().lr == pytest.approx(capped.lr, rel=1e-12)
+        # the smoothed curve the analysis reads (up to the blow-up)
+        kept = [i for i, lr in enumerate(result.lrs) if lr <= capped.lr_blowup]
+        xs = [math.log10(result.lrs[i]) for i in kept]
+        smoothed = smooth_in_log_lr(xs, [result.losses[i] for i in kept], 0.4)
+        level = capped.start_loss - 0.4 * capped.depth
+        lowest = result.lrs.index(capped.lr_min)
+        at = result.lrs.index(capped.lr_descended)
+        assert all(y <= level for y in smoothed[at : lowest + 1])
+        assert at == 0 or smoothed[at - 1] > level
+
+
+def test_the_cap_holds_a_bounded_loss_that_never_blows_up_on_its_descent() -> None:
+    """Fine-tuning's shape: a 3-class cross-entropy falls from 1.25 to 0.8 and climbs back past
+    its start without reaching 5x its lowest, so the blow-up is read at the sweep's last LR.
+    Uncapped, margin lands past the minimum; capped, it stays on the descent."""
+
+    def loss(log_lr: float) -> float:
+        descent = 0.45 / (1.0 + math.exp(-4.0 * (log_lr + 2.5)))
+        climb = 0.6 / (1.0 + math.exp(-4.0 * (log_lr + 0.8)))
+        return 1.25 - descent + climb
+
+    result = result_from_losses([loss(-6.0 + 7.0 * i / 99) for i in range(100)], end_lr=10.0)
+    capped, free = analyse_curve(result), analyse_curve(result, descent_fraction=0)
+    assert capped is not None and free is not None
+    assert not free.blew_up and free.lr_blowup == result.lrs[-1]
+    assert free.lr > 10**-2.5  # uncapped: past the middle of the descent
+    assert capped.lr == pytest.approx(capped.lr_descended, rel=1e-12)
+    assert capped.lr < 10**-2.5 < capped.lr_min
 
 
 def test_margin_stays_well_below_the_blowup() -> None:
