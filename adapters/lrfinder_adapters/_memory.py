@@ -129,14 +129,25 @@ def state_tensors(
         yield from _leaves(state)
 
 
+FRESH, ALIASED, MIXED = 0, 1, 2
+"""What an operator's outputs are, by its schema (:func:`_returns`)."""
+
+
 @functools.cache
-def _fresh(func: Any) -> bool:
-    """Whether no output of the operator ``func`` may alias an input (its schema annotates no
-    return: views and in-place or ``out=`` variants do), so every output storage is new (one
-    already counted is skipped all the same)."""
+def _returns(func: Any) -> int:
+    """What the operator ``func``'s outputs are, by its schema: ``FRESH`` when no return is
+    annotated as aliasing an input (every output storage is new; one already counted is skipped
+    all the same), ``ALIASED`` when every return is (views, in-place and ``out=`` variants:
+    no output storage is new), else ``MIXED`` (no schema, or both kinds: the outputs are
+    checked against the inputs' storages)."""
     schema = getattr(func, "_schema", None)
     returns = getattr(schema, "returns", None)
-    return returns is not None and all(r.alias_info is None for r in returns)
+    if returns is None:
+        return MIXED
+    aliased = [r.alias_info is not None for r in returns]
+    if not any(aliased):
+        return FRESH
+    return ALIASED if all(aliased) else MIXED
 
 
 def _budget_error(used: int, budget: int, what: str) -> torch.OutOfMemoryError:
@@ -213,13 +224,14 @@ class TensorMeter(TorchDispatchMode):
         except Exception:
             self._failed_at = self.live  # the operation's inputs are still alive here
             raise
-        if _fresh(func):  # the schema says no output aliases an input: no input set to build
+        kind = _returns(func)
+        if kind == FRESH:  # the schema says no output aliases an input: no input set to build
             if isinstance(out, torch.Tensor):
                 self._add(out)
             else:
                 for tensor in _leaves(out):
                     self._add(tensor)
-        else:
+        elif kind == MIXED:
             inputs = {s._cdata for t in _leaves((args, kwargs)) if (s := _storage(t)) is not None}
             for tensor in _leaves(out):
                 storage = _storage(tensor)
