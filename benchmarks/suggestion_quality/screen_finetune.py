@@ -1,20 +1,19 @@
-"""Screening two rule changes for margin's fine-tuning failure (issue 15; B shipped after it).
+"""Screening rule changes for margin's fine-tuning failure (issue 15); rule B shipped after it.
 
 The finetune curves fall cleanly to a minimum at 0.02-0.05 (about 1.2 decades above the grid's
 best LR, 2.5e-3) and climb back to the start loss within a decade, but a 3-class cross-entropy
 never reaches the blow-up test's 5x the lowest loss, so the blow-up is read at the sweep's last
 LR (3-10): ``sqrt(lr_min * lr_blowup) / 10**1.4`` lands 0.7-1.1 decades above the best, on
-the grid's cliff (regret 0.83-1). The two candidates:
-
-- A: the loss also blew up where the smoothed curve climbed ``k x depth`` back above its lowest
-  (when the descent stands out of the noise, depth >= 2 x noise);
-- B: ``min(margin, the LR from which the smoothed loss stays f of its descent down)``, since
-  shipped as ``analyse_curve``'s ``descent_fraction`` (read from the library here; it picked
-  the same LRs as this screening's own copy of the rule, to the bit, on all 87 runs).
+the grid's cliff (regret 0.83-1). Rule B: ``min(margin, the LR from which the smoothed loss
+stays f of its descent down)``, since shipped as ``analyse_curve``'s ``descent_fraction`` and
+read from the library here (it picks the same LRs as the screening's first copy of the rule,
+to the bit, on all 87 runs). Rule A (the loss also blew up where the smoothed curve climbed
+``k x depth`` back above its lowest) failed leave-one-family-out and was dropped; its screening
+is the version of this file at d3a5b32, its figures in ``benchmarks/RESULTS.md``.
 
 Each constant is chosen with ``selection.py``'s robust criterion on the dev split, and once per
 family without that family (leave-one-family-out), as ``screen_valley_cap.py`` does; a second
-line per rule chooses by the one-standard-error rule (the most cautious constant whose robust
+line chooses by the one-standard-error rule (the most cautious constant whose robust
 mean is within one standard error of the best), added after the first criterion's
 leave-one-family-out figures were seen. The regret is interpolated from the grid, so the
 default's figures differ a little from ``results.md``'s (which trains at each suggestion).
@@ -105,76 +104,10 @@ def load() -> tuple[dict[str, Grid], dict[Key, RangeTestResult]]:
     return grids, curves
 
 
-# -- margin, re-read with the two candidate changes ----------------------------------------------
-SMOOTHING, MARGIN, FALLBACK = 0.4, 1.4, 0.73  # the shipped defaults (lrfinder_plugins.suggest)
-RISES: tuple[float, ...] = (
-    0.3,
-    0.4,
-    0.5,
-    0.6,
-    0.7,
-    0.8,
-    0.9,
-    1.0,
-    1.2,
-    1.4,
-    1.6,
-    1.8,
-    2.0,
-    2.5,
-    3.0,
-    4.0,
-)
-"""Rule A's ``k``: the loss blew up once its smoothed curve climbed ``k x depth`` above its lowest."""
+# -- margin, with the candidate change ------------------------------------------------------
 FRACTIONS = selection.FRACTIONS
 """Rule B's ``f`` (shipped as ``descent_fraction``): the suggestion is at most the LR where the
 loss has made ``f`` of its descent."""
-
-
-def _margin_rule_a(result: RangeTestResult, rise_depths: float = math.inf) -> float:
-    """margin's suggestion without the descent cap, as ``analyse_curve`` computed it before rule
-    B shipped, with rule A's blow-up threshold (``inf``: the shipped rule)."""
-    kept = [i for i, y in enumerate(result.losses) if math.isfinite(y)]
-    count = len(kept)
-    xs = [math.log10(result.lrs[i]) for i in kept]
-    ys = [result.losses[i] for i in kept]
-    smoothed = smooth_in_log_lr(xs, ys, SMOOTHING)
-    head = max(3, count // 10)
-    start = statistics.median(ys[:head])
-    i_min = min(range(count), key=smoothed.__getitem__)
-    lowest = smoothed[i_min]
-    depth = start - lowest
-    rise = 4.0 * abs(lowest) if lowest else (2.0 * depth if depth > 0 else math.inf)
-    above = (
-        j for j in range(i_min + 1, count) if statistics.median(ys[j - 1 : j + 2]) > lowest + rise
-    )
-    i_blowup = next(above, None)
-    if math.isfinite(rise_depths) and depth > 0:
-        # Rule A: the loss also blew up where the *smoothed* curve climbed back ``k x depth``
-        # above its lowest, when the descent stands out of the noise (depth >= 2 x noise, the
-        # shipped rule's own test).
-        i_edge = count - 1 if i_blowup is None else i_blowup
-        spread = 1.4826 * statistics.median(abs(ys[j] - smoothed[j]) for j in range(i_edge + 1))
-        if depth >= 2.0 * spread:
-            back = (
-                j for j in range(i_min + 1, i_edge) if smoothed[j] > lowest + rise_depths * depth
-            )
-            i_blowup = next(back, i_blowup)
-    if i_blowup is not None:
-        smoothed = smooth_in_log_lr(xs[: i_blowup + 1], ys[: i_blowup + 1], SMOOTHING)
-        i_min = min(range(len(smoothed)), key=smoothed.__getitem__)
-        lowest = smoothed[i_min]
-        depth = start - lowest
-    i_edge = count - 1 if i_blowup is None else i_blowup
-    noise = 1.4826 * statistics.median(abs(ys[j] - smoothed[j]) for j in range(i_edge + 1))
-    ratio = depth / noise if noise > 0 else (math.inf if depth > 0 else 0.0)
-    later = statistics.median(smoothed[len(smoothed) // 2 :])
-    x_low = xs[i_min]
-    early = i_blowup is not None and i_blowup < 8
-    rising = i_min < head and later - lowest > 2.0 * noise and later > lowest
-    if not early and not rising and ratio < 2.0:
-        x_low = xs[i_edge] - FALLBACK
-    return 10.0 ** ((x_low + xs[i_edge]) / 2 - MARGIN)
 
 
 def _stats(regrets: list[float]) -> str:
@@ -270,11 +203,7 @@ def main(argv: Sequence[str] = ()) -> int:
         print()
     family = {t.name: t.family for t in TASKS}
     keys = list(curves)
-    shipped = {k: r.suggestion("margin", descent_fraction=0).lr for k, r in curves.items()}
-    base = {k: _margin_rule_a(r) for k, r in curves.items()}
-    drift = max(abs(math.log10(base[k] / shipped[k])) for k in keys)
-    assert drift < 1e-9, f"the re-read margin differs from the shipped one by {drift} decades"
-    rule_a = {k: {c: _margin_rule_a(r, c) for c in RISES} for k, r in curves.items()}
+    base = {k: r.suggestion("margin", descent_fraction=0).lr for k, r in curves.items()}
     rule_b = {
         k: {c: r.suggestion("margin", descent_fraction=c).lr for c in FRACTIONS}
         for k, r in curves.items()
@@ -291,10 +220,6 @@ def main(argv: Sequence[str] = ()) -> int:
     print(f"  leave-one-family-out {_stats(default.at(0.0, keys))}")
     print(f"  finetune family {_stats(default.at(0.0, finetune))}")
     rules = [
-        (
-            "A: blow-up also where the smoothed loss climbed k x depth above its lowest; k",
-            _Screen(grids, rule_a, RISES, lambda a, b: abs(math.log10(a / b)) <= 0.1 + 1e-9),
-        ),
         (
             "B: min(margin, LR from which the smoothed loss stays f of its descent down); f",
             _Screen(grids, rule_b, FRACTIONS, lambda a, b: abs(a - b) <= 0.05 + 1e-9),
