@@ -432,7 +432,15 @@ def analyse_curve(
 
     Returns:
         The analysis, or ``None`` when fewer than :data:`ANALYSIS_MIN_POINTS` finite points.
+
+    Raises:
+        ValueError: ``descent_fraction`` is outside ``[0, 1]``.
     """
+    if not 0.0 <= descent_fraction <= 1.0:
+        raise ValueError(
+            f"descent_fraction must be in [0, 1] (the share of the descent the loss must have "
+            f"made by the suggestion; 0 turns the cap off), got {descent_fraction!r}"
+        )
     settings = (
         len(result.losses),
         smoothing_decades,
@@ -531,8 +539,8 @@ def _analyse_curve(
             "end_lr to see where it blows up"
         )
     centre = (x_low + xs[i_edge]) / 2 - margin_decades
-    # The last point before the lowest from which the smoothed loss stays below the level it
-    # reaches after ``descent_fraction`` of its descent.
+    # The first point, at or before the lowest, from which on the smoothed loss stays at or
+    # below the level it reaches after ``descent_fraction`` of its descent.
     j = i_min
     if depth > 0:
         level = start - descent_fraction * depth

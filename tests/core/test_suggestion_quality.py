@@ -80,6 +80,14 @@ def test_margin_is_never_above_where_the_loss_made_its_fraction_of_the_descent()
         assert at == 0 or smoothed[at - 1] > level
 
 
+@pytest.mark.parametrize("fraction", [-0.1, 1.5, math.nan])
+def test_a_descent_fraction_outside_0_1_is_refused(fraction: float) -> None:
+    """A bad descent_fraction raises a ValueError naming it, its value and the range."""
+    result = result_from_losses(descent_then_blowup())
+    with pytest.raises(ValueError, match=r"descent_fraction must be in \[0, 1\].*got"):
+        result.suggestion("margin", descent_fraction=fraction)
+
+
 def test_the_cap_holds_a_bounded_loss_that_never_blows_up_on_its_descent() -> None:
     """Fine-tuning's shape: a 3-class cross-entropy falls from 1.25 to 0.8 and climbs back past
     its start without reaching 5x its lowest, so the blow-up is read at the sweep's last LR.
