@@ -305,8 +305,9 @@ class CurveAnalysis:
         lower: the low end of the usable range of constant LRs.
         upper: the high end of that range.
         lr_descended: the LR from which on the smoothed loss stays ``descent_fraction`` of the
-            way down from ``start_loss`` to its lowest, up to ``lr_min`` (``lr_min`` when it
-            never falls below ``start_loss``); ``lr`` is never above it.
+            way down from ``start_loss`` to its lowest, up to ``lr_min``; ``lr`` is never above
+            it. When the loss never falls below ``start_loss`` (``depth <= 0``) it is
+            ``lr_min`` and caps nothing.
     """
 
     lr_min: float
@@ -408,7 +409,8 @@ def analyse_curve(
        stands out of the noise (``depth < 2 * noise``), ``lr_min`` is unreliable and is replaced
        by ``lr_blowup / 10**fallback_width_decades`` (the typical distance between the two).
        It is never above ``lr_descended``: the LR from which the smoothed loss stays
-       ``descent_fraction`` of the way down its descent (up to ``lr_min``). On a bounded loss
+       ``descent_fraction`` of the way down its descent (up to ``lr_min``; no cap when the
+       loss never falls below ``start_loss``). On a bounded loss
        that never blows up by the 5x rule (a few-class cross-entropy that climbs back to its
        start, as fine-tuning a pre-trained backbone does), the blow-up is read at the sweep's
        last LR, decades too far, and this cap keeps the suggestion on the descent.
@@ -546,7 +548,7 @@ def _analyse_curve(
         level = start - descent_fraction * depth
         while j > 0 and smoothed[j - 1] <= level:
             j -= 1
-    if descent_fraction > 0:
+    if descent_fraction > 0 and depth > 0:  # no descent, nothing to read the cap from
         centre = min(centre, xs[j])
     return CurveAnalysis(
         lr_min=lrs[i_min],

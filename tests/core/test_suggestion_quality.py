@@ -7,6 +7,8 @@ import random
 import warnings
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from lrfinder_plugins import NoSuggestionWarning, RangeTestResult, StopReason
 from lrfinder_plugins.suggest import (
@@ -78,6 +80,34 @@ def test_margin_is_never_above_where_the_loss_made_its_fraction_of_the_descent()
         at = result.lrs.index(capped.lr_descended)
         assert all(y <= level for y in smoothed[at : lowest + 1])
         assert at == 0 or smoothed[at - 1] > level
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.floats(min_value=-5.0, max_value=50.0, allow_nan=False), min_size=8, max_size=120),
+    st.floats(min_value=0.0, max_value=1.0),
+    st.floats(min_value=0.0, max_value=1.0),
+)
+def test_the_cap_only_lowers_and_grows_with_the_fraction(
+    losses: list[float], low: float, high: float
+) -> None:
+    """On any curve: the capped suggestion is never above the uncapped one nor, when the cap is
+    on and the loss descended at all, above lr_min; a larger fraction never gives a lower
+    suggestion; a curve that never falls below its start is not capped."""
+    low, high = sorted((low, high))
+    result = result_from_losses(losses)
+    free = analyse_curve(result, descent_fraction=0)
+    a, b = analyse_curve(result, descent_fraction=low), analyse_curve(result, descent_fraction=high)
+    assert free is not None and a is not None and b is not None
+    tolerance = 1 + 1e-12
+    for capped, fraction in ((a, low), (b, high)):
+        assert capped.lr <= free.lr * tolerance
+        if fraction > 0 and capped.depth > 0:
+            assert capped.lr <= min(capped.lr_min, capped.lr_descended) * tolerance
+        if capped.depth <= 0:
+            assert capped.lr == free.lr
+    if low > 0:
+        assert a.lr <= b.lr * tolerance
 
 
 @pytest.mark.parametrize("fraction", [-0.1, 1.5, math.nan])
