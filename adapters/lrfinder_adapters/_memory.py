@@ -137,9 +137,13 @@ FRESH, ALIASED, MIXED = 0, 1, 2
 def _returns(func: Any) -> int:
     """What the operator ``func``'s outputs are, by its schema: ``FRESH`` when no return is
     annotated as aliasing an input (every output storage is new; one already counted is skipped
-    all the same), ``ALIASED`` when every return is (views, in-place and ``out=`` variants:
-    no output storage is new), else ``MIXED`` (no schema, or both kinds: the outputs are
-    checked against the inputs' storages)."""
+    all the same), ``ALIASED`` when every return is and the operator is PyTorch's own (views,
+    in-place and ``out=`` variants: no output storage is new), else ``MIXED`` (no schema, both
+    kinds, or another library's operator, whose annotation is not trusted to skip an output:
+    the outputs are checked against the inputs' storages).
+
+    Neither path counts a storage that an ``out=`` argument or ``resize_`` grows in place: its
+    size is read once, when it is first seen."""
     schema = getattr(func, "_schema", None)
     returns = getattr(schema, "returns", None)
     if returns is None:
@@ -147,7 +151,7 @@ def _returns(func: Any) -> int:
     aliased = [r.alias_info is not None for r in returns]
     if not any(aliased):
         return FRESH
-    return ALIASED if all(aliased) else MIXED
+    return ALIASED if all(aliased) and getattr(func, "namespace", None) == "aten" else MIXED
 
 
 def _budget_error(used: int, budget: int, what: str) -> torch.OutOfMemoryError:

@@ -247,3 +247,22 @@ def test_the_schema_fast_path_counts_what_the_input_check_counts(
             step()
         traces.append(meter._trace)
     assert traces[0] == traces[1] and len(traces[0]) > 50
+
+
+_LIBRARY = torch.library.Library("lrfinder_meter_test", "DEF")
+_LIBRARY.define("claims_view(Tensor(a) x) -> Tensor(a)")
+_LIBRARY.impl("claims_view", lambda x: x * 2, "CompositeExplicitAutograd")
+
+
+def test_another_librarys_aliasing_annotation_is_not_trusted() -> None:
+    """An operator outside PyTorch whose schema says its output aliases its input but that
+    returns a new tensor is still counted (only ``aten``'s annotations skip the check)."""
+    x = torch.randn(1000)
+    meter = _memory.TensorMeter()
+    meter.track([x])
+    before = meter.live
+    with meter:
+        y = torch.ops.lrfinder_meter_test.claims_view(x)
+        counted = meter.live - before
+    assert y.untyped_storage()._cdata != x.untyped_storage()._cdata
+    assert counted == y.untyped_storage().nbytes() == 4000
