@@ -48,6 +48,7 @@ MARGINS: tuple[float, ...] = tuple(round(0.5 + 0.05 * i, 2) for i in range(41))
 ROBUST_DECADES = 0.2
 TIE = 0.005
 FRACTIONS: tuple[float, ...] = tuple(round(0.05 * i, 2) for i in range(1, 20))
+"""The descent fractions tried: 0.05-0.95 (0, no cap, is not a candidate; 0.95 caps little)."""
 ROBUST_FRACTION = 0.05
 
 Key = tuple[str, int]
