@@ -129,29 +129,35 @@ def state_tensors(
         yield from _leaves(state)
 
 
-FRESH, ALIASED, MIXED = 0, 1, 2
+FRESH, ALIASED, MIXED, GROWS = 0, 1, 2, 3
 """What an operator's outputs are, by its schema (:func:`_returns`)."""
+_RESIZING = frozenset({"aten::resize_", "aten::resize_as_"})
 
 
 @functools.cache
 def _returns(func: Any) -> int:
     """What the operator ``func``'s outputs are, by its schema: ``FRESH`` when no return is
     annotated as aliasing an input (every output storage is new; one already counted is skipped
-    all the same), ``ALIASED`` when every return is and the operator is PyTorch's own (views,
-    in-place and ``out=`` variants: no output storage is new), else ``MIXED`` (no schema, both
-    kinds, or another library's operator, whose annotation is not trusted to skip an output:
-    the outputs are checked against the inputs' storages).
-
-    Neither path counts a storage that an ``out=`` argument or ``resize_`` grows in place: its
-    size is read once, when it is first seen."""
-    schema = getattr(func, "_schema", None)
+    all the same); for PyTorch's own operators whose every return is: ``GROWS`` for ``resize_``,
+    ``resize_as_`` and ``out=`` variants (an output storage may grow in place, or an empty one
+    be filled: the growth is counted), ``ALIASED`` for the rest (views and in-place ops: no
+    output storage is new or larger); else ``MIXED`` (no schema, both kinds, or another
+    library's operator, whose annotation is not trusted to skip an output: the outputs are
+    checked against the inputs' storages)."""
+    schema: Any = getattr(func, "_schema", None)
     returns = getattr(schema, "returns", None)
     if returns is None:
         return MIXED
     aliased = [r.alias_info is not None for r in returns]
     if not any(aliased):
         return FRESH
-    return ALIASED if all(aliased) and getattr(func, "namespace", None) == "aten" else MIXED
+    if not all(aliased) or getattr(func, "namespace", None) != "aten":
+        return MIXED
+    writes_out = any(
+        a.kwarg_only and a.alias_info is not None and a.alias_info.is_write
+        for a in schema.arguments
+    )
+    return GROWS if writes_out or schema.name in _RESIZING else ALIASED
 
 
 def _budget_error(used: int, budget: int, what: str) -> torch.OutOfMemoryError:
@@ -184,6 +190,8 @@ class TensorMeter(TorchDispatchMode):
         self.peak = 0
         self.phase_peaks: dict[str, int] = {}
         self._refs: dict[int, Any] = {}
+        self._sizes: dict[int, int] = {}
+        """Each counted storage's size, by key (grown by ``resize_`` and ``out=``)."""
         self._trace: list[int] = []
         self._completed: list[int] | None = None
         self._failed_at: int | None = None
@@ -206,15 +214,36 @@ class TensorMeter(TorchDispatchMode):
         size = storage.nbytes()
         if key in self._refs or size == 0:
             return
-        self._refs[key] = weakref.ref(storage, functools.partial(self._release, key, size))
+        self._refs[key] = weakref.ref(storage, functools.partial(self._release, key))
+        self._sizes[key] = size
+        self._grow(size)
+
+    def _grow(self, size: int) -> None:
         self.live += size
         self.peak = max(self.peak, self.live)
         if self.budget is not None and self.live > self.budget:
             raise _budget_error(self.live, self.budget, "live tensors")
 
-    def _release(self, key: int, size: int, _ref: Any) -> None:
+    def _release(self, key: int, _ref: Any) -> None:
         if self._refs.pop(key, None) is not None:
-            self.live -= size
+            self.live -= self._sizes.pop(key)
+
+    def _count_growth(self, outputs: Any, before: dict[int, int]) -> None:
+        """Count what a resizing or ``out=`` operator added to its output storages: the growth
+        of a counted one, or the whole of one that was empty before it (one neither counted nor
+        empty belongs to the state outside the meter, and is left out as a view of it is)."""
+        for tensor in _leaves(outputs):
+            storage = _storage(tensor)
+            if storage is None:
+                continue
+            key, size = storage._cdata, storage.nbytes()
+            known = self._sizes.get(key)
+            if known is not None:
+                if size > known:
+                    self._sizes[key] = size
+                    self._grow(size - known)
+            elif before.get(key) == 0:
+                self._add(tensor)
 
     def __torch_dispatch__(
         self,
@@ -223,18 +252,26 @@ class TensorMeter(TorchDispatchMode):
         args: tuple[Any, ...] = (),
         kwargs: dict[str, Any] | None = None,
     ) -> Any:
+        kind = _returns(func)
+        if kind == GROWS:
+            before = {
+                s._cdata: s.nbytes()
+                for t in _leaves((args, kwargs))
+                if (s := _storage(t)) is not None
+            }
         try:
             out = func(*args, **(kwargs or {}))
         except Exception:
             self._failed_at = self.live  # the operation's inputs are still alive here
             raise
-        kind = _returns(func)
         if kind == FRESH:  # the schema says no output aliases an input: no input set to build
             if isinstance(out, torch.Tensor):
                 self._add(out)
             else:
                 for tensor in _leaves(out):
                     self._add(tensor)
+        elif kind == GROWS:
+            self._count_growth(out, before)
         elif kind == MIXED:
             inputs = {s._cdata for t in _leaves((args, kwargs)) if (s := _storage(t)) is not None}
             for tensor in _leaves(out):

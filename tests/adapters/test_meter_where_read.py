@@ -266,3 +266,26 @@ def test_another_librarys_aliasing_annotation_is_not_trusted() -> None:
         counted = meter.live - before
     assert y.untyped_storage()._cdata != x.untyped_storage()._cdata
     assert counted == y.untyped_storage().nbytes() == 4000
+
+
+def test_storages_grown_in_place_are_counted() -> None:
+    """An ``out=`` argument that the operator fills (an empty one) or grows, and ``resize_``,
+    add what they took; a budget sees it; freeing the storage gives back its grown size."""
+    x = torch.randn(1000)
+    meter = _memory.TensorMeter()
+    meter.track([x])
+    base = meter.live
+    with meter:
+        z = torch.empty(0)
+        torch.add(x, x, out=z)  # an empty out= storage, filled: 4000 bytes
+        filled = meter.live - base
+        w = torch.empty(2)  # 8 bytes, counted when made
+        w.resize_(10_000)  # grown in place to 40,000 bytes
+        grown = meter.live - base
+        del z, w
+        freed = meter.live - base
+    assert (filled, grown, freed) == (4000, 44_000, 0)
+    budget = _memory.TensorMeter(budget=base + 10_000)
+    budget.track([x])
+    with budget, pytest.raises(torch.OutOfMemoryError, match="memory_budget"):
+        torch.empty(2).resize_(10_000)
