@@ -138,6 +138,17 @@ def make_reducer(
     all_reduce_grads: bool,
     fault_timeout: float,
 ) -> Reducer:
+    """The reduce point a search of ``model`` uses: one process's own (``LocalReducer``) when
+    ``distributed`` is off, no process group is initialised or the group has one rank, else a
+    :class:`~lrfinder_adapters.distributed.TorchDistributedReducer` on ``process_group`` that
+    watches the DDP wrapper's group (it warns when the model is neither wrapped in DDP nor
+    sharded and ``all_reduce_grads`` is off: each rank would train its own copy).
+
+    Raises:
+        TypeError, ValueError: a bad ``distributed``, ``all_reduce_grads`` or ``fault_timeout``,
+            or ``distributed=True``, ``process_group`` or ``all_reduce_grads`` without an
+            initialised process group.
+    """
     from lrfinder_plugins.spi import LocalReducer
 
     if distributed is not None and not isinstance(distributed, bool):
