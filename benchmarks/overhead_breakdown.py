@@ -1,0 +1,138 @@
+"""Where a small-step range test's overhead goes: fixed costs per test, and the engine per step.
+
+Two measurements, on the smallest model of ``benchmarks.overhead`` (MLP 64-16-16-10, SGD,
+batch 16, one thread):
+
+1. Fixed costs: ``find_lr(num_iter=2)`` against two bare steps, with each part of the test
+   timed on its own (the finder's and step's set-up, the session, the snapshot and its RNG
+   part, the restore and its RNG part, the session's end), medians over ``--calls`` calls.
+2. The engine per step: ``run_range_test`` driving a step that does nothing (``run()`` returns
+   a float) for 100 and 10,000 points: what the session, the test and the driver add per step.
+
+Usage:
+    .venv/bin/python -m benchmarks.overhead_breakdown [--calls 250]
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+import lrfinder_adapters._torch_state as torch_state
+import lrfinder_adapters.pytorch as pytorch
+import lrfinder_plugins._driver as driver
+from benchmarks.overhead import bare_loop, make
+from lrfinder_plugins import RangeTest
+
+PARTS: tuple[tuple[Any, str, str], ...] = (
+    (pytorch.LearningRateFinder, "__init__", "finder set-up (checks)"),
+    (pytorch.LearningRateFinder, "prepare", "prepare (argument checks, TorchStep, RangeTest)"),
+    (pytorch.TorchStep, "__init__", "  of which TorchStep set-up"),
+    (driver.RangeTestSession, "__init__", "session set-up"),
+    (pytorch.TorchStep, "snapshot", "snapshot"),
+    (torch_state.RngState, "capture", "  of which RNG states"),
+    (pytorch.TorchStep, "restore", "restore"),
+    (torch_state.RngState, "restore", "  of which RNG states"),
+    (driver.RangeTestSession, "finish", "session end"),
+)
+
+
+def _timed(times: dict[str, list[float]], label: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        start = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            times.setdefault(label, []).append(time.perf_counter() - start)
+
+    return wrapper
+
+
+class _NoStep:
+    """A training step that does nothing: what is left is the engine's own cost."""
+
+    reducer = None
+
+    def snapshot(self) -> None:
+        return None
+
+    def restore(self, snapshot: None) -> None:
+        pass
+
+    def set_lr(self, lr: float) -> None:
+        pass
+
+    def run(self) -> float:
+        return 1.0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Print the fixed-cost table and the engine's cost per step."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--calls", type=int, default=250)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    model, optimizer, loader = make(16, 16, optimizer="sgd")
+    loss_fn = torch.nn.CrossEntropyLoss()
+
+    def ours() -> None:
+        pytorch.find_lr(
+            model, optimizer, loss_fn, loader, num_iter=2, diverge_threshold=1e300, progress=False
+        )
+
+    def bare() -> None:
+        bare_loop(model, optimizer, loader, steps=2)
+
+    totals: dict[str, list[float]] = {"ours": [], "bare": []}
+    for _ in range(20):
+        ours(), bare()
+    for _ in range(args.calls):  # unwrapped: the totals carry no timing wrapper
+        for name, fn in (("ours", ours), ("bare", bare)):
+            start = time.perf_counter()
+            fn()
+            totals[name].append(time.perf_counter() - start)
+    parts: dict[str, list[float]] = {}
+    originals = [(owner, name, getattr(owner, name)) for owner, name, _ in PARTS]
+    try:
+        for (owner, name, label), (_, _, fn) in zip(PARTS, originals):
+            setattr(owner, name, _timed(parts, label, fn))
+        for _ in range(args.calls):
+            ours()
+    finally:
+        for owner, name, fn in originals:
+            setattr(owner, name, fn)
+    us = 1e6
+    ours_t, bare_t = statistics.median(totals["ours"]), statistics.median(totals["bare"])
+    print(f"{platform.machine()}, torch {torch.__version__}, one thread, {args.calls} calls")
+    print("| part of find_lr(num_iter=2) | µs (median) |")
+    print("|---|---:|")
+    for _, _, label in PARTS:
+        print(f"| {label} | {statistics.median(parts[label]) * us:.0f} |")
+    print(f"| find_lr(num_iter=2), whole | {ours_t * us:.0f} |")
+    print(f"| two bare steps | {bare_t * us:.0f} |")
+    print(f"| difference | {(ours_t - bare_t) * us:.0f} |")
+    print()
+    print("| engine alone, a step that does nothing | µs per step (median of 20) |")
+    print("|---|---:|")
+    for points in (100, 10_000):
+        runs = []
+        for _ in range(20):
+            start = time.perf_counter()
+            driver.run_range_test(
+                _NoStep(), RangeTest(num_iter=points, diverge_threshold=None), progress=False
+            )
+            runs.append(time.perf_counter() - start)
+        print(f"| {points} points | {statistics.median(runs) / points * us:.2f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
