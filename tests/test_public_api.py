@@ -57,8 +57,8 @@ def test_there_is_a_public_api_to_check() -> None:
 
 @pytest.mark.parametrize(("name", "obj"), PUBLIC, ids=[name for name, _ in PUBLIC])
 def test_public_callable_has_a_docstring_and_types(name: str, obj: Callable[..., Any]) -> None:
-    """A docstring (inherited from a base class counts), and every parameter and the return
-    annotated (``__init__`` returns nothing to annotate; classes are checked for the docstring)."""
+    """A docstring, and every parameter (but ``self``/``cls``) and the return annotated; a class
+    is checked for its docstring only."""
     assert inspect.getdoc(obj), f"{name} has no docstring"
     if inspect.isclass(obj):
         return

@@ -40,7 +40,7 @@ import math
 import statistics
 import sys
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from benchmarks.suggestion_quality import selection
@@ -160,9 +160,6 @@ def diagnose(grids: dict[str, Grid], curves: dict[Key, RangeTestResult], family:
             )
 
 
-Near = Callable[[float, float], bool]
-
-
 class _Screen:
     """One rule's suggestions at every constant, scored and chosen on any set of runs."""
 
@@ -171,28 +168,22 @@ class _Screen:
         grids: dict[str, Grid],
         table: dict[Key, dict[float, float]],
         constants: Sequence[float],
-        near: Near,
+        window: float,
     ) -> None:
-        self.grids, self.table, self.constants, self.near = grids, table, tuple(constants), near
+        self.grids, self.table, self.constants, self.window = grids, table, tuple(constants), window
 
     def at(self, c: float, subset: Sequence[Key]) -> list[float]:
         """The interpolated regrets of ``subset`` at constant ``c``."""
         return [interpolated_regret(self.grids[t], s, self.table[(t, s)][c]) for t, s in subset]
 
-    def robust(self, c: float, subset: Sequence[Key]) -> float:
-        """``selection.py``'s criterion: the worst mean regret over the constants near ``c``."""
-        return max(statistics.fmean(self.at(o, subset)) for o in self.constants if self.near(o, c))
-
     def choose(self, subset: Sequence[Key], one_se: bool = False) -> float:
-        """The constant with the lowest robust mean; with ``one_se``, the one-standard-error
-        rule: the most cautious constant (the smallest: the lowest LRs) whose robust mean is
-        within one standard error of the best one's."""
-        best = min(self.constants, key=lambda c: self.robust(c, subset))
-        if not one_se:
-            return best
-        spread = self.at(best, subset)
-        bound = self.robust(best, subset) + statistics.stdev(spread) / math.sqrt(len(spread))
-        return min(c for c in self.constants if self.robust(c, subset) <= bound)
+        """The constant with the lowest robust mean (``selection.py``'s criterion); with
+        ``one_se``, ``selection.one_standard_error``'s choice."""
+        per = {c: self.at(c, subset) for c in self.constants}
+        if one_se:
+            return selection.one_standard_error(per, self.window)
+        robust = selection.robust_means(per, self.window)
+        return min(self.constants, key=robust.__getitem__)
 
 
 def main(argv: Sequence[str] = ()) -> int:
@@ -213,7 +204,7 @@ def main(argv: Sequence[str] = ()) -> int:
     dev = [k for k in keys if k[0] in DEV_TASKS]
     confirm = [k for k in keys if k[0] in CONFIRM_TASKS]
     finetune = [k for k in keys if family[k[0]] == "finetune"]
-    default = _Screen(grids, {k: {0.0: base[k]} for k in keys}, (0.0,), lambda a, b: True)
+    default = _Screen(grids, {k: {0.0: base[k]} for k in keys}, (0.0,), math.inf)
     print(
         "margin without the descent cap (no constant to choose, so leave-one-family-out = all runs):"
     )
@@ -224,7 +215,7 @@ def main(argv: Sequence[str] = ()) -> int:
     rules = [
         (
             "B: min(margin, LR from which the smoothed loss stays f of its descent down); f",
-            _Screen(grids, rule_b, FRACTIONS, lambda a, b: abs(a - b) <= 0.05 + 1e-9),
+            _Screen(grids, rule_b, FRACTIONS, selection.ROBUST_FRACTION),
         ),
     ]
     for name, screen in rules:

@@ -106,6 +106,23 @@ def _regrets(
     return out
 
 
+def robust_means(per: Mapping[float, Sequence[float]], window: float) -> dict[float, float]:
+    """Each candidate constant's robust mean regret: the worst mean over the candidates within
+    ``window`` of it (``per``: each candidate's regrets)."""
+    means = {c: statistics.fmean(r) for c, r in per.items()}
+    return {c: max(means[o] for o in per if abs(o - c) <= window + 1e-9) for c in per}
+
+
+def one_standard_error(per: Mapping[float, Sequence[float]], window: float) -> float:
+    """The one-standard-error rule: the smallest candidate (the lowest LRs: the most cautious)
+    whose robust mean is within one standard error of the best robust mean (the standard error
+    of the best candidate's regrets)."""
+    robust = robust_means(per, window)
+    best = min(robust, key=robust.__getitem__)
+    bound = robust[best] + statistics.stdev(per[best]) / math.sqrt(len(per[best]))
+    return min(c for c in per if robust[c] <= bound)
+
+
 def choose_fraction(
     curves: Mapping[Key, RangeTestResult],
     grids: Mapping[str, Grid],
@@ -118,14 +135,7 @@ def choose_fraction(
         f: _regrets(curves, grids, pairs, dataclasses.replace(constants, fraction=f))
         for f in FRACTIONS
     }
-    means = {f: statistics.fmean(r) for f, r in per.items()}
-    robust = {
-        f: max(means[g] for g in FRACTIONS if abs(g - f) <= ROBUST_FRACTION + 1e-9)
-        for f in FRACTIONS
-    }
-    best = min(FRACTIONS, key=robust.__getitem__)
-    bound = robust[best] + statistics.stdev(per[best]) / math.sqrt(len(per[best]))
-    return dataclasses.replace(constants, fraction=min(f for f in FRACTIONS if robust[f] <= bound))
+    return dataclasses.replace(constants, fraction=one_standard_error(per, ROBUST_FRACTION))
 
 
 def choose(
