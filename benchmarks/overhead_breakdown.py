@@ -92,8 +92,9 @@ def main(argv: list[str] | None = None) -> int:
         bare_loop(model, optimizer, loader, steps=2)
 
     totals: dict[str, list[float]] = {"ours": [], "bare": []}
-    for _ in range(20):
-        ours(), bare()
+    for _ in range(20):  # warm-up
+        ours()
+        bare()
     for _ in range(args.calls):  # unwrapped: the totals carry no timing wrapper
         for name, fn in (("ours", ours), ("bare", bare)):
             start = time.perf_counter()
