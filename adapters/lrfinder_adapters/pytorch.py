@@ -560,6 +560,12 @@ class TorchStep:
         self._drained = False
         self._pinned: list[torch.Tensor] = []
         self._last_scale = 0.0
+        self._held: torch.Tensor | None = None
+        """The last micro-batch's loss, kept until the next one's backward ran, as a hand-written
+        loop's ``loss`` variable is: its graph (no saved tensors once backward ran) keeps the parameters'
+        gradient accumulators alive, so the next forward reuses them instead of building new
+        ones (about 20,000 instructions per step on a 3-layer MLP, measured with callgrind). Set
+        after backward, so a step that fails keeps nothing of its own graph."""
         # The optimizer's parameters only: those are the ones a scaler unscales before clipping.
         self._clip_params = [p for group in optimizer.param_groups for p in group["params"]]
         self._plain = self._is_plain()
@@ -646,7 +652,7 @@ class TorchStep:
     def restore(self, snapshot: _torch_state.TrainingState) -> None:
         """Put back everything :meth:`snapshot` saved, bitwise."""
         self._batches = None  # drop the loader iterator (and its workers)
-        self._ahead = self._last_batches = None
+        self._ahead = self._last_batches = self._held = None
         self._drained = False
         _torch_state.restore(
             snapshot, self.model, self.optimizer, schedulers=self.schedulers, scaler=self.scaler
@@ -684,6 +690,7 @@ class TorchStep:
             except StopIteration as error:
                 raise RuntimeError(_MODEL_STOPPED) from error
             loss.backward()
+            self._held = loss  # (see _held)
             self.optimizer.step()
             return loss.item()
         self.can_continue = not self._collectives  # until this step's collectives are done
@@ -712,6 +719,7 @@ class TorchStep:
                     loss = self.micro_step(batch)
             else:
                 loss = self.micro_step(batch)
+            self._held = loss  # (see _held)
             if steps == 1:
                 total = loss  # read as it is (no tensor op a bare loop would not run)
             else:

@@ -583,3 +583,64 @@ def test_a_stop_iteration_from_the_model_is_an_error_in_the_plain_step(
     assert step._plain
     with pytest.raises(RuntimeError, match="raised StopIteration"):
         run_range_test(step, RangeTest(num_iter=10), progress=False)
+
+
+def _hook_accumulators(loss: torch.Tensor, fired: list[int], tag: int) -> None:
+    """Register a pre-hook tagged ``tag`` on every gradient accumulator in ``loss``'s graph."""
+    stack = [loss.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is None:
+            continue
+        if type(node).__name__ == "AccumulateGrad":
+            node.register_prehook(lambda grad, tag=tag: fired.append(tag) and None)
+        else:
+            stack.extend(f for f, _ in node.next_functions)
+
+
+@pytest.mark.parametrize("accumulation_steps", [1, 2], ids=["plain", "general"])
+def test_gradient_accumulators_live_from_step_to_step_as_in_a_hand_written_loop(
+    batches: list[Batch], mse: Any, accumulation_steps: int
+) -> None:
+    """A hand-written loop's ``loss`` keeps its graph until the next loss replaces it, so each
+    parameter's gradient accumulator is built once, not every step; the step keeps the last
+    loss the same way (a hook on step 0's accumulators fires in every later backward), and the
+    restore lets it go (the hooks fire no more)."""
+
+    def observed(run_steps: Callable[[Callable[..., Any]], None]) -> list[int]:
+        fired: list[int] = []
+        calls = [0]
+
+        def loss_fn(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+            loss = mse(outputs, targets)
+            if calls[0] == 0:
+                _hook_accumulators(loss, fired, 0)
+            calls[0] += 1
+            return loss
+
+        run_steps(loss_fn)
+        return fired
+
+    def by_hand(loss_fn: Callable[..., Any]) -> None:
+        model = linear_model()
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        for inputs, targets in batches[:4]:
+            optimizer.zero_grad(set_to_none=True)
+            loss = loss_fn(model(inputs), targets)
+            loss.backward()
+            optimizer.step()
+
+    model = linear_model()
+
+    def ours(loss_fn: Callable[..., Any]) -> None:
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        step = TorchStep(model, optimizer, loss_fn, batches, accumulation_steps=accumulation_steps)
+        assert step._plain is (accumulation_steps == 1)
+        run_range_test(step, RangeTest(num_iter=4, diverge_threshold=None), progress=False)
+
+    # weight and bias: each accumulator fires once per backward
+    assert observed(by_hand) == [0] * 8
+    fired = observed(ours)
+    assert fired == [0] * 8 * accumulation_steps
+    mse(model(batches[0][0]), batches[0][1]).backward()  # after the restore: nothing kept
+    assert fired == [0] * 8 * accumulation_steps
