@@ -8,21 +8,29 @@ batch 16, one thread):
    part, the restore and its RNG part, the session's end), medians over ``--calls`` calls.
 2. The engine per step: ``run_range_test`` driving a step that does nothing (``run()`` returns
    a float) for 100 and 10,000 points: what the session, the test and the driver add per step.
+3. The same parts in place (``--in-place``): a 100-step ``find_lr`` and a 100-step bare loop
+   take turns, as in ``benchmarks.overhead``, so each part runs after the other loop's steps
+   have filled the caches, as it does for a user; an optimizer step hook stamps every step's
+   end, which splits each run into the time before its first step ended, the steps between,
+   and the time after its last step.
 
 Usage:
-    .venv/bin/python -m benchmarks.overhead_breakdown [--calls 250]
+    .venv/bin/python -m benchmarks.overhead_breakdown [--calls 250] [--in-place 40]
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
+import itertools
 import platform
+import random
 import statistics
 import time
 from collections.abc import Callable
 from typing import Any
 
+import numpy
 import torch
 
 import lrfinder_adapters._torch_state as torch_state
@@ -74,10 +82,85 @@ class _NoStep:
         return 1.0
 
 
+RNG_PARTS: tuple[tuple[Any, str, str], ...] = (
+    (random, "getstate", "    Python random.getstate"),
+    (numpy.random, "get_state", "    NumPy get_state"),
+    (torch, "get_rng_state", "    torch.get_rng_state"),
+    (random, "setstate", "    Python random.setstate"),
+    (numpy.random, "set_state", "    NumPy set_state"),
+    (torch, "set_rng_state", "    torch.set_rng_state"),
+)
+
+
+def in_place(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loader: torch.utils.data.DataLoader,
+    repeats: int,
+) -> None:
+    """Print each part's median time within 100-step runs that alternate with bare loops."""
+    loss_fn = torch.nn.CrossEntropyLoss()
+    stamps: list[float] = []
+    handle = optimizer.register_step_post_hook(lambda *_: stamps.append(time.perf_counter()))
+
+    def ours() -> None:
+        pytorch.find_lr(
+            model, optimizer, loss_fn, loader, num_iter=100, diverge_threshold=1e300, progress=False
+        )
+
+    def bare() -> None:
+        bare_loop(model, optimizer, loader, steps=100)
+
+    for _ in range(3):  # warm-up
+        ours()
+        bare()
+    parts: dict[str, list[float]] = {}
+    split: dict[str, list[tuple[float, float, float, float]]] = {"ours": [], "bare": []}
+    wrapped = PARTS + RNG_PARTS
+    originals = [(owner, name, getattr(owner, name)) for owner, name, _ in wrapped]
+    try:
+        for (owner, name, label), (_, _, fn) in zip(wrapped, originals):
+            setattr(owner, name, _timed(parts, label, fn))
+        for i in range(repeats):
+            order = (("ours", ours), ("bare", bare)) if i % 2 else (("bare", bare), ("ours", ours))
+            for which, fn in order:
+                stamps.clear()
+                start = time.perf_counter()
+                fn()
+                end = time.perf_counter()
+                gaps = [b - a for a, b in itertools.pairwise(stamps)]
+                split[which].append(
+                    (end - start, stamps[0] - start, statistics.median(gaps), end - stamps[-1])
+                )
+    finally:
+        handle.remove()
+        for owner, name, fn in originals:
+            setattr(owner, name, fn)
+    us = 1e6
+    print(f"\nIn place: {repeats} 100-step runs each, ours and a bare loop taking turns")
+    print("| part of a 100-step find_lr, in place | µs (median) |")
+    print("|---|---:|")
+    for _, _, label in wrapped:
+        print(f"| {label} | {statistics.median(parts[label]) * us:.0f} |")
+    print()
+    print(
+        "| run | whole (ms) | until its first step ended (µs) | a step (µs) | after its last step (µs) |"
+    )
+    print("|---|---:|---:|---:|---:|")
+    for which in ("bare", "ours"):
+        whole, first, gap, after = (statistics.median(c) for c in zip(*split[which]))
+        print(
+            f"| {which} | {whole * 1e3:.2f} | {first * us:.0f} | {gap * us:.1f} | {after * us:.0f} |"
+        )
+
+
 def main(argv: list[str] | None = None) -> int:
     """Print the fixed-cost table and the engine's cost per step."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=250)
+    parser.add_argument(
+        "--in-place", type=int, default=0, metavar="REPEATS", help="also time the parts in place"
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     model, optimizer, loader = make(16, 16, optimizer="sgd")
@@ -132,6 +215,8 @@ def main(argv: list[str] | None = None) -> int:
             )
             runs.append(time.perf_counter() - start)
         print(f"| {points} points | {statistics.median(runs) / points * us:.2f} |")
+    if args.in_place:
+        in_place(model, optimizer, loader, args.in_place)
     return 0
 
 

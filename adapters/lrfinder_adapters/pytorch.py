@@ -570,9 +570,9 @@ class TorchStep:
         self._clip_params = [p for group in optimizer.param_groups for p in group["params"]]
         self._plain = self._is_plain()
         """One micro-batch, no scaler, clipping, validation, AMP, look-ahead or late decision, one
-        process and the seams as defined here: after the first, each step runs as a hand-written
-        loop's would and returns its loss as a float (the session records a float with nothing
-        more to reduce); the first returns a full outcome, with its samples."""
+        process and the seams as defined here: each step runs as a hand-written loop's would;
+        every step after the first returns its loss as a float (the session records a float with
+        nothing more to reduce), the first a full outcome, with its samples."""
 
     def _is_plain(self) -> bool:
         seams = ("run", "micro_step", "forward", "backward", "optimizer_step", "_fetch", "_loss")
@@ -678,10 +678,14 @@ class TorchStep:
         whose data ran out re-runs its last batches (a step that is never recorded) so that the
         collectives of the step the other ranks already started still match.
         """
-        if self._plain and self._batches is not None:
-            # The plain case, after its first step: fetch, zero_grad, forward, backward, step
-            # and read the loss, as a hand-written loop does (the same calls, in that order).
-            batch = next(self._batches)  # StopIteration: the data ran out (run_step says so)
+        if self._plain:
+            # The plain case: fetch, zero_grad, forward, backward, step and read the loss, as a
+            # hand-written loop does (the same calls, in that order).
+            batches = self._batches
+            first = batches is None
+            if first:
+                batches = self._batches = self._cycle(self.train_loader, "train_loader")
+            batch = next(batches)  # StopIteration: the data ran out (run_step says so)
             if self.device is not None:
                 batch = _to_device(batch, self.device)
             self.optimizer.zero_grad(set_to_none=True)
@@ -692,6 +696,8 @@ class TorchStep:
             loss.backward()
             self._held = loss  # (see _held)
             self.optimizer.step()
+            if first:  # the first step also says how many samples a step holds
+                return StepOutcome.of_loss(loss.item(), _samples(batch))
             return loss.item()
         self.can_continue = not self._collectives  # until this step's collectives are done
         if self._batches is None:
