@@ -681,11 +681,10 @@ class TorchStep:
         if self._plain:
             # The plain case: fetch, zero_grad, forward, backward, step and read the loss, as a
             # hand-written loop does (the same calls, in that order).
-            batches = self._batches
-            first = batches is None
-            if first:
-                batches = self._batches = self._cycle(self.train_loader, "train_loader")
-            batch = next(batches)  # StopIteration: the data ran out (run_step says so)
+            cycle = self._batches
+            if first := cycle is None:
+                cycle = self._batches = self._cycle(self.train_loader, "train_loader")
+            batch = next(cycle)  # StopIteration: the data ran out (run_step says so)
             if self.device is not None:
                 batch = _to_device(batch, self.device)
             self.optimizer.zero_grad(set_to_none=True)
