@@ -134,9 +134,8 @@ def run_range_test(
         session.start()
         if late:
             _overlapped(session, step)
-        while not session.finished:
-            step.set_lr(session.next_lr())
-            session.end_step(run_step(step))
+        else:
+            session.drive(step, run_step)
     finally:
         try:
             with deferred_sigint():

@@ -34,6 +34,7 @@ from lrfinder_plugins._seams import (
     PendingStep,
     Reducer,
     StepOutcome,
+    TrainingStep,
     TrialReport,
     note_where,
     raise_failure,
@@ -42,6 +43,8 @@ from lrfinder_plugins._seams import (
 )
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from lrfinder_plugins._results import RangeTestResult
 
 log = logging.getLogger("lrfinder_plugins")
@@ -110,7 +113,8 @@ class RangeTestSession:
         self.observers = _observers(self.search, self.reducer)
         self._notify = self.observers.wants_steps
         self._local = type(self.reducer) is LocalReducer
-        self.skipped = 0
+        self._skip_run = 0  # consecutive skipped steps, after the point count _skipped_after
+        self._skipped_after = 0
         self.skipped_total = 0
         self.global_batch: float | None = None
         self._started = False
@@ -120,6 +124,11 @@ class RangeTestSession:
     def finished(self) -> bool:
         """True once the test stopped (budget, divergence, non-finite, no data, outside stop)."""
         return self.test.stop_reason is not None
+
+    @property
+    def skipped(self) -> int:
+        """How many steps in a row were skipped (AMP overflow) since the last recorded point."""
+        return self._skip_run if self._skipped_after == len(self.test.losses) else 0
 
     def start(self) -> None:
         """Open the reduce point (collective: every rank calls it) and tell the observers."""
@@ -168,6 +177,35 @@ class RangeTestSession:
             )
         return self._decide(reduced, reduced.error, submitted.counted)
 
+    def drive(
+        self,
+        step: TrainingStep,
+        run: Callable[[TrainingStep], StepOutcome | DeferredOutcome | float | None],
+    ) -> None:
+        """Run ``step`` at each :meth:`next_lr` and :meth:`end_step` its outcome until the test stops.
+
+        ``run`` runs one step and returns its outcome (the driver's ``run_step``). On one
+        process with no observer of each step, a finite float is recorded as it comes, as
+        :meth:`end_step` records it, without the session's own calls per step: on a small
+        step those calls, run after the user's forward, backward and optimizer step have
+        filled the caches, cost microseconds each.
+        """
+        test = self.test
+        if not (self._local and not self._notify):
+            while test.stop_reason is None:
+                step.set_lr(test.next_lr())
+                self.end_step(run(step))
+            return
+        next_lr, set_lr, record, end_step = test.next_lr, step.set_lr, test.record, self.end_step
+        isfinite = math.isfinite
+        while test.stop_reason is None:
+            set_lr(next_lr())
+            outcome = run(step)
+            if type(outcome) is float and isfinite(outcome):
+                record(outcome)
+            else:
+                end_step(outcome)
+
     def end_step(self, outcome: StepOutcome | DeferredOutcome | float | None) -> StepOutcome:
         """Hand in this rank's outcome of the step at :meth:`next_lr`; return every rank's.
 
@@ -203,7 +241,9 @@ class RangeTestSession:
             raise_failure(self.reducer, local_error or reduced.error)
         test = self.test
         if reduced.skipped and not reduced.non_finite:
-            self.skipped += 1
+            if self._skipped_after != len(test.losses):  # a point since the last skip: a new run
+                self._skipped_after, self._skip_run = len(test.losses), 0
+            self._skip_run += 1
             self.skipped_total += 1
             if self.skipped >= MAX_SKIPPED_STEPS:
                 log.warning(
@@ -228,7 +268,6 @@ class RangeTestSession:
 
     def _record(self, loss: float) -> None:
         test = self.test
-        self.skipped = 0
         test.record(loss)
         if self._notify:
             i = len(test.losses) - 1

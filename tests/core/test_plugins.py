@@ -456,6 +456,24 @@ def test_too_many_skipped_steps_stop_as_non_finite() -> None:
     assert (len(result), result.stop_reason) == (1, StopReason.NON_FINITE)
 
 
+@pytest.mark.parametrize("observed", [False, True], ids=["no-observer", "observer"])
+def test_skips_with_a_point_between_do_not_add_up(
+    observed: bool, request: pytest.FixtureRequest
+) -> None:
+    """The count of skipped steps starts again after each recorded point: two runs of one skip
+    fewer than MAX_SKIPPED_STEPS, with a point between them, do not stop the test (with and
+    without a per-step observer, whose sessions record through different loops)."""
+    first = set(range(2, 1 + MAX_SKIPPED_STEPS))
+    second = {run + MAX_SKIPPED_STEPS for run in first}
+    step = FakeStep(skip_at=first | second)
+    recorder = request.getfixturevalue("recorder") if observed else None
+    result = run_range_test(step, small_test(), progress=False)
+    assert (len(result), result.stop_reason) == (5, StopReason.BUDGET)
+    assert result.options["skipped_steps"] == 2 * (MAX_SKIPPED_STEPS - 1)
+    if recorder is not None:
+        assert recorder.names().count("step_recorded") == 5
+
+
 def test_data_running_out_stops_as_data_exhausted() -> None:
     """StopIteration from the step ends the run with "data_exhausted" and restores the state."""
     step = FakeStep(exhaust_at=3)
