@@ -12,7 +12,9 @@ batch 16, one thread):
    take turns, as in ``benchmarks.overhead``, so each part runs after the other loop's steps
    have filled the caches, as it does for a user; an optimizer step hook stamps every step's
    end, which splits each run into the time before its first step ended, the steps between,
-   and the time after its last step.
+   and the time after its last step. A third run drives a minimal step (the bare loop's body,
+   no snapshot) through ``run_range_test``: between it and the bare loop is the engine's cost
+   per step in place, between it and ``find_lr`` the ``TorchStep``'s.
 
 Usage:
     .venv/bin/python -m benchmarks.overhead_breakdown [--calls 250] [--in-place 40]
@@ -64,6 +66,46 @@ def _timed(times: dict[str, list[float]], label: str, fn: Callable[..., Any]) ->
     return wrapper
 
 
+class _MinimalStep:
+    """A hand-written loop's step behind the engine: what is left is the engine's cost in place.
+
+    ``run()`` is ``bare_loop``'s body (fetch, ``zero_grad``, forward and loss, backward, step,
+    ``loss.item()``); the snapshot only restarts the loader, the restore does nothing.
+    """
+
+    reducer = None
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        loader: torch.utils.data.DataLoader,
+    ) -> None:
+        self.model, self.optimizer, self.loader = model, optimizer, loader
+        self.loss_fn = torch.nn.CrossEntropyLoss()
+        self.batches: Any = None
+        self.loss: Any = None
+
+    def snapshot(self) -> None:
+        self.batches = iter(self.loader)
+
+    def restore(self, snapshot: None) -> None:
+        self.loss = None
+
+    def set_lr(self, lr: float) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+
+    def run(self) -> float:
+        inputs, targets = next(self.batches)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = self.loss_fn(self.model(inputs), targets)
+        loss.backward()
+        self.loss = loss  # as a loop's variable keeps it until the next step
+        self.optimizer.step()
+        return loss.item()
+
+
 class _NoStep:
     """A training step that does nothing: what is left is the engine's own cost."""
 
@@ -111,19 +153,27 @@ def in_place(
     def bare() -> None:
         bare_loop(model, optimizer, loader, steps=100)
 
+    minimal = _MinimalStep(model, optimizer, loader)
+
+    def engine() -> None:
+        driver.run_range_test(
+            minimal, RangeTest(num_iter=100, diverge_threshold=1e300), progress=False
+        )
+
+    runs = {"bare": bare, "engine + minimal step": engine, "ours": ours}
     for _ in range(3):  # warm-up
-        ours()
-        bare()
+        for fn in runs.values():
+            fn()
     parts: dict[str, list[float]] = {}
-    split: dict[str, list[tuple[float, float, float, float]]] = {"ours": [], "bare": []}
+    split: dict[str, list[tuple[float, float, float, float]]] = {which: [] for which in runs}
     wrapped = PARTS + RNG_PARTS
     originals = [(owner, name, getattr(owner, name)) for owner, name, _ in wrapped]
     try:
         for (owner, name, label), (_, _, fn) in zip(wrapped, originals):
             setattr(owner, name, _timed(parts, label, fn))
         for i in range(repeats):
-            order = (("ours", ours), ("bare", bare)) if i % 2 else (("bare", bare), ("ours", ours))
-            for which, fn in order:
+            order = list(runs.items())
+            for which, fn in order[i % 3 :] + order[: i % 3]:  # each goes first in turn
                 stamps.clear()
                 start = time.perf_counter()
                 fn()
@@ -137,7 +187,7 @@ def in_place(
         for owner, name, fn in originals:
             setattr(owner, name, fn)
     us = 1e6
-    print(f"\nIn place: {repeats} 100-step runs each, ours and a bare loop taking turns")
+    print(f"\nIn place: {repeats} 100-step runs each, taking turns")
     print("| part of a 100-step find_lr, in place | µs (median) |")
     print("|---|---:|")
     for _, _, label in wrapped:
@@ -147,7 +197,7 @@ def in_place(
         "| run | whole (ms) | until its first step ended (µs) | a step (µs) | after its last step (µs) |"
     )
     print("|---|---:|---:|---:|---:|")
-    for which in ("bare", "ours"):
+    for which in runs:
         whole, first, gap, after = (statistics.median(c) for c in zip(*split[which]))
         print(
             f"| {which} | {whole * 1e3:.2f} | {first * us:.0f} | {gap * us:.1f} | {after * us:.0f} |"
