@@ -210,3 +210,64 @@ def test_step_outcome_survives_its_vector() -> None:
     """to_vector/from_vector round-trip every number (what a collective sums)."""
     outcome = StepOutcome(2.5, 4.0, non_finite=1, skipped=0, out_of_data=1, errors=0)
     assert StepOutcome.from_vector(outcome.to_vector()) == outcome
+
+
+class _FloatStep:
+    """A step whose loss is a float that falls with the LR; ``nan_at`` gives NaN at that call."""
+
+    def __init__(self, nan_at: int | None = None) -> None:
+        self.lr, self.calls, self.nan_at = 0.0, 0, nan_at
+
+    def set_lr(self, lr: float) -> None:
+        self.lr = lr
+
+    def run(self) -> float:
+        self.calls += 1
+        return math.nan if self.calls == self.nan_at else 1.0 / (1.0 + self.lr)
+
+
+@pytest.mark.parametrize(
+    ("reducer", "nan_at", "through_end_step"),
+    [
+        (None, None, 0),  # one process, no observer: every finite float recorded as it comes
+        (None, 4, 1),  # ... and the NaN through end_step, which stops the test
+        ("two ranks", None, 6),  # several processes: every step through end_step's reduce
+    ],
+    ids=["local", "local-nan", "two-ranks"],
+)
+def test_drive_records_floats_directly_only_on_one_process(
+    reducer: str | None, nan_at: int | None, through_end_step: int
+) -> None:
+    """``drive`` runs the steps; on one process with no per-step observer it records a finite
+    float without ``end_step``, with the same points as ``end_step`` records."""
+    points = []
+    for direct in (True, False):
+        session = RangeTestSession(
+            RangeTest(start_lr=1e-3, end_lr=1.0, num_iter=6, diverge_threshold=None),
+            reducer=TwoRanks(lambda i: StepOutcome()) if reducer else None,
+            progress=False,
+        )
+        session.start()
+        calls: list[object] = []
+        end_step = session.end_step
+
+        def counted(
+            outcome: object,
+            end_step: Callable[..., StepOutcome] = end_step,
+            calls: list[object] = calls,
+        ) -> object:
+            calls.append(outcome)
+            return end_step(outcome)
+
+        session.end_step = counted  # type: ignore[method-assign]
+        step = _FloatStep(nan_at)
+        if direct:
+            session.drive(step, lambda s: s.run())
+            assert len(calls) == through_end_step
+        else:  # the loop a framework's callbacks make, through end_step every step
+            while not session.finished:
+                step.set_lr(session.next_lr())
+                session.end_step(step.run())
+        result = session.finish()
+        points.append((result.lrs, result.losses, result.stop_reason))
+    assert points[0] == points[1]
