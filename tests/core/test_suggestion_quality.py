@@ -421,3 +421,32 @@ def test_plot_band_contains_the_marked_lr_of_any_method(method: str) -> None:
     left, right = band.get_x(), band.get_x() + band.get_width()
     plt.close(figure)
     assert left < x < right
+
+
+# -- the benchmark's shortcut to the rule ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "losses",
+    [
+        descent_then_blowup(),
+        noisy(descent_then_blowup(), 0.05, seed=3),
+        [*noisy([1.0] * 85, 0.2, 1), 5.0, 10.0, 20.0],  # no usable descent: no cap
+        [2.0 - 1.5 * i / 59 for i in range(60)] + [0.5 + 0.3 * i for i in range(40)],  # bounded
+    ],
+    ids=["clean", "noisy-descent", "noise-only", "bounded"],
+)
+def test_the_benchmarks_joint_choice_reads_the_rule_as_the_library_does(
+    losses: list[float],
+) -> None:
+    """``benchmarks/suggestion_quality/selection.py`` scores every margin and fraction from one
+    analysis per fraction; its shortcut must give the LR ``analyse_curve`` gives for each."""
+    from benchmarks.suggestion_quality.selection import FRACTIONS, Constants, _lr, _parts
+
+    result = result_from_losses(losses, num_iter=100, stop_reason=StopReason.BUDGET)
+    for width in (0.2, 0.4):
+        parts = _parts(result, width, 0.73)
+        for margin in (0.5, 1.4, 2.5):
+            for fraction in (FRACTIONS[0], 0.4, FRACTIONS[-1]):
+                expected = Constants(width, margin, 0.73, fraction).lr(result)
+                assert _lr(parts, margin, fraction) == pytest.approx(expected, rel=1e-12)
