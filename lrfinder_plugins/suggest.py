@@ -5,8 +5,8 @@ Each is registered by name through the ``lrfinder_register_suggesters`` hook, so
 
 Built-in methods:
     ``margin`` (the default): a safety margin below the two LRs where the loss stops improving
-        and where it blows up: ``sqrt(lr_min * lr_blowup) / 10**1.4`` on a robustly smoothed
-        curve, never above the LR by which the loss made 40% of its descent. Chosen and
+        and where it blows up: ``sqrt(lr_min * lr_blowup) / 10**1.35`` on a robustly smoothed
+        curve, never above the LR by which the loss made 45% of its descent. Chosen and
         measured on ``benchmarks/suggestion_quality`` (``benchmarks/RESULTS.md``).
     ``valley``: fastai's rule: the longest run of decreasing loss, then a point
         about half-way down it, on fastai's smoothing (EMA 0.98).
@@ -45,16 +45,16 @@ log = logging.getLogger("lrfinder_plugins")
 DEFAULT_METHOD = "margin"
 SMOOTHING_DECADES = 0.4
 """``margin``'s smoothing half-width in decades of LR (chosen on the benchmark's dev split)."""
-MARGIN_DECADES = 1.4
+MARGIN_DECADES = 1.35
 """``margin``'s safety margin in decades below the geometric mean of the minimum and blow-up."""
-FALLBACK_WIDTH_DECADES = 0.73
+FALLBACK_WIDTH_DECADES = 0.81
 """The typical distance (decades) between the smoothed minimum and the blow-up, used when no
 descent stands out of the noise."""
 LOWER_DECADES = 0.4
 """The usable range's low end: ``lr / 10**LOWER_DECADES``."""
 UPPER_DECADES = 0.25
 """The usable range's high end: ``lr * 10**UPPER_DECADES``."""
-DESCENT_FRACTION = 0.4
+DESCENT_FRACTION = 0.45
 """``margin`` is never above the LR from which the smoothed loss has made this fraction of its
 descent (0 turns the cap off)."""
 BUILTIN_PLUGIN = "lrfinder.suggest"
@@ -431,9 +431,11 @@ def analyse_curve(
     90% at ``upper``). On the suite grown to 29 tasks in 9 families they are
     measured held out (a confirm split and leave-one-family-out, ``benchmarks/RESULTS.md``):
     without the cap they fail on fine-tuning a pre-trained backbone on a small dataset
-    (suggested 5-12x too high). ``descent_fraction`` was chosen on the dev split after that,
-    with the other constants fixed, by the one-standard-error rule (the most cautious fraction
-    whose robust mean regret is within one standard error of the best).
+    (suggested 5-12x too high), and ``descent_fraction`` was added for it. Since session 24 the
+    smoothing width, margin, fallback width and fraction are chosen together on the grown
+    suite's dev split (``benchmarks/suggestion_quality/selection.py``): margin 1.35 decades,
+    fallback 0.81, fraction 0.45 (before: 1.4, 0.73 and 0.4, the fraction chosen after the
+    rest).
 
     Returns:
         The analysis, or ``None`` when fewer than :data:`ANALYSIS_MIN_POINTS` finite points.

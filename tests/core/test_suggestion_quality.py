@@ -14,6 +14,10 @@ from lrfinder_plugins import NoSuggestionWarning, RangeTestResult, StopReason
 from lrfinder_plugins.suggest import (
     BUILTIN,
     DEFAULT_METHOD,
+    DESCENT_FRACTION,
+    FALLBACK_WIDTH_DECADES,
+    MARGIN_DECADES,
+    SMOOTHING_DECADES,
     LowConfidenceWarning,
     Suggestion,
     analyse_curve,
@@ -22,7 +26,7 @@ from lrfinder_plugins.suggest import (
 
 from .curves import result_from_losses, sigmoid_curve, v_curve
 
-MARGIN = 10**1.4
+MARGIN = 10**MARGIN_DECADES
 
 
 def lr_at(result: RangeTestResult, i: int) -> float:
@@ -74,8 +78,8 @@ def test_margin_is_never_above_where_the_loss_made_its_fraction_of_the_descent()
         # the smoothed curve the analysis reads (up to the blow-up)
         kept = [i for i, lr in enumerate(result.lrs) if lr <= capped.lr_blowup]
         xs = [math.log10(result.lrs[i]) for i in kept]
-        smoothed = smooth_in_log_lr(xs, [result.losses[i] for i in kept], 0.4)
-        level = capped.start_loss - 0.4 * capped.depth
+        smoothed = smooth_in_log_lr(xs, [result.losses[i] for i in kept], SMOOTHING_DECADES)
+        level = capped.start_loss - DESCENT_FRACTION * capped.depth
         lowest = result.lrs.index(capped.lr_min)
         at = result.lrs.index(capped.lr_descended)
         assert all(y <= level for y in smoothed[at : lowest + 1])
@@ -252,8 +256,9 @@ def test_noisy_curve_falls_back_to_the_blowup(seed: int) -> None:
     result = result_from_losses(losses, num_iter=100, stop_reason=StopReason.DIVERGED)
     analysis = analyse_curve(result)
     assert analysis is not None and analysis.depth < 2 * analysis.noise
-    stand_in = math.log10(analysis.lr_blowup) - 0.73  # the typical distance below the blow-up
-    expected = 10 ** ((stand_in + math.log10(analysis.lr_blowup)) / 2 - 1.4)
+    # the typical distance below the blow-up stands in for the minimum
+    stand_in = math.log10(analysis.lr_blowup) - FALLBACK_WIDTH_DECADES
+    expected = 10 ** ((stand_in + math.log10(analysis.lr_blowup)) / 2 - MARGIN_DECADES)
     assert analysis.lr == pytest.approx(expected, rel=1e-9)
 
 
