@@ -427,8 +427,8 @@ def analyse_curve(
     width and ``margin_decades`` kept the dev tasks' mean regret of constant-LR training at the
     suggestion lowest even 0.2 decade off; ``fallback_width_decades`` is the dev median distance
     between ``lr_min`` and ``lr_blowup``; at ``lower`` and ``upper``, 80% of issue 3's dev runs
-    trained with a regret of at most 0.1 (on the grown suite, with the cap: 71% at ``lower``,
-    90% at ``upper``). On the suite grown to 29 tasks in 9 families they are
+    trained with a regret of at most 0.1 (on the grown suite, with the cap: 77% at ``lower``,
+    87% at ``upper``). On the suite grown to 29 tasks in 9 families they are
     measured held out (a confirm split and leave-one-family-out, ``benchmarks/RESULTS.md``):
     without the cap they fail on fine-tuning a pre-trained backbone on a small dataset
     (suggested 5-12x too high), and ``descent_fraction`` was added for it. Since session 24 the
