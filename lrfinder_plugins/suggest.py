@@ -584,12 +584,12 @@ def margin(
 ) -> Suggestion:
     """The default: a safety margin below where the loss stops improving and where it blows up.
 
-    ``sqrt(lr_min * lr_blowup) / 10**margin_decades`` (about / 25) on a robustly smoothed curve,
+    ``sqrt(lr_min * lr_blowup) / 10**margin_decades`` (about / 22) on a robustly smoothed curve,
     never above the LR by which the loss has made ``descent_fraction`` of its descent (see
     :func:`analyse_curve` for every step). The lowest loss alone comes late on clean curves
     and lands anywhere on noisy ones; the blow-up alone ignores where the loss stopped improving;
     on the benchmark's dev tasks their geometric mean tied the lowest loss alone on mean regret
-    and had the smallest worst case, and the margin keeps the suggestion at least 25x below the
+    and had the smallest worst case, and the margin keeps the suggestion at least 22x below the
     blow-up. Measured against Lightning, torch-lr-finder,
     fastai, Prodigy and schedule-free AdamW in ``benchmarks/RESULTS.md``.
 
