@@ -191,7 +191,7 @@ class RangeTestSession:
         filled the caches, cost microseconds each.
         """
         test = self.test
-        if not (self._local and not self._notify):
+        if self._notify or not self._local:
             while test.stop_reason is None:
                 step.set_lr(test.next_lr())
                 self.end_step(run(step))

@@ -109,47 +109,35 @@ def one_standard_error(per: Mapping[float, Sequence[float]], window: float) -> f
 
 def _parts(
     result: RangeTestResult, smoothing: float, fallback: float
-) -> tuple[float, dict[float, float] | None] | None:
-    """What every margin and fraction's suggestion is made of, from one analysis per fraction:
-    ``log10`` of the suggestion at margin 0 without the cap, and ``log10(lr_descended)`` per
-    fraction where the cap applies (``None``: the descent does not stand out of the noise).
-    ``None``: too few points. ``_lr`` puts them together as ``analyse_curve`` does."""
-    base = analyse_curve(
-        result,
-        smoothing_decades=smoothing,
-        margin_decades=0.0,
-        fallback_width_decades=fallback,
-        descent_fraction=0.0,
-    )
-    if base is None:
-        return None
-    if not (base.depth > 0 and base.depth >= 2.0 * base.noise):
-        return math.log10(base.lr), None
-    descended = {}
-    for f in FRACTIONS:
-        a = analyse_curve(
+) -> tuple[float, dict[float, float]] | None:
+    """What every margin and fraction's suggestion is made of, read from ``analyse_curve`` at
+    margin 0: ``log10`` of the suggestion without the cap, and per fraction ``log10`` of the
+    suggestion with it (the same where the cap does not apply). ``None``: too few points."""
+
+    def at_margin_0(fraction: float) -> float:
+        analysis = analyse_curve(
             result,
             smoothing_decades=smoothing,
             margin_decades=0.0,
             fallback_width_decades=fallback,
-            descent_fraction=f,
+            descent_fraction=fraction,
         )
-        assert a is not None
-        descended[f] = math.log10(a.lr_descended)
-    return math.log10(base.lr), descended
+        return math.nan if analysis is None else math.log10(analysis.lr)
+
+    free = at_margin_0(0.0)
+    if math.isnan(free):
+        return None
+    return free, {f: at_margin_0(f) for f in FRACTIONS}
 
 
-def _lr(
-    parts: tuple[float, dict[float, float] | None] | None, margin: float, fraction: float
-) -> float:
-    """The suggestion at ``margin`` and ``fraction`` from :func:`_parts` (NaN: too few points)."""
+def _lr(parts: tuple[float, dict[float, float]] | None, margin: float, fraction: float) -> float:
+    """The suggestion at ``margin`` (>= 0) and ``fraction`` from :func:`_parts` (NaN: too few
+    points). The margin lowers the uncapped suggestion only; the cap is a bound of its own, so
+    ``min(free - margin, capped at margin 0)`` is the rule's suggestion, cap or no cap."""
     if parts is None:
         return math.nan
-    centre, descended = parts
-    centre -= margin
-    if descended is not None and fraction > 0:
-        centre = min(centre, descended[fraction])
-    return 10.0**centre
+    free, capped = parts
+    return 10.0 ** (free - margin if fraction == 0 else min(free - margin, capped[fraction]))
 
 
 def choose(
