@@ -23,6 +23,8 @@ from lrfinder_adapters import require
 require("torch", "torch")
 
 import torch  # noqa: E402
+from torch.nn import SyncBatchNorm  # noqa: E402
+from torch.nn.modules.batchnorm import _BatchNorm  # noqa: E402
 
 from lrfinder_adapters import _torch_state  # noqa: E402
 from lrfinder_adapters._schedulers import check_schedulers, move_schedule  # noqa: E402
@@ -435,6 +437,16 @@ class TorchStep:
         val_loader: if given, each point's loss is the mean loss over ``val_batches`` of its
             batches (evaluated after the step, in eval mode), as torch-lr-finder's ``val_loader``.
         val_batches: how many validation batches per point (``None``: all).
+        val_batch_norm: how BatchNorm layers in train mode normalise the validation batches:
+            ``"batch"`` (the default) with each batch's own statistics, their running
+            statistics left exactly as they were; ``"running"`` with the running statistics
+            (plain eval mode, torch-lr-finder's ``val_loader``). A frozen BatchNorm (in eval
+            mode while the model trains) always uses its running statistics. During a sweep the running statistics average
+            ~10 steps of older, smaller LRs' weights, so at high LRs they no longer match the
+            weights: on ``benchmarks/suggestion_quality``'s two BatchNorm CNNs the eval-mode
+            curve blows up early and the suggestion lands 10-25x too low (regret 0.25-0.75).
+            ``SyncBatchNorm`` keeps its running statistics (its batch statistics are a
+            collective). Dropout and the rest stay in eval mode either way.
         schedulers: LR schedulers attached to ``optimizer``; they are not stepped during the
             test and are restored after it.
         keep_weights: keep the weights (and optimizer state) the test trained; LRs, schedulers,
@@ -478,6 +490,7 @@ class TorchStep:
         scaler: Any = None,
         val_loader: Iterable[Any] | None = None,
         val_batches: int | None = None,
+        val_batch_norm: str = "batch",
         schedulers: Sequence[Any] = (),
         keep_weights: bool = False,
         snapshot: str = "cpu",
@@ -511,6 +524,7 @@ class TorchStep:
         if max_grad_norm is not None:
             _validate.positive_finite("max_grad_norm", max_grad_norm, "1.0")
         _validate.one_of("snapshot", snapshot, ("cpu", "disk"))
+        _validate.one_of("val_batch_norm", val_batch_norm, ("batch", "running"))
         _validate.boolean("keep_weights", keep_weights)
         if amp_dtype is not None and not isinstance(amp_dtype, torch.dtype):
             raise TypeError(
@@ -529,6 +543,7 @@ class TorchStep:
         self.device = check_device(device)
         self.model, self.optimizer, self.loss_fn = model, optimizer, loss_fn
         self.train_loader, self.val_loader, self.val_batches = train_loader, val_loader, val_batches
+        self.val_batch_norm = val_batch_norm
         self.max_grad_norm, self.scaler, self.compute_loss = max_grad_norm, scaler, compute_loss
         self.schedulers, self.keep_weights, self.snapshot_to = (
             schedulers,
@@ -875,6 +890,21 @@ class TorchStep:
         modules = list(self.model.modules())
         modes = [m.training for m in modules]
         self.model.eval()
+        # A BatchNorm layer that trains normalises each validation batch with its own
+        # statistics (train mode, its running statistics put back); a frozen one (eval mode)
+        # keeps its running statistics, which the sweep does not move.
+        norms = (
+            [
+                m
+                for m, training in zip(modules, modes)
+                if training and isinstance(m, _BatchNorm) and not isinstance(m, SyncBatchNorm)
+            ]
+            if self.val_batch_norm == "batch"
+            else []
+        )
+        kept = [(buffer, buffer.clone()) for norm in norms for buffer in _running_stats(norm)]
+        for norm in norms:
+            norm.training = True
         total: torch.Tensor | float = 0.0
         count = 0
         try:
@@ -883,11 +913,19 @@ class TorchStep:
                     total = total + self._loss(_to_device(batch, self.device)).detach().float()
                 count += 1
         finally:
+            for buffer, value in kept:
+                buffer.copy_(value)
             for module, mode in zip(modules, modes):
                 module.training = mode
         if count == 0:
             raise ValueError("val_loader yielded no batches; give it at least one batch")
         return float(total) / count
+
+
+def _running_stats(norm: _BatchNorm) -> list[torch.Tensor]:
+    """The buffers a BatchNorm layer updates in train mode (none without running statistics)."""
+    buffers = (norm.running_mean, norm.running_var, norm.num_batches_tracked)
+    return [b for b in buffers if b is not None]
 
 
 class LearningRateFinder:

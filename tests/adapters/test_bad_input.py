@@ -86,6 +86,7 @@ def test_bad_find_lr_argument_rejected_before_anything_is_touched(
 
 OPTION_CASES = [
     pytest.param({"snapshot": "gpu"}, ValueError, r"snapshot must be one of .*got 'gpu'", id="snapshot"),
+    pytest.param({"val_batch_norm": "train"}, ValueError, r"val_batch_norm must be one of .*got 'train'", id="val_batch_norm"),
     pytest.param({"device": "potato"}, ValueError, r"device .*got 'potato'", id="device"),
     pytest.param({"accumulation_steps": 0}, ValueError, r"accumulation_steps .*>= 1, got 0", id="accumulation-0"),
     pytest.param({"accumulation_steps": 1.5}, TypeError, r"accumulation_steps .*int, got 1\.5", id="accumulation-float"),

@@ -174,6 +174,7 @@ STEP_OPTIONS: dict[str, Kind] = {
     "scaler": SCALER,
     "keep_weights": BOOLEAN,
     "snapshot": SNAPSHOT,
+    "val_batch_norm": CHOICE,
     "schedulers": SCHEDULERS,
     "compute_loss": CALLABLE,
     "fault_timeout": POSITIVE,
