@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -22,6 +23,9 @@ class Curves:
         lightning_curve: Lightning's recorded ``{"lr", "loss"}`` (smoothed losses).
         tlf_lr: the real torch-lr-finder's steepest-gradient suggestion.
         tlf_curve: torch-lr-finder's ``history`` (smoothed losses).
+        val: our ``find_lr`` with the held-out split as ``val_loader`` (BatchNorm on each
+            batch's statistics, the default).
+        val_running: the same in plain eval mode (``val_batch_norm="running"``).
     """
 
     ours: RangeTestResult
@@ -30,6 +34,8 @@ class Curves:
     lightning_curve: dict[str, list[float]]
     tlf_lr: float
     tlf_curve: dict[str, list[float]]
+    val: RangeTestResult
+    val_running: RangeTestResult
 
 
 def _result(cache: JsonCache, key: str, run: object) -> RangeTestResult:
@@ -50,12 +56,16 @@ def collect(task: Task, seed: int, cache: JsonCache, *, with_peers: bool = True)
     prefix = f"{task.key}|seed={seed}|"
     ours = _result(cache, prefix + "ours", lambda: peers.our_range_test(task, seed))
     fastai = _result(cache, prefix + "fastai", lambda: peers.fastai_range_test(task, seed))
+    val, val_running = (
+        _result(cache, prefix + key, functools.partial(peers.our_val_range_test, task, seed, mode))
+        for key, mode in (("ours_val", "batch"), ("ours_val_running", "running"))
+    )
     if not with_peers:
-        return Curves(ours, fastai, math.nan, {}, math.nan, {})
+        return Curves(ours, fastai, math.nan, {}, math.nan, {}, val, val_running)
     lightning_lr, lightning_curve = _peer(
         cache, prefix + "lightning", lambda: peers.lightning_range_test(task, seed)
     )
     tlf_lr, tlf_curve = _peer(
         cache, prefix + "torch_lr_finder", lambda: peers.torch_lr_finder_range_test(task, seed)
     )
-    return Curves(ours, fastai, lightning_lr, lightning_curve, tlf_lr, tlf_curve)
+    return Curves(ours, fastai, lightning_lr, lightning_curve, tlf_lr, tlf_curve, val, val_running)

@@ -33,6 +33,16 @@ def our_range_test(task: Task, seed: int, **options: Any) -> RangeTestResult:
     return find_lr(model, optimizer, task.loss, task.loader(seed), progress=False, **options)
 
 
+def our_val_range_test(task: Task, seed: int, batch_norm: str) -> RangeTestResult:
+    """Our ``find_lr`` at its defaults with a ``val_loader``: the held-out split as one batch
+    (the split the regret is scored on, as a user would pass their validation loader), BatchNorm
+    on ``val_batch_norm=batch_norm`` (``"batch"``: the default; ``"running"``: plain eval mode)."""
+    data = task.split
+    return our_range_test(
+        task, seed, val_loader=[(data.x_val, data.y_val)], val_batch_norm=batch_norm
+    )
+
+
 def fastai_range_test(task: Task, seed: int) -> RangeTestResult:
     """fastai's ``lr_find`` protocol, run by our engine (fastai itself is not installed)."""
     return our_range_test(task, seed, smooth_factor=0.98, diverge_threshold=4.0)

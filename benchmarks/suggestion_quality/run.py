@@ -5,7 +5,8 @@ Run from the repository root (one core, politely)::
     nice -n 10 .venv/bin/python -m benchmarks.suggestion_quality.run
 
 For each task and seed it runs our ``find_lr`` (defaults), fastai's protocol (our engine),
-Lightning's ``Tuner.lr_find`` and torch-lr-finder's ``range_test`` (the real packages, defaults);
+Lightning's ``Tuner.lr_find`` and torch-lr-finder's ``range_test`` (the real packages, defaults),
+and our ``find_lr`` with the held-out split as ``val_loader`` (both ``val_batch_norm`` modes);
 trains the task's model at every suggestion with the task's budget; trains Prodigy and
 schedule-free AdamW at their defaults; and scores everything by regret against the constant-LR
 grid (``grid_cache.json``). Training runs and range tests are cached in ``runs_cache.json``;
@@ -70,6 +71,11 @@ ONE_CYCLE = "ours: default + one_cycle() (OneCycleLR schedule)"
 ONE_CYCLE_3X = "ours: default, OneCycleLR(max_lr=3 x suggestion), PyTorch's other defaults"
 LOFO = "ours: margin, constants chosen without the task's family (leave-one-family-out)"
 DEV_CHOSEN = "ours: margin, constants chosen on the dev split"
+VAL = "ours: margin (default) on a val_loader curve (BatchNorm on each batch's statistics)"
+VAL_RUNNING = "ours: margin (default) on a val_loader curve, plain eval mode (BatchNorm running)"
+VAL_CURVES = (VAL, VAL_RUNNING)
+"""The default rule read from a held-out curve (``find_lr(val_loader=...)``, the held-out
+split as one batch): not plotted, one row each in the tables."""
 LR_FREE = (PRODIGY, SCHEDULE_FREE)
 SCHEDULES = (ONE_CYCLE, ONE_CYCLE_3X)
 PEERS = (LIGHTNING, TORCH_LR_FINDER, FASTAI_VALLEY, FASTAI_MINIMUM, PRODIGY, SCHEDULE_FREE)
@@ -143,6 +149,8 @@ def suggestions_for(curves: Curves) -> dict[str, float]:
             ours(name): curves.ours.suggestion(name).lr
             for name in sorted(suggest_module.registered())
         }
+        out[VAL] = curves.val.suggestion().lr
+        out[VAL_RUNNING] = curves.val_running.suggestion().lr
         out[FASTAI_VALLEY] = curves.fastai.suggestion("valley").lr
         out[FASTAI_MINIMUM] = curves.fastai.suggestion("minimum").lr
     out[LIGHTNING] = curves.lightning_lr
@@ -491,7 +499,7 @@ def plot(methods: dict[str, Method], grids: dict[str, Grid], out: Path) -> list[
     finders = [
         m
         for m in methods.values()
-        if m.label not in LR_FREE and m.label not in SCHEDULES and m.label != DEV_CHOSEN
+        if m.label not in (*LR_FREE, *SCHEDULES, *VAL_CURVES, DEV_CHOSEN)
     ]
     markers = "ovs^<>Dph*P"
     paths = []
@@ -721,7 +729,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         per_task_table(
             methods,
             grids,
-            [default, LOFO, FASTAI_VALLEY, LIGHTNING, TORCH_LR_FINDER, PRODIGY, SCHEDULE_FREE],
+            [
+                default,
+                LOFO,
+                VAL,
+                VAL_RUNNING,
+                FASTAI_VALLEY,
+                LIGHTNING,
+                TORCH_LR_FINDER,
+                PRODIGY,
+                SCHEDULE_FREE,
+            ],
         ),
     ]
     text = "\n".join(report) + "\n"
