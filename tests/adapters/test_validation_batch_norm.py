@@ -26,6 +26,24 @@ def _val_batch() -> list[Batch]:
     return [(x, x.sum(dim=1, keepdim=True))]
 
 
+def _validated_sweep(model: nn.Module, batches: list[Batch], mse: Any, **options: Any) -> float:
+    """The last point's loss of a short sweep validated on :func:`_val_batch`, weights kept."""
+    result = find_lr(
+        model,
+        torch.optim.SGD(model.parameters(), lr=0.01),
+        mse,
+        batches,
+        num_iter=4,
+        val_loader=_val_batch(),
+        keep_weights=True,
+        diverge_threshold=1e6,
+        progress=False,
+        **options,
+    )
+    assert len(result) == 4
+    return result.losses[-1]
+
+
 def _loss_as_validated(model: nn.Module, batch: Batch, *, batch_stats: bool) -> float:
     """The loss of a copy in eval mode, its BatchNorm layers in train mode when ``batch_stats``."""
     twin = copy.deepcopy(model).eval()
@@ -44,24 +62,10 @@ def test_each_point_is_the_validation_loss_with_the_chosen_statistics(
     statistics (``"batch"``) or its running ones (``"running"``), dropout off in both; the two
     differ, so the test tells them apart."""
     model = _model()
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
-    val = _val_batch()
-    result = find_lr(
-        model,
-        optimizer,
-        mse,
-        batches,
-        num_iter=4,
-        val_loader=val,
-        val_batch_norm=mode,
-        keep_weights=True,
-        diverge_threshold=1e6,
-        progress=False,
-    )
-    assert len(result) == 4
-    expected = _loss_as_validated(model, val[0], batch_stats=mode == "batch")
-    other = _loss_as_validated(model, val[0], batch_stats=mode != "batch")
-    assert result.losses[-1] == pytest.approx(expected, rel=1e-6)
+    last = _validated_sweep(model, batches, mse, val_batch_norm=mode)
+    expected = _loss_as_validated(model, _val_batch()[0], batch_stats=mode == "batch")
+    other = _loss_as_validated(model, _val_batch()[0], batch_stats=mode != "batch")
+    assert last == pytest.approx(expected, rel=1e-6)
     assert abs(expected - other) > 1e-3 * abs(expected)
 
 
@@ -99,22 +103,8 @@ def test_the_model_is_restored_bitwise_after_a_validated_test(
 def test_sync_batch_norm_keeps_its_running_statistics(batches: list[Batch], mse: Any) -> None:
     """SyncBatchNorm's batch statistics are a collective, so it validates in eval mode."""
     model = _model(nn.SyncBatchNorm)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
-    val = _val_batch()
-    result = find_lr(
-        model,
-        optimizer,
-        mse,
-        batches,
-        num_iter=3,
-        val_loader=val,
-        keep_weights=True,
-        diverge_threshold=1e6,
-        progress=False,
-    )
-    assert result.losses[-1] == pytest.approx(
-        _loss_as_validated(model, val[0], batch_stats=False), rel=1e-6
-    )
+    last = _validated_sweep(model, batches, mse)
+    assert last == pytest.approx(_loss_as_validated(model, _val_batch()[0], batch_stats=False))
 
 
 def test_a_frozen_batch_norm_keeps_its_running_statistics(batches: list[Batch], mse: Any) -> None:
@@ -122,21 +112,9 @@ def test_a_frozen_batch_norm_keeps_its_running_statistics(batches: list[Batch], 
     statistics, which the sweep does not move; the layers that train use the batch's."""
     model = nn.Sequential(_model(), nn.BatchNorm1d(1))
     model[1].eval()
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
-    val = _val_batch()
-    result = find_lr(
-        model,
-        optimizer,
-        mse,
-        batches,
-        num_iter=3,
-        val_loader=val,
-        keep_weights=True,
-        diverge_threshold=1e6,
-        progress=False,
-    )
+    last = _validated_sweep(model, batches, mse)
     twin = copy.deepcopy(model).eval()
     twin[0][1].train()
+    x, y = _val_batch()[0]
     with torch.no_grad():
-        expected = float(nn.functional.mse_loss(twin(val[0][0]), val[0][1]))
-    assert result.losses[-1] == pytest.approx(expected, rel=1e-6)
+        assert last == pytest.approx(float(nn.functional.mse_loss(twin(x), y)), rel=1e-6)
