@@ -864,11 +864,14 @@ class BatchSizeSearch:
 
     def _aim_size(self, model: MemoryModel, capacity: float, oom: int | None) -> int:
         """``(1 - margin)`` x the limit ``model`` predicts under ``capacity``, below ``oom``, the
-        cap and on a divisor of ``target_batch`` (below 1: no size)."""
-        aim = math.floor((1.0 - self.margin) * model.limit(capacity))
+        cap and on a divisor of ``target_batch`` (below 1: no size). A model whose peak does not
+        grow with the size predicts no limit: then the failure and the cap bound the aim."""
+        bound = (1.0 - self.margin) * model.limit(capacity)
         if oom is not None:
-            aim = min(aim, math.floor((1.0 - self.margin) * (oom - 1)))
-        aim = min(aim, self.cap)
+            bound = min(bound, (1.0 - self.margin) * (oom - 1))
+        if bound < 1:  # -inf too: a peak above the capacity at any size
+            return 0
+        aim = self.cap if math.isinf(bound) else min(math.floor(bound), self.cap)
         if self.target_batch is not None and aim >= 1:
             aim = accumulation_for(self.target_batch, aim)[0]
         return aim

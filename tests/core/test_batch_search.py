@@ -117,6 +117,18 @@ def test_guided_with_linear_memory_jumps_to_the_limit(limit: int) -> None:
     assert math.floor(0.95 * limit) <= result.batch_size <= limit
 
 
+@pytest.mark.parametrize(("capacity", "limit"), [(80_000_000, 300), (10_000_000, 300), (None, 5)])
+def test_guided_with_memory_that_does_not_grow_still_answers(
+    capacity: int | None, limit: int
+) -> None:
+    """A peak flat in the size predicts no limit (or, above the capacity, none that fits): the
+    search falls back to doubling and bisection instead of failing on an infinite aim, and
+    answers a size that fitted."""
+    result = run(Oracle(limit, peak=lambda n: 50_000_000, capacity=capacity))
+    assert result.batch_size is not None and result.batch_size <= limit
+    assert result.batch_size in fitted_sizes(result)
+
+
 def test_guided_sees_a_phase_switch_coming() -> None:
     """A flat optimizer peak does not hide the activations that overtake it at larger sizes."""
     result = run(phase_switch_memory(1250))
