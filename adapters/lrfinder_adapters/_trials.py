@@ -110,8 +110,11 @@ class Trials:
             **{**self.step_options, "overlap": False},  # a trial decides nothing per step
         )
         batches = cycle(loader)
+        remainder = _memory.RemainderSkip()
         while True:
             feed.batch = next(batches)
+            if remainder.skip(feed.batch):
+                continue  # an epoch's short last batch: not a step at this size
             meter.track(_memory._leaves(feed.batch))
             yield step.run
 

@@ -902,6 +902,8 @@ class _TrialCallback(Callback):
         self.started: float | None = None
         self.timed_steps: int | None = None  # the bare steps before a metered one
         self.timed_seconds: float | None = None
+        self.remainder = _memory.RemainderSkip()
+        self.window_skipped = False  # the open window is an epoch's short last batch
 
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
@@ -914,7 +916,15 @@ class _TrialCallback(Callback):
         if self.started is None:
             self.started = time.perf_counter()
         if not self.window_open:
-            if self.meter_last and not self.metering and self.done == self.steps - 1:
+            # An epoch's short last batch (a loader that keeps it) is not a step at this size:
+            # it runs, uncounted and unmetered (see _memory.RemainderSkip).
+            self.window_skipped = self.remainder.skip(batch)
+            if (
+                self.meter_last
+                and not self.metering
+                and not self.window_skipped
+                and self.done == self.steps - 1
+            ):
                 if self.done > 0:  # the bare steps' time: the user's own cost (throughput)
                     self.timed_steps = self.done
                     self.timed_seconds = time.perf_counter() - self.started
@@ -947,6 +957,8 @@ class _TrialCallback(Callback):
         if not self.window_open or trainer.global_step == self.step_at_start:
             return  # no optimizer step yet: the window goes on
         self.window_open = False
+        if self.window_skipped:
+            return
         self.done += 1
         if self.done >= self.steps:
             trainer.should_stop = True

@@ -14,6 +14,7 @@ import pytest
 import torch
 from torch import nn
 
+from lrfinder_adapters import _memory
 from lrfinder_adapters._memory import (
     TensorMeter,
     cuda_capacity,
@@ -240,6 +241,42 @@ def test_target_batch_returns_accumulation_steps(
 def wide_model() -> nn.Module:
     torch.manual_seed(0)
     return nn.Sequential(nn.Linear(FEATURES, 512), nn.ReLU(), nn.Linear(512, 1))
+
+
+@pytest.mark.parametrize("mode", ["binsearch", "guided"])
+def test_an_epochs_short_last_batch_is_not_what_a_trial_measures(mode: str) -> None:
+    """make_loader's loader keeps each epoch's short last batch (the DataLoader default): the
+    step on it is skipped, so the answer is the one a loader that drops it gives (about 400
+    samples fit: 1000 samples make two full batches and a short one)."""
+    data = dataset(1000)
+    answers = []
+    for drop_last in (True, False):
+        model = make_mlp()
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+        result = find_batch_size(
+            model,
+            optimizer,
+            nn.functional.mse_loss,
+            make_loader=lambda n, d=drop_last: torch.utils.data.DataLoader(
+                data, batch_size=n, drop_last=d
+            ),
+            memory_budget=80_000,
+            mode=mode,
+            max_val=1000,
+            progress=False,
+        )
+        assert all(t.peak_bytes <= 80_000 for t in result.trials if t.fitted)
+        answers.append(result.batch_size)
+    assert answers[0] == answers[1]
+
+
+def test_a_short_batch_is_skipped_once_never_twice_in_a_row() -> None:
+    """Batches shorter than the trial's first are skipped, but never two in a row."""
+    skip = _memory.RemainderSkip()
+    rows = [8, 8, 3, 8, 3, 2, 1, 8]
+    assert [skip.skip((torch.zeros(n, 2), torch.zeros(n))) for n in rows] == [
+        False, False, True, False, True, False, True, False
+    ]  # fmt: skip
 
 
 def test_a_cpu_memory_budget_is_respected() -> None:

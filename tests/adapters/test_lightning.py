@@ -641,6 +641,14 @@ class Sized(Regressor):
         return DataLoader(_data(512), batch_size=self.batch_size, shuffle=True, drop_last=True)
 
 
+class KeepsLast(Sized):
+    """The sized regressor whose loader keeps each epoch's short last batch (``drop_last=False``,
+    the DataLoader default)."""
+
+    def train_dataloader(self) -> DataLoader[Any]:
+        return DataLoader(_data(512), batch_size=self.batch_size, shuffle=True)
+
+
 class _Data(pl.LightningDataModule):
     """A datamodule holding the batch size in its ``hparams`` only."""
 
@@ -671,6 +679,21 @@ def test_found_batch_size_fits_the_budget_and_lands_in_the_model() -> None:
         t.peak_bytes is not None and t.peak_bytes <= BUDGET for t in result.trials if t.fitted
     )
     assert not any(isinstance(cb, BatchSizeFinder) for cb in trainer.callbacks)
+
+
+@pytest.mark.parametrize("mode", ["binsearch", "guided"])
+def test_an_epochs_short_last_batch_is_not_what_a_trial_measures(mode: str) -> None:
+    """A loader that keeps the short last batch answers what one that drops it does: the step
+    on the remainder (512 mod size samples) runs uncounted, so no trial reads its memory."""
+    answers = []
+    for model in (Sized(), KeepsLast()):
+        finder = BatchSizeFinder(mode=mode, init_val=32, memory_budget=BUDGET, progress=False)
+        finder._early_exit = True
+        _trainer(callbacks=[finder]).fit(model)
+        assert finder.result is not None
+        assert all(t.peak_bytes <= BUDGET for t in finder.result.trials if t.fitted)
+        answers.append(finder.optimal_batch_size)
+    assert answers[0] == answers[1]
 
 
 def test_power_mode_then_fit_trains_at_the_found_size() -> None:
