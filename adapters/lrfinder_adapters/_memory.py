@@ -109,37 +109,6 @@ def _leaves(tree: Any) -> Iterator[torch.Tensor]:
             yield from _leaves(value)
 
 
-def batch_rows(batch: Any) -> int | None:
-    """The number of samples in ``batch``: the largest leading dimension of its tensors
-    (``None``: no tensor with a dimension)."""
-    rows = [t.shape[0] for t in _leaves(batch) if t.dim() > 0]
-    return max(rows) if rows else None
-
-
-class RemainderSkip:
-    """Tells the steps of a trial that run on an epoch's short last batch, to leave uncounted.
-
-    A loader that does not drop its last batch ends each epoch with fewer samples than the
-    trial's size; a trial that measured, timed or counted that step would read the memory of a
-    smaller batch (a size far over the budget then "fits"). A batch with fewer samples than the
-    trial's first is such a remainder, skipped, but never two in a row: when every batch is
-    short (a dataset smaller than one batch) every other one counts, so a trial always ends.
-    """
-
-    def __init__(self) -> None:
-        self.first: int | None = None
-        self.skipped = False
-
-    def skip(self, batch: Any) -> bool:
-        """Whether the step on ``batch`` is a remainder to leave uncounted."""
-        rows = batch_rows(batch)
-        if self.first is None:
-            self.first = rows
-        short = rows is not None and self.first is not None and rows < self.first
-        self.skipped = short and not self.skipped
-        return self.skipped
-
-
 def _storage(tensor: torch.Tensor) -> Any:
     try:
         return tensor.untyped_storage()

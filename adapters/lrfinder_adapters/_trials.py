@@ -20,7 +20,7 @@ import torch
 
 from lrfinder_adapters import _memory, _oom
 from lrfinder_adapters.distributed import unwrap
-from lrfinder_adapters.pytorch import LossFn, TorchStep, check_device
+from lrfinder_adapters.pytorch import LossFn, TorchStep, _samples, check_device
 from lrfinder_plugins.spi import first_line
 
 STEP_OPTIONS = frozenset(
@@ -110,7 +110,7 @@ class Trials:
             **{**self.step_options, "overlap": False},  # a trial decides nothing per step
         )
         batches = cycle(loader)
-        remainder = _memory.RemainderSkip()
+        remainder = RemainderSkip()
         while True:
             feed.batch = next(batches)
             if remainder.skip(feed.batch):
@@ -270,6 +270,30 @@ def run_measured(
         timed_steps=None if timed is None else metered.start,
         timed_seconds=timed,
     )
+
+
+class RemainderSkip:
+    """Tells the steps of a trial that run on an epoch's short last batch, to leave uncounted.
+
+    A loader that does not drop its last batch ends each epoch with fewer samples than the
+    trial's size; a trial that measured, timed or counted that step would read the memory of a
+    smaller batch (a size far over the budget then "fits"). A batch with fewer samples than the
+    trial's first is such a remainder, skipped, but never two in a row, so that a trial ends
+    even on a loader whose batches keep shrinking. (A dataset smaller than one batch gives
+    batches of one size: none is skipped.)
+    """
+
+    def __init__(self) -> None:
+        self.first: int | None = None
+        self.skipped = False
+
+    def skip(self, batch: Any) -> bool:
+        """Whether the step on ``batch`` is a remainder to leave uncounted."""
+        rows = _samples(batch)  # the samples a step counts
+        if self.first is None:
+            self.first = rows
+        self.skipped = rows < self.first and not self.skipped
+        return self.skipped
 
 
 def cycle(loader: Iterable[Any]) -> Iterator[Any]:

@@ -902,7 +902,9 @@ class _TrialCallback(Callback):
         self.started: float | None = None
         self.timed_steps: int | None = None  # the bare steps before a metered one
         self.timed_seconds: float | None = None
-        self.remainder = _memory.RemainderSkip()
+        from lrfinder_adapters._trials import RemainderSkip
+
+        self.remainder = RemainderSkip()
         self.window_skipped = False  # the open window is an epoch's short last batch
 
     def on_train_batch_start(

@@ -14,7 +14,6 @@ import pytest
 import torch
 from torch import nn
 
-from lrfinder_adapters import _memory
 from lrfinder_adapters._memory import (
     TensorMeter,
     cuda_capacity,
@@ -22,6 +21,7 @@ from lrfinder_adapters._memory import (
     requested_bytes,
 )
 from lrfinder_adapters._oom import builtin_is_oom, is_oom
+from lrfinder_adapters._trials import RemainderSkip
 from lrfinder_adapters.batch_size import TuneResult, find_batch_size, tune
 from lrfinder_plugins import (
     BatchSizeSearch,
@@ -272,7 +272,7 @@ def test_an_epochs_short_last_batch_is_not_what_a_trial_measures(mode: str) -> N
 
 def test_a_short_batch_is_skipped_once_never_twice_in_a_row() -> None:
     """Batches shorter than the trial's first are skipped, but never two in a row."""
-    skip = _memory.RemainderSkip()
+    skip = RemainderSkip()
     rows = [8, 8, 3, 8, 3, 2, 1, 8]
     assert [skip.skip((torch.zeros(n, 2), torch.zeros(n))) for n in rows] == [
         False, False, True, False, True, False, True, False
