@@ -442,7 +442,8 @@ class TorchStep:
             statistics left exactly as they were; ``"running"`` with the running statistics
             (plain eval mode, torch-lr-finder's ``val_loader``). A frozen BatchNorm (in eval
             mode while the model trains) and ``SyncBatchNorm`` (whose batch statistics are a
-            collective) always use their running statistics; dropout and the rest stay in eval
+            collective) always use their running statistics, as does every layer on a
+            validation batch of one sample (a loader's short last batch); dropout and the rest stay in eval
             mode either way. Why: during a sweep the running statistics average ~10 steps of
             older, smaller LRs' weights, so at high LRs they no longer match the weights. On
             ``benchmarks/suggestion_quality``'s two BatchNorm CNNs the eval-mode curve blows up
@@ -904,23 +905,33 @@ class TorchStep:
             else []
         )
         kept = [(buffer, buffer.clone()) for norm in norms for buffer in _running_stats(norm)]
-        for norm in norms:
-            norm.training = True
         total: torch.Tensor | float = 0.0
         count = 0
         try:
             for batch in itertools.islice(self.val_loader, self.val_batches):
+                # A batch of one sample has no batch statistics: its running ones, then
+                # (as they were: each batch on its own statistics moves them, put back after).
+                batch_stats = _samples(batch) > 1
+                for norm in norms:
+                    norm.training = batch_stats
                 with self._autocast():
                     total = total + self._loss(_to_device(batch, self.device)).detach().float()
+                if batch_stats:
+                    _put_back(kept)
                 count += 1
         finally:
-            for buffer, value in kept:
-                buffer.copy_(value)
+            _put_back(kept)
             for module, mode in zip(modules, modes):
                 module.training = mode
         if count == 0:
             raise ValueError("val_loader yielded no batches; give it at least one batch")
         return float(total) / count
+
+
+def _put_back(saved: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> None:
+    """Copy each saved value back into its buffer, in place."""
+    for buffer, value in saved:
+        buffer.copy_(value)
 
 
 def _running_stats(norm: _BatchNorm) -> list[torch.Tensor]:

@@ -118,3 +118,28 @@ def test_a_frozen_batch_norm_keeps_its_running_statistics(batches: list[Batch], 
     x, y = _val_batch()[0]
     with torch.no_grad():
         assert last == pytest.approx(float(nn.functional.mse_loss(twin(x), y)), rel=1e-6)
+
+
+def test_a_one_sample_validation_batch_uses_the_running_statistics(
+    batches: list[Batch], mse: Any
+) -> None:
+    """A validation loader's short last batch of one sample (no batch statistics) is evaluated
+    on the running statistics; the other batches on their own."""
+    model = _model()
+    (x, y), single = _val_batch()[0], (torch.ones(1, 4), torch.full((1, 1), 4.0))
+    result = find_lr(
+        model,
+        torch.optim.SGD(model.parameters(), lr=0.01),
+        mse,
+        batches,
+        num_iter=4,
+        val_loader=[(x, y), single],
+        keep_weights=True,
+        diverge_threshold=1e6,
+        progress=False,
+    )
+    expected = (
+        _loss_as_validated(model, (x, y), batch_stats=True)
+        + _loss_as_validated(model, single, batch_stats=False)
+    ) / 2
+    assert result.losses[-1] == pytest.approx(expected, rel=1e-6)
