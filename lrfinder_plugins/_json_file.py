@@ -19,9 +19,17 @@ def write_atomic(path: str | Path, text: str) -> Path:
     A reader never sees half a file, and several processes writing the same result (every rank
     of a distributed search holds it) cannot interleave their bytes. The temporary file is
     flushed to disk before the rename (and the folder after it), so a crash at any point leaves
-    either the old file or the new one; a file that existed keeps its permission bits.
+    either the old file or the new one; a file that existed keeps its permission bits, a new
+    one gets what ``open`` gives (``0o666`` less the umask; the temporary file is ``0o600``).
+
+    Raises:
+        IsADirectoryError: ``path`` is a directory (the message says to name a file in it).
     """
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(
+            f"{path} is a directory; pass a file path, e.g. {path / 'result.json'}"
+        )
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -29,14 +37,20 @@ def write_atomic(path: str | Path, text: str) -> Path:
             file.write(text)
             file.flush()
             os.fsync(file.fileno())
-        if path.exists():
-            os.chmod(temp, path.stat().st_mode & 0o7777)
+        os.chmod(temp, path.stat().st_mode & 0o7777 if path.exists() else 0o666 & ~_umask())
         os.replace(temp, path)
     except BaseException:
         Path(temp).unlink(missing_ok=True)
         raise
     _fsync_folder(path.parent)
     return path
+
+
+def _umask() -> int:
+    """The process's umask (read by setting it, and at once setting it back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _fsync_folder(folder: Path) -> None:

@@ -252,6 +252,26 @@ def test_plain_values_have_no_parser_types(yaml_file: Path) -> None:
     assert type(plain["model"]["class_path"]) is str
 
 
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_a_new_file_gets_the_mode_open_gives(tmp_path: Path, umask: int) -> None:
+    """A file written for the first time is 0666 less the umask, as open() makes it (not the
+    temporary file's 0600), and the umask is left as it was."""
+    before = os.umask(umask)
+    try:
+        _json_file.write_atomic(tmp_path / "new.json", "{}")
+        assert os.umask(umask) == umask
+    finally:
+        os.umask(before)
+    assert stat.S_IMODE((tmp_path / "new.json").stat().st_mode) == 0o666 & ~umask
+
+
+def test_writing_to_a_directory_says_to_name_a_file(tmp_path: Path) -> None:
+    """A directory as the path is refused, naming it and a file path to use instead."""
+    with pytest.raises(IsADirectoryError, match=r"is a directory; pass a file path, e\.g\."):
+        _json_file.write_atomic(tmp_path, "{}")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_round_value_keeps_three_significant_digits() -> None:
     """Floats (also in lists) are rounded as a person writes them; others pass through."""
     assert round_value(0.0031622776) == 0.00316
