@@ -59,6 +59,7 @@ from lightning.pytorch.utilities.exceptions import _TunerExitException  # noqa: 
 
 from lrfinder_adapters import _memory  # noqa: E402
 from lrfinder_adapters import state as _state  # noqa: E402
+from lrfinder_adapters._schedulers import KNOWN_KINDS, flatten, rescale  # noqa: E402
 from lrfinder_adapters.gradient_noise import NoiseScaleMonitor  # noqa: E402
 from lrfinder_plugins.noise_scale import GNS_PRECISION  # noqa: E402
 from lrfinder_plugins.spi import (  # noqa: E402
@@ -136,6 +137,10 @@ def find_lr_attr(model: Any, attr_name: str = "") -> tuple[Any, str]:
         "the found LR; add one (e.g. `self.lr = 1e-3` in __init__ and use it in "
         "configure_optimizers), name yours with attr_name=..., or pass update_attr=False"
     )
+
+
+def _get_lr_attr(container: Any, name: str) -> Any:
+    return container[name] if isinstance(container, Mapping) else getattr(container, name)
 
 
 def _set_lr_attr(container: Any, name: str, value: float) -> None:
@@ -793,18 +798,34 @@ class LearningRateFinder(_SearchCallback):
             log.warning("LR finder: no suggestion (%s); the LR is unchanged", found)
             return
         container, name = target
+        old = _get_lr_attr(container, name)
         _set_lr_attr(container, name, lr)
-        # The running fit's optimizers were built with the old LR: give them the new one too.
+        # The running fit's optimizers and schedulers were built from the old LR. An optimizer
+        # with a schedule: every LR it and its schedulers hold is multiplied by new / old, which
+        # is what configure_optimizers gives at the new LR for a schedule built from the
+        # attribute (OneCycleLR(max_lr=10 * self.lr): max_lr moves too), keeping its shape, its
+        # position and the optimizer's state (a milestone's search runs mid-fit). Without a
+        # schedule of torch's kinds, or an old LR to divide by: each group gets its share.
+        factor = lr / old if isinstance(old, (int, float)) and math.isfinite(old) and old > 0 else 0
         for optimizer, ratios in zip(trainer.optimizers, per_optimizer):
+            schedulers = [
+                c.scheduler
+                for c in trainer.lr_scheduler_configs
+                if c.scheduler.optimizer is optimizer
+            ]
+            known = all(type(k) in KNOWN_KINDS for k in flatten(schedulers))
+            if schedulers and known and factor > 0:
+                rescale(optimizer, schedulers, [factor] * len(optimizer.param_groups))
+                continue
             for group, ratio in zip(optimizer.param_groups, ratios):
                 group["lr"] = lr * ratio
                 if "initial_lr" in group:
                     group["initial_lr"] = lr * ratio
-        for config in trainer.lr_scheduler_configs:
-            scheduler = config.scheduler
-            groups = scheduler.optimizer.param_groups  # type: ignore[union-attr]
-            if hasattr(scheduler, "base_lrs"):
-                scheduler.base_lrs = [g.get("initial_lr", g["lr"]) for g in groups]
+            for scheduler in schedulers:
+                if hasattr(scheduler, "base_lrs"):
+                    scheduler.base_lrs = [
+                        g.get("initial_lr", g["lr"]) for g in optimizer.param_groups
+                    ]
         log.info("LR finder: learning rate set to %.3g (%s.%s)", lr, type(container).__name__, name)
 
 

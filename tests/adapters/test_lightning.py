@@ -318,6 +318,33 @@ def test_lr_lands_in_model_lr_and_in_the_running_optimizer() -> None:
     assert model.group_lrs[-1] == [model.lr]  # the real fit trained with the found LR
 
 
+class _OneCycle(Regressor):
+    """A OneCycleLR schedule built from the LR attribute, stepped every batch."""
+
+    def configure_optimizers(self) -> Any:
+        optimizer = torch.optim.AdamW(self.parameters(), lr=self.lr)
+        scheduler = torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=10 * self.lr, total_steps=16
+        )
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }
+
+
+def test_a_schedule_built_from_the_lr_runs_as_a_fresh_fit_at_the_found_lr() -> None:
+    """The callback moves a OneCycleLR built from ``self.lr`` (max_lr too) with the LR it sets:
+    the fit's LRs are those of a fresh fit whose ``lr`` is the suggestion, step by step."""
+    model = _OneCycle(lr=1e-3)
+    finder = LearningRateFinder(num_training_steps=30, min_lr=1e-4, progress=False)
+    _trainer(callbacks=[finder], max_steps=16).fit(model)
+    assert finder.optimal_lr is not None and model.lr == finder.optimal_lr.suggestion() != 1e-3
+    fresh = _OneCycle(lr=model.lr)
+    _trainer(max_steps=16).fit(fresh)
+    assert len(fresh.group_lrs) == 16  # the sweep's steps come first in model.group_lrs
+    assert [g[0] for g in model.group_lrs[-16:]] == pytest.approx([g[0] for g in fresh.group_lrs])
+
+
 class _HparamsLR(Regressor):
     def __init__(self, learning_rate: float = 1e-3) -> None:
         super().__init__()
