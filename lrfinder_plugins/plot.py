@@ -45,8 +45,9 @@ def _interpolate_loss(lrs: Sequence[float], losses: Sequence[float], lr: float) 
     return min(pairs, key=lambda p: abs(p[0] - target))[1] if pairs else math.nan
 
 
-def check_output_path(output_path: str | Path | None) -> Path | None:
-    """``output_path`` as a ``Path``, or a clear error if it cannot be a figure file.
+def check_output_path(output_path: str | Path | None, name: str = "output_path") -> Path | None:
+    """``output_path`` as a ``Path``, or a clear error (naming the argument ``name``) if it
+    cannot be a figure file.
 
     Raises:
         TypeError: it is not a str or path.
@@ -57,14 +58,14 @@ def check_output_path(output_path: str | Path | None) -> Path | None:
         return None
     if not isinstance(output_path, (str, Path)):
         raise TypeError(
-            f"output_path must be a str or pathlib.Path, got {output_path!r} "
-            f"({type(output_path).__name__})"
+            f"{name} must be a str or pathlib.Path, got {output_path!r} "
+            f"({type(output_path).__name__}); e.g. {name}='lr_finder_plot.png'"
         )
     path = Path(output_path)
     if path.is_dir():
         raise IsADirectoryError(
-            f"output_path {str(path)!r} is a directory; pass a file in it, e.g. "
-            f"output_path={str(path / 'lr_finder_plot.png')!r}"
+            f"{name} {str(path)!r} is a directory; pass a file in it, e.g. "
+            f"{name}={str(path / 'lr_finder_plot.png')!r}"
         )
     return path
 

@@ -62,6 +62,7 @@ from lrfinder_adapters import state as _state  # noqa: E402
 from lrfinder_adapters._schedulers import KNOWN_KINDS, flatten, rescale  # noqa: E402
 from lrfinder_adapters.gradient_noise import NoiseScaleMonitor  # noqa: E402
 from lrfinder_plugins.noise_scale import GNS_PRECISION  # noqa: E402
+from lrfinder_plugins.plot import check_output_path  # noqa: E402
 from lrfinder_plugins.spi import (  # noqa: E402
     BatchSizeResult,
     BatchSizeSearch,
@@ -78,6 +79,7 @@ from lrfinder_plugins.spi import (  # noqa: E402
     first_line,
     group_ratios,
     is_oom,
+    registered_suggesters,
 )
 from lrfinder_plugins.spi import validate as _validate  # noqa: E402
 
@@ -117,6 +119,15 @@ def _has(container: Any, name: str) -> bool:
     return hasattr(container, name)
 
 
+def _check_attr_name(attr_name: Any) -> str:
+    if not isinstance(attr_name, str):
+        raise TypeError(
+            f"attr_name must be a str (the LR attribute's name; '' finds lr or "
+            f"learning_rate), got {attr_name!r}; e.g. attr_name='learning_rate'"
+        )
+    return attr_name
+
+
 def find_lr_attr(model: Any, attr_name: str = "") -> tuple[Any, str]:
     """Where the LR lives: ``(container, name)`` for the first of ``model.lr``,
     ``model.learning_rate``, ``model.hparams.lr``, ``model.hparams.learning_rate``
@@ -125,7 +136,7 @@ def find_lr_attr(model: Any, attr_name: str = "") -> tuple[Any, str]:
     Raises:
         AttributeError: no such attribute, naming what was looked for and the fix.
     """
-    names = (attr_name,) if attr_name else _LR_ATTRS
+    names = (_check_attr_name(attr_name),) if attr_name else _LR_ATTRS
     hparams = _hparams(model)
     for container in (model, hparams):
         for name in names:
@@ -684,8 +695,15 @@ class LearningRateFinder(_SearchCallback):
         _validate.int_at_least("num_training_steps", num_training_steps, 2)
         if early_stop_threshold is not None:
             _validate.greater_than_one("early_stop_threshold", early_stop_threshold)
-        if not isinstance(log_to_loggers, bool):
-            raise TypeError(f"log_to_loggers must be True or False, got {log_to_loggers!r}")
+        _validate.boolean("log_to_loggers", log_to_loggers)
+        _validate.boolean("update_attr", update_attr)
+        _check_attr_name(attr_name)
+        if method is not None:
+            _validate.one_of("method", method, tuple(registered_suggesters()))
+        if progress is not None:
+            _validate.boolean("progress", progress)
+        _validate.positive_finite("fault_timeout", fault_timeout, "30.0")
+        plot_path = check_output_path(plot_path, "plot_path")
         self.log_to_loggers = log_to_loggers
         self._min_lr = min_lr
         self._max_lr = max_lr
@@ -1104,6 +1122,13 @@ class BatchSizeFinder(_SearchCallback):
         self._steps_per_trial = steps_per_trial
         self._init_val = init_val
         self._max_trials = max_trials
+        if not isinstance(batch_arg_name, str):
+            raise TypeError(
+                f"batch_arg_name must be a str (the batch size attribute's name), got "
+                f"{batch_arg_name!r}; e.g. batch_arg_name='batch_size'"
+            )
+        if progress is not None:
+            _validate.boolean("progress", progress)
         self._batch_arg_name = batch_arg_name
         self.margin = margin
         self.memory_budget = (
@@ -1480,6 +1505,8 @@ class Tuner:
             find_lr_attr(model, attr_name)  # before anything runs
         options = dict(ours)
         options["method"] = options.pop("suggest_method", None)
+        if options["method"] is not None:  # named as the caller spelled it
+            _validate.one_of("suggest_method", options["method"], tuple(registered_suggesters()))
         callback = LearningRateFinder(
             min_lr=min_lr,
             max_lr=max_lr,

@@ -457,6 +457,38 @@ def test_bad_arguments() -> None:
         tuner.lr_find(Regressor(), bogus=1)
 
 
+class _Counting(Regressor):
+    """Fails the test if a training step runs: the error must come before the sweep."""
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        raise AssertionError("a bad argument let a training step run")
+
+
+@pytest.mark.parametrize(
+    ("options", "error", "message"),
+    [
+        ({"suggest_method": "valey"}, ValueError, r"suggest_method .*got 'valey'; did you mean"),
+        ({"plot_path": 123}, TypeError, r"plot_path must be a str or pathlib\.Path, got 123"),
+        ({"progress": "no"}, TypeError, r"progress must be True or False, got 'no'"),
+        ({"fault_timeout": -1.0}, ValueError, r"fault_timeout .*got -1\.0"),
+        ({"log_to_loggers": 1}, TypeError, r"log_to_loggers must be True or False, got 1"),
+        ({"update_attr": "yes"}, TypeError, r"update_attr must be True or False, got 'yes'"),
+        ({"attr_name": 5}, TypeError, r"attr_name must be a str .*got 5"),
+    ],
+)
+def test_a_bad_lr_find_option_fails_before_the_sweep(
+    tmp_path: Path, options: dict[str, Any], error: type[Exception], message: str
+) -> None:
+    """Each option is checked up front, named as the caller spelled it (suggest_method for the
+    Tuner, not the callback's method)."""
+    with pytest.raises(error, match=message):
+        Tuner(_trainer()).lr_find(_Counting(), num_training=5, **options)
+    with pytest.raises(IsADirectoryError, match=r"plot_path .* is a directory; pass a file in it"):
+        Tuner(_trainer()).lr_find(_Counting(), num_training=5, plot_path=tmp_path)
+    with pytest.raises(ValueError, match=r"method must be one of .*got 'bogus'"):
+        LearningRateFinder(method="bogus")
+
+
 def test_train_dataloaders_and_logged_metrics() -> None:
     class Logging(Regressor):
         def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
@@ -822,6 +854,10 @@ def test_bad_batch_size_arguments() -> None:
         BatchSizeFinder(init_val=1.5)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="pin_allocator"):
         BatchSizeFinder(pin_allocator="yes")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"batch_arg_name must be a str .*got 5"):
+        BatchSizeFinder(batch_arg_name=5)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"progress must be True or False, got 'x'"):
+        BatchSizeFinder(progress="x")  # type: ignore[arg-type]
     tuner = Tuner(_trainer())
     with pytest.raises(TypeError, match="unknown option"):
         tuner.scale_batch_size(Sized(), budget=5)
