@@ -312,6 +312,30 @@ def test_tune_names_what_does_not_build(
     assert config.read_text().count(new) == 1  # nothing written
 
 
+@pytest.mark.parametrize(
+    ("old", "new", "message"),
+    [
+        ("min_lr = 1e-6", "min_lr = -1", "min_lr must be a finite number > 0, got -1"),
+        (
+            "min_lr = 1e-6",
+            'min_lr = 1e-6\nsuggest_method = "valey"',
+            "did you mean suggest_method='valley'?",
+        ),
+    ],
+    ids=["min_lr", "suggest_method"],
+)
+def test_tune_checks_the_lr_options_before_the_batch_size_search(
+    capsys: pytest.CaptureFixture[str], example: Path, old: str, new: str, message: str
+) -> None:
+    """With both flags a bad LR setting fails before the first batch-size trial, not after
+    the batch-size search (the LR search runs second)."""
+    pytest.importorskip("lightning")
+    config = _edit(example / "run.toml", old, new)
+    argv = ["tune", "--config", str(config), "--tune-batch-size", "--tune-learning-rate"]
+    line = _error(capsys, [*argv, "--dry-run"], after_log=True)
+    assert message in line
+
+
 def test_a_bad_class_path_prints_no_traceback(example: Path) -> None:
     """The console script itself: exit code 2 and one line on stderr."""
     _edit(example / "run.toml", '"tiny_task:TinyClassifier"', '"tiny_task:Missing"')

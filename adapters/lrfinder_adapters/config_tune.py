@@ -343,28 +343,27 @@ def tune_lightning(
     Raises:
         BadConfigError: an unknown option, or no LR attribute (one line, before any work).
     """
-    from lrfinder_adapters.lightning import Tuner, find_batch_size_attr, find_lr_attr, tune
+    from lrfinder_adapters.lightning import Tuner, check_tune, find_lr_attr, tune
 
     options = dict(options or {})
     if plot_path is not None:
         options["plot_path"] = plot_path
 
     def run(**which: bool) -> Any:
-        try:
-            return tune(trainer, module, datamodule, **which, **options)
-        except validate.UnknownOptionError as error:  # tune() checks them before any work
-            raise BadConfigError(f"{options_key}: {error}") from None
+        return tune(trainer, module, datamodule, **which, **options)
 
-    # Both searches off: tune() only checks its options, so a misspelt one fails before any work.
-    run(lr=False, batch_size=False)
-    old_lr = None
-    try:  # where the found values go: a clear line before any work when there is nowhere
-        if tune_batch_size:
-            find_batch_size_attr(module, datamodule, options.get("batch_arg_name", "batch_size"))
-        if tune_lr:
-            container, name = find_lr_attr(module, options.get("attr_name", ""))
+    # Every check of both searches before either runs (each runs below as its own tune() call,
+    # which would check only its own): a misspelt option, a bad LR setting or nowhere to put a
+    # found value fails before the first batch-size trial.
+    try:
+        check_tune(module, datamodule, tune_lr, tune_batch_size, **options)
+    except validate.UnknownOptionError as error:
+        raise BadConfigError(f"{options_key}: {error}") from None
     except AttributeError as error:
         raise BadConfigError(str(error)) from None
+    old_lr = None
+    if tune_lr:
+        container, name = find_lr_attr(module, options.get("attr_name", ""))
     if tune_lr:
         old_lr = float(
             container[name] if isinstance(container, Mapping) else getattr(container, name)

@@ -1622,8 +1622,50 @@ def _lr_finder_options(rate: Mapping[str, Any]) -> LearningRateFinder:
     settings checked): Lightning's names mapped to the callback's."""
     if "num_training" in rate:
         _validate.int_at_least("num_training", rate["num_training"], 2)
+    if rate.get("suggest_method") is not None:  # named as the caller spelled it
+        _validate.one_of("suggest_method", rate["suggest_method"], tuple(registered_suggesters()))
     names = {"num_training": "num_training_steps", "suggest_method": "method"}
     return LearningRateFinder(**{names.get(k, k): v for k, v in rate.items()})
+
+
+def check_tune(
+    model: pl.LightningModule,
+    datamodule: pl.LightningDataModule | None = None,
+    lr: bool = True,
+    batch_size: bool = True,
+    *,
+    train_dataloaders: Any = None,
+    **options: Any,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Every check :func:`tune` makes before anything runs, with its arguments: the option
+    names, the settings of each search it would run and where their results go; returns the
+    batch-size and the LR options.
+
+    Raises:
+        lrfinder_plugins.spi.validate.UnknownOptionError: an option neither search takes.
+        TypeError, ValueError: a bad setting (named, with its value and a fix).
+        AttributeError: nowhere to put a found value (no batch size or LR attribute).
+    """
+    _validate.known_options("tune", options, _TUNE_BATCH | _TUNE_LR | _TUNE_BOTH)
+    batch = {k: v for k, v in options.items() if k in _TUNE_BATCH}
+    rate = {k: v for k, v in options.items() if k in _TUNE_LR}
+    if "batch_size_mode" in options:
+        batch["mode"] = options["batch_size_mode"]
+    if "lr_mode" in options:
+        rate["mode"] = options["lr_mode"]
+    if "progress" in options:
+        batch["progress"] = rate["progress"] = options["progress"]
+    # Every check before anything runs: a bad LR option or a missing attribute fails before
+    # the first batch-size trial, not after the search.
+    if lr:
+        _lr_finder_options(rate)
+    if batch_size:
+        BatchSizeFinder(**batch)
+    if batch_size and train_dataloaders is None:
+        find_batch_size_attr(model, datamodule, batch.get("batch_arg_name", "batch_size"))
+    if lr and rate.get("update_attr", True):
+        find_lr_attr(model, rate.get("attr_name", ""))
+    return batch, rate
 
 
 def tune(
@@ -1653,25 +1695,9 @@ def tune(
         >>> found = tune(trainer, model, memory_budget=2**30)  # doctest: +SKIP
         >>> found.batch_size, found.lr_finder.suggestion()  # doctest: +SKIP
     """
-    _validate.known_options("tune", options, _TUNE_BATCH | _TUNE_LR | _TUNE_BOTH)
-    batch = {k: v for k, v in options.items() if k in _TUNE_BATCH}
-    rate = {k: v for k, v in options.items() if k in _TUNE_LR}
-    if "batch_size_mode" in options:
-        batch["mode"] = options["batch_size_mode"]
-    if "lr_mode" in options:
-        rate["mode"] = options["lr_mode"]
-    if "progress" in options:
-        batch["progress"] = rate["progress"] = options["progress"]
-    # Every check before anything runs: a bad LR option or a missing attribute fails before
-    # the first batch-size trial, not after the search.
-    if lr:
-        _lr_finder_options(rate)
-    if batch_size:
-        BatchSizeFinder(**batch)
-    if batch_size and train_dataloaders is None:
-        find_batch_size_attr(model, datamodule, batch.get("batch_arg_name", "batch_size"))
-    if lr and rate.get("update_attr", True):
-        find_lr_attr(model, rate.get("attr_name", ""))
+    batch, rate = check_tune(
+        model, datamodule, lr, batch_size, train_dataloaders=train_dataloaders, **options
+    )
     tuner = Tuner(trainer)
     loader = train_dataloaders
     found_size = None
