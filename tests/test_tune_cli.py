@@ -242,3 +242,31 @@ def test_tuning_cli_names_an_unknown_tuner_option(tmp_path: Path) -> None:
     assert done.returncode == 2, done.stderr
     assert "error: tuner: unknown option(s) ['max_trails']" in done.stderr
     assert "Traceback" not in done.stderr and "Running batch size tuning" not in done.stderr
+
+
+def test_tuning_cli_reads_a_dotted_tuner_override_as_a_number(tmp_path: Path) -> None:
+    """`--tuner.min_lr=-1` reaches the options as the number -1 (jsonargparse hands a dotted
+    override over as a string): LightningCLI's usage error naming it, before any trial."""
+    folder = _copy_example(tmp_path)
+    done = _main_py(
+        folder, "fit", "--config", "run.yaml", "--tune-batch-size", "--tune-learning-rate",
+        "--tuner.min_lr=-1",
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert "error: tuner: min_lr must be a finite number > 0, got -1;" in done.stderr
+    assert "Traceback" not in done.stderr and "Running batch size tuning" not in done.stderr
+
+
+def test_tuner_strings_are_read_as_json_where_they_are_json() -> None:
+    """Numbers and booleans from dotted overrides become numbers; other strings stay."""
+    from lrfinder_adapters.lightning_cli import _typed
+
+    given = {
+        "min_lr": "1e-5",
+        "num_training": "30",
+        "update_attr": "false",
+        "suggest_method": "valley",
+    }
+    assert _typed(given) == {
+        "min_lr": 1e-5, "num_training": 30, "update_attr": False, "suggest_method": "valley"
+    }  # fmt: skip

@@ -341,7 +341,8 @@ def tune_lightning(
         options_key: the config key the options came from (named in the error).
 
     Raises:
-        BadConfigError: an unknown option, or no LR attribute (one line, before any work).
+        BadConfigError: an unknown option, a bad setting, or no LR attribute (one line,
+            before any work).
     """
     from lrfinder_adapters.lightning import Tuner, check_tune, find_lr_attr, tune
 
@@ -357,7 +358,7 @@ def tune_lightning(
     # found value fails before the first batch-size trial.
     try:
         check_tune(module, datamodule, tune_lr, tune_batch_size, **options)
-    except validate.UnknownOptionError as error:
+    except (validate.UnknownOptionError, TypeError, ValueError) as error:
         raise BadConfigError(f"{options_key}: {error}") from None
     except AttributeError as error:
         raise BadConfigError(str(error)) from None

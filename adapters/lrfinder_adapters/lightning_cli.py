@@ -23,7 +23,10 @@ from lrfinder_adapters import require
 require("lightning", "lightning")
 require("jsonargparse", "lightning")
 
+import contextlib  # noqa: E402
+import json  # noqa: E402
 import logging  # noqa: E402
+from collections.abc import Mapping  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
@@ -34,6 +37,19 @@ from lrfinder_adapters.config_tune import BadConfigError, Found, tune_lightning 
 __all__ = ["TuningCLI"]
 
 log = logging.getLogger("lrfinder_plugins.tune")
+
+
+def _typed(options: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``tuner`` options with each string value read as JSON where it is JSON (a dotted
+    override, ``--tuner.min_lr=1e-5``, reaches the dict as the string ``"1e-5"``); any other
+    string (``"valley"``) stays a string."""
+    typed = {}
+    for key, value in options.items():
+        if isinstance(value, str):
+            with contextlib.suppress(ValueError):
+                value = json.loads(value)
+        typed[key] = value
+    return typed
 
 
 class TuningCLI(LightningCLI):
@@ -84,7 +100,7 @@ class TuningCLI(LightningCLI):
                 self.datamodule,
                 tune_batch_size=tune_batch_size,
                 tune_lr=tune_lr,
-                options=dict(config.get("tuner") or {}),
+                options=_typed(config.get("tuner") or {}),
                 plot_path=Path(plot) if plot and tune_lr else None,
             )
         except BadConfigError as error:  # an unknown tuner option, no LR attribute: before work
