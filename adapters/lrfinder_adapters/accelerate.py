@@ -48,7 +48,7 @@ from lrfinder_adapters.distributed import (  # noqa: E402
     per_rank_target,
 )
 from lrfinder_adapters.probe import TorchProbe  # noqa: E402
-from lrfinder_adapters.pytorch import LossFn, TorchStep  # noqa: E402
+from lrfinder_adapters.pytorch import STEP_OPTIONS, LossFn, TorchStep  # noqa: E402
 from lrfinder_plugins.noise_scale import GNS_PRECISION  # noqa: E402
 from lrfinder_plugins.spi import (  # noqa: E402
     BatchSizeResult,
@@ -63,6 +63,7 @@ from lrfinder_plugins.spi import (  # noqa: E402
     run_range_test,
     search_with_probe,
 )
+from lrfinder_plugins.spi import validate as _validate  # noqa: E402
 
 log = logging.getLogger("lrfinder_plugins")
 
@@ -184,7 +185,7 @@ class AcceleratorStep(TorchStep):
             accumulation_steps=accelerator.gradient_accumulation_steps,
             max_grad_norm=max_grad_norm,
             scaler=accelerator.scaler,
-            schedulers=[getattr(s, "scheduler", s) for s in schedulers],
+            schedulers=_inner_schedulers(schedulers),
             reducer=accelerator_reducer(accelerator, model, fault_timeout),
             **options,
         )
@@ -276,6 +277,9 @@ def find_lr(
         >>> result = find_lr(accelerator, model, optimizer, loader, loss_fn)  # doctest: +SKIP
         >>> result.suggestion().lr  # doctest: +SKIP
     """
+    # Every option find_lr takes, named: a misspelt or a peer's name (num_iters, smooth_f) is
+    # pointed at the right one before anything runs.
+    _validate.known_options("find_lr", step_options, _FIND_LR_OPTIONS)
     step = AcceleratorStep(accelerator, model, optimizer, train_loader, loss_fn, **step_options)
     test = RangeTest(
         start_lr=start_lr,
@@ -287,6 +291,23 @@ def find_lr(
         group_ratios=step.group_ratios,
     )
     return run_range_test(step, test, progress=progress and accelerator.is_main_process)
+
+
+_FIND_LR_OPTIONS = (
+    STEP_OPTIONS - {"accumulation_steps", "scaler", "reducer", "distributed", "process_group"}
+    | {"schedulers", "max_grad_norm", "fault_timeout", "val_loader", "val_batches"}
+    | {"start_lr", "end_lr", "num_iter", "smooth_factor", "diverge_threshold", "mode"}
+)
+"""What :func:`find_lr` takes besides its positional arguments (the accelerator sets the
+accumulation, the scaler and the process group itself)."""
+
+
+def _inner_schedulers(schedulers: Any) -> Any:
+    """The torch schedulers inside prepared ones; anything but a list or tuple (a single
+    scheduler) as it is, for TorchStep's check to name the fix (``schedulers=[scheduler]``)."""
+    if not isinstance(schedulers, (list, tuple)):
+        return schedulers
+    return [getattr(s, "scheduler", s) for s in schedulers]
 
 
 def _amp_options(accelerator: Accelerator) -> dict[str, Any]:
@@ -357,7 +378,7 @@ def find_batch_size(
     _check_accelerator(accelerator)
     check_noise_options(noise_scale, gns_precision, gns_max_steps, step_fn=step_fn)
     target_batch = per_rank_target(target_batch, accelerator.num_processes)
-    schedulers = [getattr(s, "scheduler", s) for s in step_options.pop("schedulers", ())]
+    schedulers = _inner_schedulers(step_options.pop("schedulers", ()))
     inner = getattr(optimizer, "optimizer", optimizer)  # AcceleratedOptimizer wraps it
     trial_options = {
         **_amp_options(accelerator),

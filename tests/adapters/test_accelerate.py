@@ -170,6 +170,34 @@ def test_bad_accelerator_is_a_clear_error() -> None:
         find_lr("cpu", model, torch.optim.SGD(model.parameters()), [], progress=False)  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize(
+    ("options", "error", "message"),
+    [
+        (
+            {"schedulers": "single"},
+            TypeError,
+            r"got a single AcceleratedScheduler; pass schedulers=",
+        ),
+        ({"num_iters": 10}, TypeError, r"did you mean num_iter= for num_iters\?"),
+        ({"smooth_f": 0.05}, TypeError, r"did you mean smooth_factor= for smooth_f\?"),
+    ],
+    ids=["one-scheduler", "num_iters", "smooth_f"],
+)
+def test_a_bad_find_lr_option_names_the_fix_before_anything_runs(
+    options: dict[str, Any], error: type[Exception], message: str
+) -> None:
+    """As the plain find_lr: one prepared scheduler instead of a list, a peer's option name."""
+    accelerator, model, optimizer, loader, scheduler = prepared()
+    if options.get("schedulers") == "single":
+        options = {"schedulers": scheduler}
+    before = capture_state(model, optimizer.optimizer)
+    with pytest.raises(error, match=message):
+        find_lr(
+            accelerator, model, optimizer, loader, nn.functional.mse_loss, progress=False, **options
+        )
+    assert_state_bitwise_equal(before, capture_state(model, optimizer.optimizer))
+
+
 def test_find_batch_size_restores_and_sets_accumulation_for_a_global_batch() -> None:
     """The search under a budget, bitwise restore, gradient_accumulation_steps set."""
     accelerator = Accelerator(cpu=True)
