@@ -270,7 +270,7 @@ LIGHTNING_CASES = [
     ("run.toml", '"tiny_task:TinyDataModule"', '"tiny_task:Nope"', "'tiny_task' has no 'Nope'"),
     ("run.toml", "hidden = 32", "hiden = 32", "unexpected keyword argument 'hiden'"),
     ("run.toml", "max_epochs = 1", "max_epoch = 1", "trainer_config: not arguments of"),
-    ("run.toml", "max_trials = 6 ", "max_trails = 6 ", "unknown option(s) ['max_trails']"),
+    ("run.toml", "max_trials = 7 ", "max_trails = 7 ", "unknown option(s) ['max_trails']"),
     ("run.toml", "min_lr = 1e-6", 'min_lr = 1e-6\nbatch_arg_name = "bs"', "nowhere to set"),
     ("run.yaml", "tiny_task.TinyClassifier", "tiny_task.Nope", "model.class_path"),
     ("torch_run.toml", "tiny_task:make_parts", "tiny_task:make_nothing", "torch_config.factory"),
