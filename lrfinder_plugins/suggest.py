@@ -286,6 +286,10 @@ def _too_few(result: RangeTestResult, method: str, found: int, need: int) -> Sug
 # -- what the curve shows (shared by every method) -------------------------------------------
 ANALYSIS_MIN_POINTS = 8
 """Finite points needed to read a curve."""
+SPARSE_WINDOW_POINTS = 8
+"""Below this many points per smoothing window the noise is also read from point-to-point
+differences (see :func:`analyse_curve`, step 4): the default 100-point sweep over 8 decades
+has about 10."""
 
 
 @dataclass(frozen=True)
@@ -406,7 +410,9 @@ def analyse_curve(
     3. The loss *blew up* at the first point past ``lr_min`` whose 3-point median rises above the
        lowest loss by more than ``4 * |lowest|`` (the engine's default 5x rule; ``2 * depth`` when
        the lowest loss is 0); without one, ``lr_blowup`` is the last finite point's LR.
-    4. ``noise`` is the robust spread of the raw loss around the smoothed curve up to there.
+    4. ``noise`` is the robust spread of the raw loss around the smoothed curve up to there
+       (on a sparse sweep, under :data:`SPARSE_WINDOW_POINTS` points per window, at least the
+       spread of its point-to-point differences over ``sqrt(2)``).
     5. The suggestion is ``sqrt(lr_min * lr_blowup) / 10**margin_decades``; when no descent
        stands out of the noise (``depth < 2 * noise``), ``lr_min`` is unreliable and is replaced
        by ``lr_blowup / 10**fallback_width_decades`` (the typical distance between the two).
@@ -506,6 +512,15 @@ def _analyse_curve(
     blew_up = i_blowup is not None or not math.isfinite(result.losses[-1]) or stopped
     i_edge = count - 1 if i_blowup is None else i_blowup
     noise = 1.4826 * statistics.median(abs(ys[j] - smoothed[j]) for j in range(i_edge + 1))
+    span = xs[-1] - xs[0]
+    window = 2.0 * smoothing_decades * (count - 1) / span + 1.0 if span > 0 else count
+    if window < SPARSE_WINDOW_POINTS and i_edge >= 2:
+        # A sparse sweep (num_iter=30 over 8 decades: 3 points per window) smooths so little
+        # that the smoothed curve follows the noise and its residuals understate it (pure noise
+        # then looked like a confident descent); point-to-point differences do not depend on
+        # the window (the descent's own steps are too few to move their median).
+        steps = (abs(ys[j + 1] - ys[j]) for j in range(i_edge))
+        noise = max(noise, 1.4826 * statistics.median(steps) / math.sqrt(2.0))
     ratio = depth / noise if noise > 0 else (math.inf if depth > 0 else 0.0)
     later = statistics.median(smoothed[len(smoothed) // 2 :])
     notes: list[str] = []
