@@ -362,6 +362,33 @@ def loader_generators(*loaders: Any) -> list[torch.Generator]:
     return found
 
 
+def unstarted_persistent_loaders(*loaders: Any) -> list[Any]:
+    """The ``DataLoader(persistent_workers=True)`` among ``loaders`` whose workers have not
+    started yet (no iterator).
+
+    Iterating one starts workers that outlive the iteration: its next epoch reuses them, and
+    their iterator drew its base seed from the loader's generator. A search that started them
+    hands them back with :func:`drop_iterators`, so the user's next epoch starts them as it
+    would have (same base seed, same shuffle order) instead of reusing the search's.
+    """
+    return [
+        loader
+        for loader in loaders
+        if isinstance(loader, torch.utils.data.DataLoader)
+        and getattr(loader, "persistent_workers", False)
+        and getattr(loader, "_iterator", False) is None
+    ]
+
+
+def drop_iterators(loaders: Iterable[Any]) -> None:
+    """Shut down the persistent workers an iteration of each loader started, and forget them."""
+    for loader in loaders:
+        iterator, loader._iterator = loader._iterator, None
+        shutdown = getattr(iterator, "_shutdown_workers", None)
+        if shutdown is not None:
+            shutdown()
+
+
 def _first_device(model: torch.nn.Module) -> torch.device | None:
     parameter = next(model.parameters(), None)
     return None if parameter is None else parameter.device
@@ -546,6 +573,7 @@ class TorchStep:
         self.model, self.optimizer, self.loss_fn = model, optimizer, loss_fn
         self.train_loader, self.val_loader, self.val_batches = train_loader, val_loader, val_batches
         self.val_batch_norm = val_batch_norm
+        self._unstarted: list[Any] = []  # persistent-worker loaders the search starts
         self.max_grad_norm, self.scaler, self.compute_loss = max_grad_norm, scaler, compute_loss
         self.schedulers, self.keep_weights, self.snapshot_to = (
             schedulers,
@@ -661,6 +689,7 @@ class TorchStep:
             where=self.snapshot_to,
             generators=loader_generators(self.train_loader, self.val_loader),
         )
+        self._unstarted = unstarted_persistent_loaders(self.train_loader, self.val_loader)
         if not self.model.training:
             log.info("the model was in eval mode: the range test runs it in train mode")
             self.model.train()
@@ -671,6 +700,8 @@ class TorchStep:
         self._batches = None  # drop the loader iterator (and its workers)
         self._ahead = self._last_batches = self._held = None
         self._drained = False
+        drop_iterators(self._unstarted)  # persistent workers the search started
+        self._unstarted = []
         _torch_state.restore(
             snapshot, self.model, self.optimizer, schedulers=self.schedulers, scaler=self.scaler
         )

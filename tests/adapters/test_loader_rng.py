@@ -45,3 +45,32 @@ def test_loader_generators_finds_each_generator_once() -> None:
     loader = DataLoader(dataset(), batch_size=8, shuffle=True, generator=g)
     assert loader_generators(loader, None) == [g]
     assert loader_generators([(1, 2)]) == []
+
+
+@pytest.mark.filterwarnings("ignore::lrfinder_plugins.NoSuggestionWarning")  # random data
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("epoch_first", [False, True], ids=["search-first", "epoch-first"])
+def test_persistent_workers_start_the_next_epoch_as_without_the_search(epoch_first: bool) -> None:
+    """persistent_workers=True: workers the search started are shut down afterwards, so the
+    user's next epoch starts them as it would have (its base seed and shuffle order unchanged);
+    workers that ran an epoch before the search are left running."""
+    data = dataset()
+    orders, kept = [], []
+    for search in (False, True):
+        loader = DataLoader(
+            data, batch_size=8, shuffle=True, generator=torch.Generator().manual_seed(1),
+            num_workers=1, persistent_workers=True,
+        )  # fmt: skip
+        if epoch_first:
+            order(loader)
+        before = loader._iterator
+        if search:
+            model = make_mlp()
+            optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+            find_lr(
+                model, optimizer, torch.nn.functional.mse_loss, loader, num_iter=5, progress=False
+            )
+            kept.append(loader._iterator is before)
+        orders.append(order(loader))
+    assert orders[0] == orders[1]
+    assert kept == [True]  # None before a first epoch (started and dropped), else the same one
