@@ -84,12 +84,14 @@ def _kept(
     result: RangeTestResult, skip_start: int, skip_end: int, marked: Sequence[Suggestion]
 ) -> range:
     """The points drawn: all but the skipped ones, widened so that every marked suggestion and
-    the blow-up that drove the default suggestion stay in view."""
+    the blow-up that drove the default suggestion stay in view; a curve the skips would leave
+    fewer than 2 points of is drawn whole."""
     from lrfinder_plugins.suggest import analyse_curve, nearest_index
 
     count = len(result)
-    first = min(max(skip_start, 0), max(count - 2, 0))
-    last = max(count - max(skip_end, 0), min(count, 2))
+    first, last = max(skip_start, 0), count - max(skip_end, 0)
+    if last - first < 2:  # a curve shorter than the skips (data ran out early): all of it
+        first, last = 0, count
     must = [s.index for s in marked if s.index is not None]
     analysis = analyse_curve(result)
     if analysis is not None and analysis.blew_up:

@@ -275,11 +275,21 @@ def _finite_points(
 
 
 def _too_few(result: RangeTestResult, method: str, found: int, need: int) -> Suggestion:
+    # What helps depends on why the test ended: a longer sweep only if it ran its budget.
+    fixes = {
+        "data_exhausted": "the data ran out: pass more batches (a DataLoader or list is cycled; "
+        "a one-shot iterator is not)",
+        "non_finite": "the loss was not finite from the first points: lower start_lr, or check "
+        "the model and loss for NaN",
+        "diverged": "the loss blew up at once: lower start_lr",
+    }
+    reason = "" if result.stop_reason is None else result.stop_reason.value
+    fix = fixes.get(reason, "raise num_iter or widen [start_lr, end_lr]")
     return no_suggestion(
         result,
         method,
         f"only {found} usable point(s) of {len(result)} after skipping the start and end "
-        f"(need {need}); raise num_iter or widen [start_lr, end_lr]",
+        f"(need {need}); {fix}",
     )
 
 

@@ -19,6 +19,7 @@ from lrfinder_plugins import (
     RangeTestResult,
     ResultFileError,
     ResultFileNotFoundError,
+    StopReason,
 )
 
 from .curves import recorded, result_from_losses, sigmoid_curve
@@ -365,6 +366,26 @@ def test_skip_end_never_hides_the_blow_up_that_drove_the_suggestion() -> None:
     figure = result.plot(skip_end=5)
     drawn = figure.axes[0].lines[1].get_xdata()  # the smoothed curve
     assert max(drawn) >= result.lrs[blowup]
+
+
+@pytest.mark.parametrize("points", [4, 14])
+def test_a_curve_shorter_than_the_skips_is_drawn_whole(points: int) -> None:
+    """4 or 14 points (the data ran out) under the default skip_start=10, skip_end=5: every
+    point is drawn, not an empty frame."""
+    result = result_from_losses(
+        [2.0 - i / 20 for i in range(points)], num_iter=50, stop_reason=StopReason.DATA_EXHAUSTED
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        figure = result.plot()
+    assert len(figure.axes[0].lines[1].get_xdata()) == points  # the smoothed curve
+
+
+def test_too_few_points_because_the_data_ran_out_says_so() -> None:
+    """The reason names what stopped the test (not 'raise num_iter', which cannot help)."""
+    result = result_from_losses([1.0, 0.9, 0.8, 0.7], stop_reason=StopReason.DATA_EXHAUSTED)
+    with pytest.warns(NoSuggestionWarning, match="the data ran out: pass more batches"):
+        result.suggestion()
 
 
 def test_plot_of_a_result_without_points_says_so(tmp_path: Path) -> None:
