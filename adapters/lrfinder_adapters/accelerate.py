@@ -280,6 +280,7 @@ def find_lr(
     # Every option find_lr takes, named: a misspelt or a peer's name (num_iters, smooth_f) is
     # pointed at the right one before anything runs.
     _validate.known_options("find_lr", step_options, _FIND_LR_OPTIONS)
+    _validate.boolean("progress", progress)
     step = AcceleratorStep(accelerator, model, optimizer, train_loader, loss_fn, **step_options)
     test = RangeTest(
         start_lr=start_lr,

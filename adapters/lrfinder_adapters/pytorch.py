@@ -547,6 +547,11 @@ class TorchStep:
                 )
         if val_batches is not None:
             _validate.int_at_least("val_batches", val_batches, 1)
+            if val_loader is None:
+                raise ValueError(
+                    f"val_batches={val_batches!r} without a val_loader: it counts validation "
+                    "batches per point; pass val_loader=... too, or leave val_batches out"
+                )
         self.accumulation_steps = _validate.int_at_least(
             "accumulation_steps", accumulation_steps, 1
         )
@@ -555,11 +560,23 @@ class TorchStep:
         _validate.one_of("snapshot", snapshot, ("cpu", "disk"))
         _validate.one_of("val_batch_norm", val_batch_norm, ("batch", "running"))
         _validate.boolean("keep_weights", keep_weights)
-        if amp_dtype is not None and not isinstance(amp_dtype, torch.dtype):
-            raise TypeError(
-                f"amp_dtype must be a torch.dtype or None, got {amp_dtype!r}; pass e.g. "
-                "amp_dtype=torch.bfloat16"
-            )
+        _validate.boolean("amp", amp)
+        if amp_dtype is not None:
+            if not isinstance(amp_dtype, torch.dtype):
+                raise TypeError(
+                    f"amp_dtype must be a torch.dtype or None, got {amp_dtype!r}; pass e.g. "
+                    "amp_dtype=torch.bfloat16"
+                )
+            if amp_dtype not in (torch.float16, torch.bfloat16):
+                raise ValueError(
+                    f"amp_dtype must be torch.float16 or torch.bfloat16 (autocast runs in one of "
+                    f"them), got {amp_dtype}; for full precision leave amp off"
+                )
+            if not amp:
+                raise ValueError(
+                    f"amp_dtype={amp_dtype} without amp=True: it is the autocast dtype; pass "
+                    "amp=True too, or leave amp_dtype out"
+                )
         schedulers = check_schedulers(schedulers, optimizer)
         if scaler is not None and not isinstance(
             scaler, (torch.amp.GradScaler, torch.cuda.amp.GradScaler)
@@ -863,7 +880,6 @@ class TorchStep:
     def _autocast_factory(
         self, amp: bool, dtype: torch.dtype | None
     ) -> Callable[[], contextlib.AbstractContextManager[Any]]:
-        _validate.boolean("amp", amp)
         if not amp:
             return contextlib.nullcontext
         device_type = (self.device or next(self.model.parameters()).device).type
@@ -1004,7 +1020,7 @@ class LearningRateFinder:
         check_model_and_optimizer(model, optimizer)
         _validate.known_options("LearningRateFinder", step_options, _STEP_OPTIONS)
         self.model, self.optimizer, self.loss_fn, self.device = model, optimizer, loss_fn, device
-        self.progress = progress
+        self.progress = _validate.boolean("progress", progress)
         self.step_options = step_options
         self.result: RangeTestResult | None = None
         """The last test's result (also after an interrupted test: its points so far)."""

@@ -66,6 +66,7 @@ FIND_LR_CASES = [
     pytest.param({"train_loader": torch.utils.data.DataLoader([])}, ValueError, r"train_loader is empty", id="empty-DataLoader"),
     pytest.param({"train_loader": 42}, TypeError, r"train_loader .*iterable.*got 42 \(int\)", id="loader-int"),
     pytest.param({"val_loader": []}, ValueError, r"val_loader is empty", id="empty-val_loader"),
+    pytest.param({"val_batches": 2}, ValueError, r"val_batches=2 without a val_loader", id="val_batches-alone"),
 ]  # fmt: skip
 
 
@@ -97,6 +98,8 @@ OPTION_CASES = [
     pytest.param({"amp": "yes"}, TypeError, r"amp must be True or False, got 'yes'", id="amp-str"),
     pytest.param({"amp": 1}, TypeError, r"amp must be True or False, got 1", id="amp-int"),
     pytest.param({"amp": True, "amp_dtype": "bf16"}, TypeError, r"amp_dtype .*got 'bf16'", id="amp_dtype"),
+    pytest.param({"amp": True, "amp_dtype": torch.float32}, ValueError, r"amp_dtype must be torch\.float16 or torch\.bfloat16", id="amp_dtype-float32"),
+    pytest.param({"amp_dtype": torch.bfloat16}, ValueError, r"amp_dtype=torch\.bfloat16 without amp=True", id="amp_dtype-alone"),
     pytest.param({"scaler": "yes"}, TypeError, r"scaler .*GradScaler.*got 'yes' \(str\)", id="scaler"),
     pytest.param({"keep_weights": "no"}, TypeError, r"keep_weights .*got 'no'", id="keep_weights"),
     pytest.param({"schedulers": [0.1]}, TypeError, r"schedulers .*got 0\.1 \(float\)", id="schedulers"),
@@ -116,6 +119,14 @@ def test_bad_step_option_rejected_before_anything_is_touched(
         finder.find_lr(batches, num_iter=10)
     assert calls == [] and finder.result is None
     assert_state_bitwise_equal(before, capture_state(model, optimizer))
+
+
+@pytest.mark.parametrize("progress", ["no", 0, None])
+def test_progress_must_be_a_bool(setup: Any, progress: Any) -> None:
+    """progress='no' is truthy: refused, not read as showing the bar."""
+    model, optimizer, _, calls = setup
+    with pytest.raises(TypeError, match=r"progress must be True or False"):
+        LearningRateFinder(model, optimizer, counting_mse(calls), progress=progress)
 
 
 def test_unknown_option_rejected(setup: Any) -> None:
