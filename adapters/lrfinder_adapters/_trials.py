@@ -303,8 +303,19 @@ def cycle(loader: Iterable[Any]) -> Iterator[Any]:
             empty = False
             yield batch
         if empty:
+            size = getattr(loader, "batch_size", None)
+            dataset = getattr(loader, "dataset", None)
+            if (
+                isinstance(dataset, torch.utils.data.IterableDataset)
+                and upper_bound(dataset) is None
+            ):
+                raise ValueError(
+                    f"the dataset yielded fewer than batch_size={size} samples: an "
+                    "IterableDataset without a __len__ does not bound the search; pass max_val= "
+                    "(at most its sample count), give it a __len__, or pass make_loader="
+                )
             raise ValueError(
-                "the loader yielded no batches at this batch size; with dataset=, the dataset "
+                f"the loader yielded no batches at batch size {size}; with dataset=, the dataset "
                 "needs at least batch_size samples (drop_last=True)"
             )
 

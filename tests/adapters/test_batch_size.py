@@ -270,6 +270,27 @@ def test_an_epochs_short_last_batch_is_not_what_a_trial_measures(mode: str) -> N
     assert answers[0] == answers[1]
 
 
+def test_an_iterable_dataset_without_a_length_says_to_pass_max_val() -> None:
+    """An IterableDataset gives the search no bound: a size above its samples gets an error
+    that says so and what to pass, not 'needs at least batch_size samples'."""
+    data = dataset(100)
+
+    class Stream(torch.utils.data.IterableDataset):  # type: ignore[type-arg]
+        def __iter__(self) -> Any:
+            return iter(data)
+
+    model = make_mlp()
+    with pytest.raises(ValueError, match=r"IterableDataset without a __len__ .* pass max_val="):
+        find_batch_size(
+            model,
+            torch.optim.SGD(model.parameters(), lr=0.01),
+            nn.functional.mse_loss,
+            dataset=Stream(),
+            mode="power",
+            progress=False,
+        )
+
+
 def test_a_short_batch_is_skipped_once_never_twice_in_a_row() -> None:
     """Batches shorter than the trial's first are skipped, but never two in a row."""
     skip = RemainderSkip()
