@@ -31,9 +31,11 @@ def positive_finite(name: str, value: Any, example: str = "1e-7") -> float:
 def int_at_least(name: str, value: Any, minimum: int) -> int:
     """Return ``value`` if it is an int >= ``minimum``, else raise."""
     if not isinstance(value, numbers.Integral) or isinstance(value, bool):
+        whole = isinstance(value, float) and value.is_integer() and value >= minimum
+        example = int(value) if whole else max(minimum, 1)  # memory_budget=1.5e6: 1500000
         raise TypeError(
             f"{name} must be an int, got {value!r} ({type(value).__name__}); "
-            f"pass e.g. {name}={max(minimum, 1)}"
+            f"pass e.g. {name}={example}"
         )
     if value < minimum:
         raise ValueError(

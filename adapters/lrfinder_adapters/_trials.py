@@ -83,7 +83,13 @@ class Trials:
 
     def _loader(self, size: int) -> Iterable[Any]:
         if self.make_loader is not None:
-            return self.make_loader(size)
+            loader = self.make_loader(size)
+            if not isinstance(loader, Iterable):
+                raise TypeError(
+                    f"make_loader({size}) must return the batches at that size (a DataLoader "
+                    f"or another iterable), got {loader!r} ({type(loader).__name__})"
+                )
+            return loader
         from torch.utils.data import DataLoader
 
         options = {"shuffle": False, "drop_last": True, **self.loader_options}

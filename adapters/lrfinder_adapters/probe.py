@@ -83,6 +83,11 @@ class TorchProbe:
             raise TypeError(
                 "loader_options only applies to dataset=; build the loader in make_loader"
             )
+        if loader_options is not None and "batch_size" in loader_options:
+            raise TypeError(
+                f"loader_options cannot set batch_size (got {loader_options['batch_size']!r}): "
+                "the search sets it; leave it out (init_val= is the first size tried)"
+            )
         check_loss_fn("loss_fn", loss_fn)
         check_grad_enabled("the batch-size search")
         self.model, self.optimizer = model, optimizer

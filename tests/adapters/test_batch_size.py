@@ -465,6 +465,13 @@ def _never_called(size: int) -> None:
         ({"step_fn": _never_called, "accumulation_steps": 2}, TypeError, "unknown option"),
         ({"step_fn": _never_called, "loader_options": {}}, TypeError, "loader_options"),
         ({"dataset": dataset(10), "init_val": 32}, ValueError, "init_val=32 is larger than"),
+        ({"step_fn": _never_called, "memory_budget": 1.5e6}, TypeError, "memory_budget=1500000"),
+        (
+            {"dataset": dataset(10), "loader_options": {"batch_size": 4}},
+            TypeError,
+            r"loader_options cannot set batch_size \(got 4\): the search sets it",
+        ),
+        ({"make_loader": lambda n: None}, TypeError, r"make_loader\(2\) must return the batches"),
     ],
     ids=lambda v: ",".join(sorted(v)) if isinstance(v, dict) else "",
 )
