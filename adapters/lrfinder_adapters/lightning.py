@@ -1600,17 +1600,8 @@ _TUNE_BATCH = frozenset(
     {"steps_per_trial", "init_val", "max_trials", "batch_arg_name"} | _BATCH_OPTIONS - {"progress"}
 )
 _TUNE_LR = frozenset(
-    {
-        "min_lr",
-        "max_lr",
-        "num_training",
-        "early_stop_threshold",
-        "update_attr",
-        "attr_name",
-        "suggest_method",
-        "plot_path",
-        "smoothing",
-    }
+    {"min_lr", "max_lr", "num_training", "early_stop_threshold", "update_attr", "attr_name"}
+    | _LR_OPTIONS - {"progress"}
 )
 
 

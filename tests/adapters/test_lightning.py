@@ -887,6 +887,12 @@ def test_tune_finds_the_batch_size_first_then_the_lr_at_it() -> None:
     assert only_lr.batch_size is None and only_lr.lr_finder is not None
     with pytest.raises(TypeError, match="unknown option"):
         tune(_trainer(), Sized(), mode="power")
+    # Every option of Tuner.lr_find passes through tune(), fault_timeout and log_to_loggers too.
+    found = tune(
+        _trainer(), Sized(), batch_size=False, num_training=5, update_attr=False,
+        progress=False, fault_timeout=60.0, log_to_loggers=False,
+    )  # fmt: skip
+    assert found.lr_finder is not None
 
 
 def _loader(batch_size: int = 4, **options: Any) -> DataLoader[Any]:
