@@ -69,8 +69,6 @@ def test_demo_with_a_batch_size_skips_the_search(
                 "demo",
                 "--batch-size",
                 "32",
-                "--num-iter",
-                "20",
                 "--no-progress",
                 "--output-dir",
                 str(tmp_path),
