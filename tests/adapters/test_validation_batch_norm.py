@@ -26,15 +26,18 @@ def _val_batch() -> list[Batch]:
     return [(x, x.sum(dim=1, keepdim=True))]
 
 
-def _validated_sweep(model: nn.Module, batches: list[Batch], mse: Any, **options: Any) -> float:
-    """The last point's loss of a short sweep validated on :func:`_val_batch`, weights kept."""
+def _validated_sweep(
+    model: nn.Module, batches: list[Batch], mse: Any, val: list[Batch] | None = None, **options: Any
+) -> float:
+    """The last point's loss of a short sweep validated on ``val`` (:func:`_val_batch`), the
+    trained weights kept."""
     result = find_lr(
         model,
         torch.optim.SGD(model.parameters(), lr=0.01),
         mse,
         batches,
         num_iter=4,
-        val_loader=_val_batch(),
+        val_loader=_val_batch() if val is None else val,
         keep_weights=True,
         diverge_threshold=1e6,
         progress=False,
@@ -127,19 +130,9 @@ def test_a_one_sample_validation_batch_uses_the_running_statistics(
     on the running statistics; the other batches on their own."""
     model = _model()
     (x, y), single = _val_batch()[0], (torch.ones(1, 4), torch.full((1, 1), 4.0))
-    result = find_lr(
-        model,
-        torch.optim.SGD(model.parameters(), lr=0.01),
-        mse,
-        batches,
-        num_iter=4,
-        val_loader=[(x, y), single],
-        keep_weights=True,
-        diverge_threshold=1e6,
-        progress=False,
-    )
+    last = _validated_sweep(model, batches, mse, [(x, y), single])
     expected = (
         _loss_as_validated(model, (x, y), batch_stats=True)
         + _loss_as_validated(model, single, batch_stats=False)
     ) / 2
-    assert result.losses[-1] == pytest.approx(expected, rel=1e-6)
+    assert last == pytest.approx(expected, rel=1e-6)
