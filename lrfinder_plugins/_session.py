@@ -261,7 +261,13 @@ class RangeTestSession:
     def _where(self) -> str:
         """The point of the test a step's error came from, for its note."""
         test = self.test
-        batch = "" if self.global_batch is None else f", batch of {self.global_batch:g} samples"
+        ranks = self.reducer.world_size
+        batch = (
+            ""
+            if self.global_batch is None
+            else f", batch of {self.global_batch:g} samples"
+            + (f" over {ranks} ranks" if ranks > 1 else "")
+        )
         step = len(test.losses) + self.skipped_total + 1
         lr = test.next_lr() if not test.finished else math.nan
         return f"in the LR range test at step {step} of {test.num_iter} (LR {lr:.3e}{batch})"

@@ -185,7 +185,10 @@ def test_data_running_out_on_one_rank_stops_every_rank(healthy: Path) -> None:
 def test_an_exception_on_one_rank_is_raised_on_every_rank(healthy: Path) -> None:
     """The failing rank raises its own error, the other a RankFailedError naming it."""
     rank0, rank1 = records(healthy, "error_after_backward")
+    notes = rank1.pop("notes")
     assert rank1 == {"type": "ValueError", "message": "bad step on rank 1", "rank": None}
+    # The note gives the global batch and says so (each rank's is half of it).
+    assert any("at step 3 of" in n and "samples over 2 ranks" in n for n in notes), notes
     assert rank0["type"] == "RankFailedError" and rank0["rank"] == 1
     assert "ValueError: bad step on rank 1" in rank0["message"]
 

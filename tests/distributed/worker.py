@@ -158,6 +158,7 @@ def scenario_error_after_backward(rank: int, world: int) -> dict[str, Any]:
             "type": type(error).__name__,
             "message": str(error),
             "rank": getattr(error, "rank", None),
+            "notes": list(getattr(error, "__notes__", [])),
         }
     else:
         raised = {"type": None}
