@@ -281,7 +281,8 @@ def _too_few(result: RangeTestResult, method: str, found: int, need: int) -> Sug
         "a one-shot iterator is not)",
         "non_finite": "the loss was not finite from the first points: lower start_lr, or check "
         "the model and loss for NaN",
-        "diverged": "the loss blew up at once: lower start_lr",
+        "diverged": f"the loss blew up after {len(result)} points: raise num_iter (more points "
+        "before the blow-up) or lower start_lr",
     }
     reason = "" if result.stop_reason is None else result.stop_reason.value
     fix = fixes.get(reason, "raise num_iter or widen [start_lr, end_lr]")

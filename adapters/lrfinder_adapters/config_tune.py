@@ -362,13 +362,16 @@ def tune_lightning(
         raise BadConfigError(f"{options_key}: {error}") from None
     except AttributeError as error:
         raise BadConfigError(str(error)) from None
-    old_lr = None
+    old_lr = None  # the LR attribute before, for the "Updated optimizer LR" line
     if tune_lr:
-        container, name = find_lr_attr(module, options.get("attr_name", ""))
-    if tune_lr:
-        old_lr = float(
-            container[name] if isinstance(container, Mapping) else getattr(container, name)
-        )
+        try:  # check_tune found it already unless update_attr=False: then it may be missing
+            container, name = find_lr_attr(module, options.get("attr_name", ""))
+        except AttributeError:
+            pass
+        else:
+            old_lr = float(
+                container[name] if isinstance(container, Mapping) else getattr(container, name)
+            )
     found_size = None
     if tune_batch_size:
         shown = _defaults(Tuner.scale_batch_size, "mode", "init_val", "max_trials")

@@ -1052,3 +1052,18 @@ def test_lightning_unknown_options_name_the_nearest() -> None:
         tuner.lr_find(Regressor(), plot_pth="x.png")
     with pytest.raises(validate.UnknownOptionError, match="did you mean memory_budget="):
         tuner.scale_batch_size(Sized(), memory_budgt=1)
+
+
+@pytest.mark.filterwarnings("ignore::lrfinder_plugins.NoSuggestionWarning")  # 20 points
+def test_tune_lightning_without_an_lr_attribute_and_update_attr_false_runs() -> None:
+    """`lrfinder tune`'s Lightning path with update_attr=False needs no LR attribute: the sweep
+    runs and there is no 'Updated optimizer LR' line to print (no old value)."""
+    from lrfinder_adapters.config_tune import tune_lightning
+
+    found = tune_lightning(
+        _trainer(),
+        NoLR(),
+        tune_batch_size=False,
+        options={"update_attr": False, "num_training": 20, "progress": False},
+    )
+    assert found.old_lr is None and found.result is not None and len(found.result) == 20
