@@ -865,12 +865,15 @@ class BatchSizeSearch:
     def _aim_size(self, model: MemoryModel, capacity: float, oom: int | None) -> int:
         """``(1 - margin)`` x the limit ``model`` predicts under ``capacity``, below ``oom``, the
         cap and on a divisor of ``target_batch`` (below 1: no size). A model whose peak does not
-        grow with the size predicts no limit: then the failure and the cap bound the aim."""
+        grow with the size predicts no limit: then the failure and the cap bound the aim (with
+        no ``max_val`` and no ``upper_bound``, nothing does: no size)."""
         bound = (1.0 - self.margin) * model.limit(capacity)
         if oom is not None:
             bound = min(bound, (1.0 - self.margin) * (oom - 1))
         if bound < 1:  # -inf too: a peak above the capacity at any size
             return 0
+        if math.isinf(bound) and self.max_val is None and self.upper_bound is None:
+            return 0  # nothing bounds the aim (the cap is no size): double and bisect
         aim = self.cap if math.isinf(bound) else min(math.floor(bound), self.cap)
         if self.target_batch is not None and aim >= 1:
             aim = accumulation_for(self.target_batch, aim)[0]

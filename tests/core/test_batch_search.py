@@ -129,6 +129,16 @@ def test_guided_with_memory_that_does_not_grow_still_answers(
     assert result.batch_size in fitted_sizes(result)
 
 
+def test_flat_memory_without_max_val_doubles_instead_of_aiming_at_no_size() -> None:
+    """No max_val and no dataset length: nothing bounds an aim from a flat peak, so the
+    search doubles (as without a memory model) rather than aim at its 2**62 sentinel."""
+    result = run(
+        Oracle(10**6, peak=lambda n: 50_000_000, capacity=80_000_000), max_val=None, max_trials=12
+    )
+    assert max(sizes(result)) < 2**40
+    assert result.stop_reason is BatchStopReason.MAX_TRIALS
+
+
 def test_guided_sees_a_phase_switch_coming() -> None:
     """A flat optimizer peak does not hide the activations that overtake it at larger sizes."""
     result = run(phase_switch_memory(1250))
