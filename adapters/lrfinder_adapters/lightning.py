@@ -945,6 +945,8 @@ class _TrialCallback(Callback):
 
         self.remainder = RemainderSkip()
         self.window_skipped = False  # the open window is an epoch's short last batch
+        self.skipped_seconds = 0.0  # their time: not the steps' at this size (throughput)
+        self._window_start = 0.0
 
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
@@ -960,6 +962,7 @@ class _TrialCallback(Callback):
             # An epoch's short last batch (a loader that keeps it) is not a step at this size:
             # it runs, uncounted and unmetered (see _memory.RemainderSkip).
             self.window_skipped = self.remainder.skip(batch)
+            self._window_start = time.perf_counter()
             if (
                 self.meter_last
                 and not self.metering
@@ -968,7 +971,7 @@ class _TrialCallback(Callback):
             ):
                 if self.done > 0:  # the bare steps' time: the user's own cost (throughput)
                     self.timed_steps = self.done
-                    self.timed_seconds = time.perf_counter() - self.started
+                    self.timed_seconds = time.perf_counter() - self.started - self.skipped_seconds
                 self.meter.bare = False
                 self.meter.track(self.state())  # what the bare steps left: optimizer state
                 self.meter.peak = self.meter.live
@@ -999,6 +1002,7 @@ class _TrialCallback(Callback):
             return  # no optimizer step yet: the window goes on
         self.window_open = False
         if self.window_skipped:
+            self.skipped_seconds += time.perf_counter() - self._window_start
             return
         self.done += 1
         if self.done >= self.steps:
@@ -1338,7 +1342,7 @@ class BatchSizeFinder(_SearchCallback):
             for hook in hooks:
                 hook.remove()
             saved.restore(trainer)
-        seconds = time.perf_counter() - start
+        seconds = time.perf_counter() - start - trial.skipped_seconds
         _memory.free_memory(pl_module.device)
         if exception is None and error is None and trial.done < self._steps_per_trial:
             exception = ValueError(

@@ -755,6 +755,35 @@ def test_an_epochs_short_last_batch_is_not_what_a_trial_measures(mode: str) -> N
     assert answers[0] == answers[1]
 
 
+def test_a_skipped_short_batch_is_not_in_the_trials_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The skipped remainder step runs (Lightning's loop cannot skip it), but its time is not
+    the size's: a clock that only training steps advance (1 s each) gives the trial 3 s for its
+    3 counted steps, though 5 ran (20 samples in batches of 12: 12, 8, 12, 8, 12)."""
+    import lrfinder_adapters.lightning as adapter
+
+    clock = [0.0]
+    monkeypatch.setattr(adapter.time, "perf_counter", lambda: clock[0])
+
+    class Timed(Sized):
+        def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+            clock[0] += 1.0
+            return super().training_step(batch, batch_idx)
+
+        def train_dataloader(self) -> DataLoader[Any]:
+            return DataLoader(_data(20), batch_size=self.batch_size)
+
+    model = Timed(batch_size=12)
+    finder = BatchSizeFinder(
+        mode="binsearch", init_val=12, max_val=12, max_trials=1, steps_per_trial=3, progress=False
+    )
+    finder._early_exit = True
+    _trainer(callbacks=[finder]).fit(model)
+    assert finder.result is not None
+    trial = finder.result.trials[0]
+    assert model.shapes[:5] == [12, 8, 12, 8, 12] and trial.steps == 3
+    assert trial.seconds == 3.0
+
+
 def test_power_mode_then_fit_trains_at_the_found_size() -> None:
     model = Sized()
     finder = BatchSizeFinder(memory_budget=BUDGET, progress=False)  # mode="power", as Lightning
