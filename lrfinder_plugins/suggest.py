@@ -104,8 +104,8 @@ class Suggestion:
 
     @property
     def ok(self) -> bool:
-        """True when an LR was suggested."""
-        return math.isfinite(self.lr)
+        """True when an LR was suggested (finite and > 0)."""
+        return math.isfinite(self.lr) and self.lr > 0
 
     def one_cycle(self, total_steps: int | None = None, **overrides: Any) -> dict[str, Any]:
         """Keyword arguments for ``torch.optim.lr_scheduler.OneCycleLR``, derived from the curve.
@@ -813,6 +813,7 @@ def suggest(result: RangeTestResult, method: str | None = None, **options: Any) 
             f"{type(error).__name__}: {error}",
             owner,
         ) from error
+    _check_returned(suggestion, name, owner)
     if suggestion.ok and suggestion.confidence == 0:
         warnings.warn(
             f"{suggestion.method}: low confidence: {suggestion.reason}",
@@ -820,6 +821,24 @@ def suggest(result: RangeTestResult, method: str | None = None, **options: Any) 
             stacklevel=3,
         )
     return suggestion
+
+
+def _check_returned(suggestion: Any, name: str, owner: str) -> None:
+    """Raise a ``PluginError`` naming the plugin unless ``suggestion`` is a Suggestion whose LR
+    is > 0 or NaN (none suggested)."""
+    from lrfinder_plugins._manager import PluginError
+
+    if not isinstance(suggestion, Suggestion):
+        problem = f"returned {suggestion!r} ({type(suggestion).__name__}), not a Suggestion"
+    elif not (math.isnan(suggestion.lr) or suggestion.lr > 0):
+        problem = f"suggested lr={suggestion.lr!r}; an LR must be > 0 (NaN: none suggested)"
+    else:
+        return
+    raise PluginError(
+        f"suggestion method {name!r} of plugin {owner!r} {problem}; build it with "
+        "lrfinder_plugins.suggest.make_suggestion(result, name, lr) or no_suggestion(...)",
+        owner,
+    )
 
 
 def suggest_all(result: RangeTestResult) -> dict[str, Suggestion]:
@@ -832,7 +851,9 @@ def suggest_all(result: RangeTestResult) -> dict[str, Suggestion]:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", NoSuggestionWarning)
-                out[name] = method(result)
+                suggestion = method(result)
+            _check_returned(suggestion, name, owner)
+            out[name] = suggestion
         except Exception:
             log.exception(
                 "suggestion method %r of plugin %r failed; left out of suggestions()", name, owner

@@ -1110,8 +1110,11 @@ class LearningRateFinder:
         val_loader, val_batches, method = a["val_loader"], a["val_batches"], a["method"]
         # The engine calls it ``smoothing``; the error must name the argument the user passed.
         _validate.in_unit_interval("smooth_factor", smooth_factor)
-        if method is not None:  # checked now, not after the whole test has run
-            _validate.one_of("method", method, tuple(registered_suggesters()))
+        # Checked now, not after the whole test has run: the method, and the registry itself
+        # (a name two plugins register fails every lookup, the suggestion's at the end too).
+        methods = tuple(registered_suggesters())
+        if method is not None:
+            _validate.one_of("method", method, methods)
         step = TorchStep(
             self.model,
             self.optimizer,

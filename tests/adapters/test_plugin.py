@@ -14,11 +14,12 @@ from lrfinder_plugins import (
     batch_size_search,
     find_lr,
     get_plugin_manager,
+    hookimpl,
     range_test,
 )
 from lrfinder_plugins._batch_driver import is_oom
 from lrfinder_plugins._manager import reset_plugin_manager
-from tests.adapters.conftest import Batch, assert_state_bitwise_equal, capture_state
+from tests.adapters.conftest import Batch, assert_state_bitwise_equal, capture_state, make_mlp
 
 
 def test_range_test_on_a_model_matches_find_lr(
@@ -125,3 +126,29 @@ def test_specific_adapter_is_asked_before_the_torch_adapter(
         progress=False,
     )
     assert seen == ["Sequential"]
+
+
+def test_a_duplicate_suggester_name_fails_find_lr_before_any_step(
+    batches: list[Batch], mse: Any
+) -> None:
+    """A name two plugins register is found when find_lr checks its arguments, not after the
+    whole test (where the suggestion's lookup would fail)."""
+    from lrfinder_adapters.pytorch import find_lr
+    from lrfinder_plugins.suggest import make_suggestion
+
+    class Clash:
+        @hookimpl
+        def lrfinder_register_suggesters(self) -> dict[str, Any]:
+            return {"valley": lambda result: make_suggestion(result, "valley", result.lrs[0])}
+
+    get_plugin_manager().register(Clash(), name="test.clash")
+    model = make_mlp()
+    calls: list[int] = []
+
+    def loss(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        calls.append(1)
+        return mse(out, y)
+
+    with pytest.raises(ValueError, match=r"'valley'.*'test\.clash'|'test\.clash'.*'valley'"):
+        find_lr(model, torch.optim.SGD(model.parameters(), lr=0.1), loss, batches, progress=False)
+    assert calls == []

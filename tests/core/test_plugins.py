@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from lrfinder_plugins import (
+    PluginError,
     Point,
     RangeTest,
     RangeTestResult,
@@ -187,6 +188,37 @@ def test_failing_plugin_suggester_is_left_out_of_suggestions(
     with caplog.at_level(logging.ERROR, logger="lrfinder_plugins"):
         suggestions = result_from_losses(sigmoid_curve()).suggestions()
     assert "broken" not in suggestions and "valley" in suggestions and "'broken'" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("returned", "problem"),
+    [
+        (0.1, r"returned 0\.1 \(float\), not a Suggestion"),
+        (None, r"returned None \(NoneType\), not a Suggestion"),
+        (Suggestion(method="bad", lr=-0.01, index=0), r"suggested lr=-0\.01; an LR must be > 0"),
+        (Suggestion(method="bad", lr=0.0, index=0), r"suggested lr=0\.0; an LR must be > 0"),
+    ],
+    ids=["float", "None", "negative", "zero"],
+)
+def test_a_plugin_method_returning_no_usable_suggestion_is_named(
+    returned: Any, problem: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """What a plugin's method returns is checked: not a Suggestion, or an LR <= 0, is a
+    PluginError naming the plugin (never an LR applied to an optimizer); suggestions() logs it
+    and leaves it out."""
+
+    class Bad:
+        @hookimpl
+        def lrfinder_register_suggesters(self) -> Mapping[str, Any]:
+            return {"bad": lambda result: returned}
+
+    get_plugin_manager().register(Bad(), name="test.bad")
+    result = result_from_losses(sigmoid_curve())
+    with pytest.raises(PluginError, match=rf"'bad' of plugin 'test\.bad' {problem}"):
+        result.suggestion("bad")
+    with caplog.at_level(logging.ERROR, logger="lrfinder_plugins"):
+        assert "bad" not in result.suggestions()
+    assert not Suggestion(method="x", lr=-1.0, index=None).ok
 
 
 def test_plugin_schedule_is_usable_as_mode() -> None:
