@@ -698,8 +698,9 @@ class LearningRateFinder(_SearchCallback):
         _validate.boolean("log_to_loggers", log_to_loggers)
         _validate.boolean("update_attr", update_attr)
         _check_attr_name(attr_name)
+        methods = tuple(registered_suggesters())  # a name two plugins register fails now
         if method is not None:
-            _validate.one_of("method", method, tuple(registered_suggesters()))
+            _validate.one_of("method", method, methods)
         if progress is not None:
             _validate.boolean("progress", progress)
         _validate.positive_finite("fault_timeout", fault_timeout, "30.0")
