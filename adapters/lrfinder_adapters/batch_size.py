@@ -226,6 +226,8 @@ def find_batch_size(
         >>> result = find_batch_size(model, optimizer, loss_fn, dataset=train_set)  # doctest: +SKIP
         >>> loader = DataLoader(train_set, batch_size=result.batch_size)  # doctest: +SKIP
     """
+    # Every option named (a typo gets the nearest of all of them, not of the step options only).
+    _validate.known_options("find_batch_size", step_options, _FIND_BATCH_SIZE_OPTIONS)
     probe = TorchProbe(  # validates, and runs nothing yet
         model,
         optimizer,
@@ -274,6 +276,12 @@ def find_batch_size(
         step_options=step_options,
     )
 
+
+
+_FIND_BATCH_SIZE_OPTIONS = TRIAL_STEP_OPTIONS | (
+    frozenset(inspect.signature(find_batch_size).parameters) - {"step_options"}
+)
+"""Every keyword :func:`find_batch_size` takes (its own and the trials' step options)."""
 
 def with_optimizer_name(result: BatchSizeResult, optimizer: Any) -> BatchSizeResult:
     """``result`` with its optimizer's class name in ``options["optimizer"]``, which the

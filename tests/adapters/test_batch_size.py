@@ -463,6 +463,7 @@ def _never_called(size: int) -> None:
         ({"step_fn": _never_called, "margin": -0.1}, ValueError, "margin must be in"),
         ({"step_fn": _never_called, "memory_budget": 0}, ValueError, "memory_budget must be >= 1"),
         ({"step_fn": _never_called, "accumulation_steps": 2}, TypeError, "unknown option"),
+        ({"step_fn": _never_called, "max_trialz": 6}, TypeError, "did you mean max_trials="),
         ({"step_fn": _never_called, "loader_options": {}}, TypeError, "loader_options"),
         ({"dataset": dataset(10), "init_val": 32}, ValueError, "init_val=32 is larger than"),
         ({"step_fn": _never_called, "memory_budget": 1.5e6}, TypeError, "memory_budget=1500000"),
