@@ -9,6 +9,7 @@ the same decisions.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 from typing import Any
 
@@ -101,8 +102,7 @@ class RangeTest:
                 f"{group_ratios!r}; pass each group's LR divided by the largest group's LR"
             )
         self.start_lr, self.end_lr = start_lr, end_lr
-        schedule = factory(start_lr=start_lr, end_lr=end_lr, num_iter=self.num_iter)
-        self._planned = [schedule(i) for i in range(self.num_iter)]
+        self._planned = _planned_lrs(self.mode, factory, start_lr, end_lr, self.num_iter)
         self.lrs: list[float] = []
         self.losses: list[float] = []
         self.smoothed_losses: list[float] = []
@@ -189,3 +189,40 @@ class RangeTest:
             stop_reason=self.stop_reason,
             options=self.options(),
         )
+
+
+def _planned_lrs(
+    name: str, factory: schedules.ScheduleFactory, start_lr: float, end_lr: float, num_iter: int
+) -> list[float]:
+    """Every point's LR from the schedule, checked as the schedule's contract says: real
+    numbers, finite and > 0, non-decreasing, ``start_lr`` first and ``end_lr`` last.
+
+    Raises:
+        ValueError, TypeError: the schedule broke its contract (the message names it, the point
+            and the value); an error the schedule raised itself gets a note naming it.
+    """
+    try:
+        schedule = factory(start_lr=start_lr, end_lr=end_lr, num_iter=num_iter)
+        lrs = [schedule(i) for i in range(num_iter)]
+    except Exception as error:
+        error.add_note(f"lrfinder: raised by the LR schedule {name!r}")
+        raise
+    fix = "a schedule maps 0 .. num_iter - 1 to LRs rising from start_lr to end_lr"
+    for i, lr in enumerate(lrs):
+        if not isinstance(lr, numbers.Real) or isinstance(lr, bool):
+            raise TypeError(
+                f"the LR schedule {name!r} returned {lr!r} ({type(lr).__name__}) at point {i}, "
+                f"not a number; {fix}"
+            )
+        if not (math.isfinite(lr) and lr > 0):
+            raise ValueError(f"the LR schedule {name!r} returned {lr!r} at point {i}; {fix}")
+        if i and lr < lrs[i - 1]:
+            raise ValueError(
+                f"the LR schedule {name!r} falls from {lrs[i - 1]!r} to {lr!r} at point {i}; {fix}"
+            )
+    for i, want in ((0, start_lr), (num_iter - 1, end_lr)):
+        if not math.isclose(lrs[i], want, rel_tol=1e-6):
+            raise ValueError(
+                f"the LR schedule {name!r} gives {lrs[i]!r} at point {i}, not {want!r}; {fix}"
+            )
+    return [float(lr) for lr in lrs]

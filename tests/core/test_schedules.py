@@ -95,3 +95,45 @@ def test_mode_selects_the_registered_schedule(name: str) -> None:
         test.record(1.0)
     schedule = SCHEDULES[name](start_lr=1e-3, end_lr=1.0, num_iter=7)
     assert proposed == [schedule(i) for i in range(7)]
+
+
+def _schedule(values: list[object]) -> object:
+    """A schedule factory returning ``values`` (padded to num_iter with the last one)."""
+
+    def factory(*, start_lr: float, end_lr: float, num_iter: int) -> object:
+        return lambda i: values[min(i, len(values) - 1)]
+
+    return factory
+
+
+@pytest.mark.parametrize(
+    ("values", "error", "message"),
+    [
+        ([1e-4, float("nan"), 1.0], ValueError, r"returned nan at point 1"),
+        ([1e-4, -0.5, 1.0], ValueError, r"returned -0\.5 at point 1"),
+        ([1e-4, "0.01", 1.0], TypeError, r"returned '0\.01' \(str\) at point 1, not a number"),
+        ([1e-4, None, 1.0], TypeError, r"returned None \(NoneType\) at point 1"),
+        ([1e-4, 0.5, 0.1, 1.0], ValueError, r"falls from 0\.5 to 0\.1 at point 2"),
+        ([1e-3, 0.1, 1.0], ValueError, r"gives 0\.001 at point 0, not 0\.0001"),
+        ([1e-4, 0.1, 5.0], ValueError, r"gives 5\.0 at point 3, not 1\.0"),
+    ],
+    ids=["nan", "negative", "str", "None", "falls", "start", "end"],
+)
+def test_a_schedule_that_breaks_its_contract_fails_when_the_test_is_built(
+    values: list[object], error: type[Exception], message: str
+) -> None:
+    """Every planned LR is checked up front (finite, > 0, rising from start_lr to end_lr), so a
+    broken plugin schedule never trains a model at a negative or NaN LR."""
+    with pytest.raises(error, match=message):
+        RangeTest(start_lr=1e-4, end_lr=1.0, num_iter=4, mode=_schedule(values))  # type: ignore[arg-type]
+
+
+def test_an_error_a_schedule_raises_names_it() -> None:
+    """A schedule that raises: its own error, with a note naming the schedule."""
+
+    def broken(*, start_lr: float, end_lr: float, num_iter: int) -> object:
+        raise ZeroDivisionError("schedule bug")
+
+    with pytest.raises(ZeroDivisionError) as caught:
+        RangeTest(start_lr=1e-4, end_lr=1.0, num_iter=4, mode=broken)  # type: ignore[arg-type]
+    assert "raised by the LR schedule 'broken'" in "".join(caught.value.__notes__)
