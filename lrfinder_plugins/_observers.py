@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import itertools
 import logging
 from dataclasses import dataclass, field
@@ -125,7 +127,8 @@ class Observers:
 
     def finished(self, result: RangeTestResult) -> None:
         """Tell every observer the search ended (always called once per started search)."""
-        self._call("lrfinder_search_finished", search=self.search, result=result)
+        if self._impls["lrfinder_search_finished"]:
+            self._call("lrfinder_search_finished", search=self.search, result=_own_copy(result))
 
     def trial_recorded(self, trial: BatchTrial) -> None:
         """Tell every observer a batch-size trial was recorded."""
@@ -133,4 +136,12 @@ class Observers:
 
     def batch_finished(self, result: BatchSizeResult) -> None:
         """Tell every observer a batch-size search ended (always once per started search)."""
-        self._call("lrfinder_search_finished", search=self.search, result=result)
+        if self._impls["lrfinder_search_finished"]:
+            self._call("lrfinder_search_finished", search=self.search, result=_own_copy(result))
+
+
+
+def _own_copy(result: Any) -> Any:
+    """``result`` with its own copy of the ``options`` dict (the only part of a frozen result
+    that can change), so an observer that edits it cannot change what the caller gets."""
+    return dataclasses.replace(result, options=copy.deepcopy(result.options))

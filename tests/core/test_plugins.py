@@ -221,6 +221,21 @@ def test_a_plugin_method_returning_no_usable_suggestion_is_named(
     assert not Suggestion(method="x", lr=-1.0, index=None).ok
 
 
+def test_an_observer_editing_the_result_cannot_change_what_the_caller_gets() -> None:
+    """lrfinder_search_finished gets its own copy of the result's options (the one mutable
+    part of a frozen result): an observer that edits it leaves the caller's result as it was."""
+
+    class Editor:
+        @hookimpl
+        def lrfinder_search_finished(self, search: SearchInfo, result: RangeTestResult) -> None:
+            result.options["mode"] = "hacked"
+            result.options.pop("group_ratios")
+
+    get_plugin_manager().register(Editor(), name="test.editor")
+    result = run_range_test(FakeStep(), small_test(), progress=False)
+    assert result.options["mode"] == "exponential" and result.options["group_ratios"] == [1.0]
+
+
 def test_plugin_schedule_is_usable_as_mode() -> None:
     """A schedule registered by a plugin answers RangeTest(mode=its name)."""
     get_plugin_manager().register(SchedulePlugin(), name="test.schedules")
