@@ -140,7 +140,6 @@ class Observers:
             self._call("lrfinder_search_finished", search=self.search, result=_own_copy(result))
 
 
-
 def _own_copy(result: Any) -> Any:
     """``result`` with its own copy of the ``options`` dict (the only part of a frozen result
     that can change), so an observer that edits it cannot change what the caller gets."""

@@ -17,7 +17,12 @@ from pathlib import Path
 from typing import Any
 
 from lrfinder_plugins._config_file import ConfigError, ConfigFile, round_value
-from lrfinder_plugins._usage import UsageError, check_installed, check_writable_file, one_line
+from lrfinder_plugins._usage import (
+    UsageError,
+    check_installed,
+    check_plot_file,
+    one_line,
+)
 
 DESCRIPTION = """\
 Find the batch size (first) and the learning rate of the model a config file names, log them
@@ -120,8 +125,7 @@ def _plot_path(args: argparse.Namespace) -> Path | None:
     if not args.tune_learning_rate or args.no_plot:
         return None
     check_installed("matplotlib", "plot", "the LR plot", " (or pass --no-plot)")
-    path = Path(args.plot or ".logs/lr_finder_plot.png")
-    check_writable_file("--plot", path)
+    path = check_plot_file("--plot", args.plot or ".logs/lr_finder_plot.png")
     return path
 
 

@@ -30,6 +30,45 @@ def check_writable_dir(flag: str, folder: str | Path) -> None:
         raise UsageError(f"{flag} {folder}: not writable")
 
 
+FIGURE_FORMATS = frozenset(
+    {"png", "pdf", "svg", "svgz", "eps", "ps", "jpg", "jpeg", "tif", "tiff", "webp", "pgf"}
+)
+"""The file types matplotlib's default backends write (the suffix picks the type)."""
+
+
+def figure_file(path: str | Path) -> Path:
+    """The file a figure saved at ``path`` lands in: ``path``, or ``path.png`` when it has no
+    suffix (matplotlib adds it).
+
+    Raises:
+        ValueError: the suffix is a type matplotlib cannot write (``.txt``).
+    """
+    path = Path(path)
+    if not path.suffix:
+        return path.with_name(path.name + ".png")
+    if path.suffix[1:].lower() not in FIGURE_FORMATS:
+        raise ValueError(
+            f"{str(path)!r}: a plot cannot be saved as {path.suffix!r}; name it .png, .pdf or .svg"
+        )
+    return path
+
+
+def check_plot_file(flag: str, path: str | Path) -> Path:
+    """``path`` can take a plot (:func:`figure_file`) and be written; return where it lands.
+
+    Raises:
+        UsageError: naming ``flag`` and the path.
+    """
+    if Path(path).is_dir():
+        raise UsageError(f"{flag} {path}: a folder, not a file")
+    try:
+        target = figure_file(path)
+    except ValueError as error:
+        raise UsageError(f"{flag} {error}") from None
+    check_writable_file(flag, target)
+    return target
+
+
 def check_writable_file(flag: str, path: str | Path) -> None:
     """``path`` can be written: it is no folder, and its folder is writable.
 

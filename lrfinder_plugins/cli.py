@@ -13,6 +13,7 @@ import lrfinder_plugins
 from lrfinder_plugins._usage import (
     UsageError,
     check_installed,
+    check_plot_file,
     check_writable_dir,
     check_writable_file,
     one_line,
@@ -79,9 +80,10 @@ def _demo(args: argparse.Namespace) -> int:
         raise UsageError(f"--memory-budget-mib {args.memory_budget_mib:g}: below one byte")
     check_installed("matplotlib", "plot", "the demo's plot")
     check_writable_dir("--output-dir", args.output_dir)
-    for flag, path in (("--plot", args.plot), ("--json", args.json)):
-        if path is not None:
-            check_writable_file(flag, path)
+    if args.plot is not None:
+        args.plot = str(check_plot_file("--plot", args.plot))
+    if args.json is not None:
+        check_writable_file("--json", args.json)
     try:
         run = run_demo(
             output_dir=args.output_dir,
@@ -135,7 +137,7 @@ def _show(args: argparse.Namespace) -> int:
     _check_method("--method", args.method)
     if args.plot:
         check_installed("matplotlib", "plot", "--plot")
-        check_writable_file("--plot", args.plot)
+        args.plot = str(check_plot_file("--plot", args.plot))
     path = Path(args.path)
     if not path.is_file():
         raise UsageError(f"{path}: {'a folder' if path.is_dir() else 'no such file'}")

@@ -9,6 +9,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from lrfinder_plugins._usage import figure_file
+
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
@@ -53,6 +55,7 @@ def check_output_path(output_path: str | Path | None, name: str = "output_path")
         TypeError: it is not a str or path.
         IsADirectoryError: it names an existing directory (matplotlib would write ``<dir>.png``
             beside it).
+        ValueError: its suffix is no figure type (``.txt``); without one, ``.png`` is added.
     """
     if output_path is None:
         return None
@@ -67,7 +70,10 @@ def check_output_path(output_path: str | Path | None, name: str = "output_path")
             f"{name} {str(path)!r} is a directory; pass a file in it, e.g. "
             f"{name}={str(path / 'lr_finder_plot.png')!r}"
         )
-    return path
+    try:
+        return figure_file(path)  # no suffix: the .png matplotlib adds, said
+    except ValueError as error:
+        raise ValueError(f"{name} {error}") from None
 
 
 def _methods(suggest: bool | str | Sequence[str]) -> list[str | None]:

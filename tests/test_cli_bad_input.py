@@ -96,6 +96,29 @@ def test_demo_rejects_a_plot_path_that_is_a_folder(
     assert "--plot" in line and "a folder" in line
 
 
+@pytest.mark.parametrize("command", ["demo", "tune", "show"])
+def test_a_plot_path_matplotlib_cannot_write_is_refused_before_any_work(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, command: str
+) -> None:
+    """--plot out.txt: one line naming the flag and the suffix, before the search runs."""
+    plot = str(tmp_path / "out.txt")
+    argv = {
+        "demo": ["demo", "--plot", plot, "--output-dir", str(tmp_path)],
+        "tune": [
+            "tune",
+            "--config",
+            str(EXAMPLE / "run.toml"),
+            "--tune-learning-rate",
+            "--plot",
+            plot,
+        ],
+        "show": ["show", str(tmp_path / "missing.json"), "--plot", plot],
+    }[command]
+    line = _error(capsys, argv)
+    assert "--plot" in line and "cannot be saved as '.txt'" in line
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_demo_with_a_budget_nothing_fits_in(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:

@@ -388,6 +388,17 @@ def test_too_few_points_because_the_data_ran_out_says_so() -> None:
         result.suggestion()
 
 
+def test_a_plot_path_without_a_suffix_is_the_png_it_becomes(tmp_path: Path) -> None:
+    """matplotlib adds .png to a path with no suffix; plot() saves there and says so."""
+    from lrfinder_plugins.plot import check_output_path
+
+    assert check_output_path(tmp_path / "curve") == tmp_path / "curve.png"
+    with pytest.raises(ValueError, match=r"output_path .*cannot be saved as '\.txt'"):
+        check_output_path(tmp_path / "curve.txt")
+    result_from_losses(sigmoid_curve()).plot(tmp_path / "curve")
+    assert [p.name for p in tmp_path.iterdir()] == ["curve.png"]
+
+
 def test_plot_of_a_result_without_points_says_so(tmp_path: Path) -> None:
     """No points: an empty plot that says so (no curve, no marker, no warning), saved."""
     with warnings.catch_warnings():
