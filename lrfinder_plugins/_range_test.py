@@ -119,7 +119,8 @@ class RangeTest:
         """The LR of the next point (the same value until :meth:`record` is called)."""
         if self.stop_reason is not None:
             raise RuntimeError(
-                f"the range test already stopped ({self.stop_reason}); read result()"
+                f"the range test already stopped ({self.stop_reason}); read its result (a session's "
+                "finish())"
             )
         return self._planned[len(self.losses)]
 

@@ -56,12 +56,13 @@ _LOCAL_POINT = StepOutcome(samples=1.0)
 """What :meth:`RangeTestSession.end_step` returns for a bare float on one process."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Submitted:
     """A step handed to :meth:`RangeTestSession.submit`: its started reduce, not decided yet."""
 
     pending: PendingStep
     counted: bool  # the outcome said its samples (a bare float does not)
+    decided: bool = False  # decide() took it: a second call would record it twice
 
 
 def _observers(search: SearchInfo, reducer: Reducer) -> Observers:
@@ -131,10 +132,25 @@ class RangeTestSession:
         return self._skip_run if self._skipped_after == len(self.test.losses) else 0
 
     def start(self) -> None:
-        """Open the reduce point (collective: every rank calls it) and tell the observers."""
+        """Open the reduce point (collective: every rank calls it) and tell the observers.
+
+        Raises:
+            RuntimeError: it was started before (a session runs one test).
+        """
+        if self._started:
+            raise RuntimeError(
+                "this RangeTestSession was started already; a session runs one test: build a "
+                "new one (with a new RangeTest) for another"
+            )
         self.reducer.open()
         self._started = True
         self.observers.started()
+
+    def _require_started(self, call: str) -> None:
+        raise RuntimeError(
+            f"{call}() before start(): call session.start() first (it opens the reduce point and "
+            "tells the observers), then next_lr() and end_step() for each step, then finish()"
+        )
 
     def next_lr(self) -> float:
         """The LR of the next step (the same on every rank)."""
@@ -157,6 +173,8 @@ class RangeTestSession:
         step is undone by the restore when the decision stops the test. Skipped steps (AMP
         overflow) must not happen in this mode: they would have shifted the next step's LR.
         """
+        if not self._started:
+            self._require_started("submit")
         if isinstance(outcome, (StepOutcome, DeferredOutcome)):
             return Submitted(start_step(self.reducer, outcome), True)
         local = StepOutcome.skipped_step() if outcome is None else StepOutcome.of_loss(outcome)
@@ -169,6 +187,12 @@ class RangeTestSession:
             RuntimeError: the step was skipped (an AMP overflow), which a loop that decides
                 late cannot undo.
         """
+        if submitted.decided:
+            raise RuntimeError(
+                "decide() was called twice with the same submitted step; decide each step once, "
+                "in the order they were submitted"
+            )
+        submitted.decided = True
         reduced = submitted.pending.wait()
         if reduced.skipped and not (reduced.errors or reduced.non_finite):
             raise RuntimeError(
@@ -216,6 +240,8 @@ class RangeTestSession:
         all (``data_exhausted``), an error anywhere makes every rank raise (its own error on
         the failing rank, :class:`~lrfinder_plugins.RankFailedError` elsewhere).
         """
+        if not self._started:
+            self._require_started("end_step")
         if self._local and type(outcome) is float:
             # The common case, without building a record; a non-finite loss is recorded as NaN,
             # as every reduced outcome records it.

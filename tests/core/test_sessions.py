@@ -271,3 +271,35 @@ def test_drive_records_floats_directly_only_on_one_process(
         result = session.finish()
         points.append((result.lrs, result.losses, result.stop_reason))
     assert points[0] == points[1]
+
+
+# -- the push API's order -------------------------------------------------------------------------
+def test_a_step_before_start_is_refused_naming_the_order() -> None:
+    """end_step or submit before start(): the reduce point is not open and the observers were
+    not told, so it is an error that says the order, not a point recorded silently."""
+    s = session(LocalReducer())
+    with pytest.raises(RuntimeError, match=r"end_step\(\) before start\(\): call session\.start"):
+        s.end_step(1.0)
+    with pytest.raises(RuntimeError, match=r"submit\(\) before start\(\)"):
+        s.submit(StepOutcome.of_loss(1.0))
+    assert len(s.test.losses) == 0
+
+
+def test_a_session_starts_once() -> None:
+    """start() twice (or after finish()) is refused: a session runs one test."""
+    s = session(LocalReducer())
+    drive(s, lambda i: StepOutcome.of_loss(1.0))
+    s.finish()
+    with pytest.raises(RuntimeError, match="started already; a session runs one test"):
+        s.start()
+
+
+def test_a_submitted_step_is_decided_once() -> None:
+    """decide() twice with the same step would record its point twice: refused."""
+    s = session(LocalReducer())
+    s.start()
+    submitted = s.submit(StepOutcome.of_loss(1.0))
+    s.decide(submitted)
+    with pytest.raises(RuntimeError, match="decide\\(\\) was called twice"):
+        s.decide(submitted)
+    assert len(s.test.losses) == 1
