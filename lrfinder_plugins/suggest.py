@@ -279,8 +279,8 @@ def _too_few(result: RangeTestResult, method: str, found: int, need: int) -> Sug
     fixes = {
         "data_exhausted": "the data ran out: pass more batches (a DataLoader or list is cycled; "
         "a one-shot iterator is not)",
-        "non_finite": "the loss was not finite from the first points: lower start_lr, or check "
-        "the model and loss for NaN",
+        "non_finite": f"the loss was NaN or infinite after {found} finite point(s): lower "
+        "start_lr (or, for a NaN at small LRs, check the model and loss)",
         "diverged": f"the loss blew up after {len(result)} points: raise num_iter (more points "
         "before the blow-up) or lower start_lr",
     }
