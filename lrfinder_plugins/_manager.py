@@ -8,6 +8,7 @@ import logging
 import os
 import threading
 import warnings
+from collections.abc import Mapping
 from typing import Any
 
 import pluggy
@@ -41,6 +42,10 @@ class PluginError(RuntimeError):
     def __init__(self, message: str, plugin: str) -> None:
         super().__init__(message)
         self.plugin = plugin
+
+
+class PluginConflictError(PluginError, ValueError):
+    """Two plugins register the same name (the message names both; ``plugin`` is the later)."""
 
 
 BUILTIN_PLUGINS: tuple[tuple[str, str], ...] = (
@@ -197,6 +202,8 @@ def collect_registry_owners(hook_name: str) -> dict[str, tuple[Any, str]]:
 
     Raises:
         ValueError: two plugins register the same name (both are named in the message).
+        PluginError: a plugin's hook raised, returned no mapping, or registered a name that is
+            not a non-empty string (the plugin is named).
     """
     pm = get_plugin_manager()
     hook = getattr(pm.hook, hook_name)
@@ -204,13 +211,34 @@ def collect_registry_owners(hook_name: str) -> dict[str, tuple[Any, str]]:
     owners: dict[str, str] = {}
     # get_hookimpls() runs last-registered first; walk in registration order for stable owners.
     for impl in hook.get_hookimpls():
-        mapping = impl.function()
+        try:
+            mapping = impl.function()
+        except Exception as error:
+            raise PluginError(
+                f"plugin {impl.plugin_name!r} failed in {hook_name}: {type(error).__name__}: "
+                f"{error}; fix it or block it with {DISABLE_ENV}={impl.plugin_name}",
+                impl.plugin_name,
+            ) from error
+        if mapping is not None and not isinstance(mapping, Mapping):
+            raise PluginError(
+                f"plugin {impl.plugin_name!r}: {hook_name} returned {type(mapping).__name__}, "
+                f"not a mapping of names to objects; return a dict (block it with "
+                f"{DISABLE_ENV}={impl.plugin_name})",
+                impl.plugin_name,
+            )
         for name, obj in (mapping or {}).items():
+            if not isinstance(name, str) or not name:
+                raise PluginError(
+                    f"plugin {impl.plugin_name!r}: {hook_name} registers {name!r}; names must "
+                    f"be non-empty strings (block it with {DISABLE_ENV}={impl.plugin_name})",
+                    impl.plugin_name,
+                )
             if name in merged:
-                raise ValueError(
+                raise PluginConflictError(
                     f"{hook_name}: name {name!r} is registered by both plugin "
                     f"{owners[name]!r} and plugin {impl.plugin_name!r}; block one of them with "
-                    f"{DISABLE_ENV}={impl.plugin_name}"
+                    f"{DISABLE_ENV}={impl.plugin_name}",
+                    impl.plugin_name,
                 )
             merged[name] = (obj, impl.plugin_name)
             owners[name] = impl.plugin_name

@@ -236,10 +236,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     # print its INFO lines through it.
     handler.setLevel(level)
     logging.basicConfig(level=level, format="%(levelname)s %(message)s", handlers=[handler])
+    from lrfinder_plugins._manager import PluginError
+
     try:
         return int(args.func(args))
     except UsageError as error:
         print(f"lrfinder {args.command}: error: {error}", file=sys.stderr)
+        return USAGE_ERROR
+    except PluginError as error:  # names the plugin and the fix (block it, or fix it)
+        print(f"lrfinder {args.command}: error: {one_line(error)}", file=sys.stderr)
         return USAGE_ERROR
 
 

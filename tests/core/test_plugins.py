@@ -236,6 +236,33 @@ def test_an_observer_editing_the_result_cannot_change_what_the_caller_gets() -> 
     assert result.options["mode"] == "exponential" and result.options["group_ratios"] == [1.0]
 
 
+@pytest.mark.parametrize(
+    ("hook", "message"),
+    [
+        ("raise", r"plugin 'test\.registry' failed in lrfinder_register_suggesters: RuntimeError"),
+        ("list", r"plugin 'test\.registry': lrfinder_register_suggesters returned list"),
+        ("nonstr", r"registers 42; names must be non-empty strings"),
+    ],
+)
+def test_a_broken_registry_hook_is_a_plugin_error_naming_it(hook: str, message: str) -> None:
+    """A registry hook that raises, returns no mapping or registers a non-string name: every
+    lookup fails with a PluginError naming the plugin and how to block it."""
+
+    class Registry:
+        @hookimpl
+        def lrfinder_register_suggesters(self) -> Any:
+            if hook == "raise":
+                raise RuntimeError("registry bug")
+            return [first_point] if hook == "list" else {42: first_point}
+
+    get_plugin_manager().register(Registry(), name="test.registry")
+    with pytest.raises(PluginError, match=message) as caught:
+        result_from_losses(sigmoid_curve()).suggestion()
+    assert caught.value.plugin == "test.registry" and "LRFINDER_DISABLE_PLUGINS" in str(
+        caught.value
+    )
+
+
 def test_plugin_schedule_is_usable_as_mode() -> None:
     """A schedule registered by a plugin answers RangeTest(mode=its name)."""
     get_plugin_manager().register(SchedulePlugin(), name="test.schedules")
