@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import math
+import numbers
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
@@ -254,8 +255,14 @@ class RangeTestSession:
             local = StepOutcome.skipped_step()
         elif isinstance(outcome, DeferredOutcome):
             local = resolve_outcome(outcome)
-        else:
+        elif isinstance(outcome, numbers.Real) and not isinstance(outcome, bool):
             local, counted = StepOutcome.of_loss(outcome), False  # a float says no samples
+        else:
+            raise TypeError(
+                f"end_step takes a StepOutcome, a DeferredOutcome, a float loss or None (a "
+                f"skipped step), got {outcome!r} ({type(outcome).__name__}); pass e.g. "
+                "loss.item() or StepOutcome.of_loss(loss.item(), samples)"
+            )
         return self._decide(self.reducer.reduce_step(local), local.error, counted)
 
     def _decide(
@@ -409,6 +416,11 @@ class BatchSizeSession:
         capacity and the combined profile are recorded, so every rank proposes the same next
         size. An error that is not an out-of-memory error, on any rank, makes every rank raise.
         """
+        if not isinstance(report, TrialReport):
+            raise TypeError(
+                f"end_trial(size, report) takes a TrialReport, got {report!r} "
+                f"({type(report).__name__}); pass e.g. TrialReport(fitted=True, steps=3)"
+            )
         reduced = self.reducer.reduce_trial(report)
         if reduced.exception is not None:  # a reducer marks a trial that raised on any rank
             note_where(

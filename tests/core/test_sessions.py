@@ -303,3 +303,20 @@ def test_a_submitted_step_is_decided_once() -> None:
     with pytest.raises(RuntimeError, match="decide\\(\\) was called twice"):
         s.decide(submitted)
     assert len(s.test.losses) == 1
+
+
+@pytest.mark.parametrize("outcome", ["1.0", [1.0], True])
+def test_end_step_names_what_it_takes(outcome: object) -> None:
+    """A loss of the wrong type is a TypeError that says what end_step takes."""
+    s = session(LocalReducer())
+    s.start()
+    with pytest.raises(TypeError, match="end_step takes a StepOutcome, a DeferredOutcome, a float"):
+        s.end_step(outcome)  # type: ignore[arg-type]
+
+
+def test_end_trial_names_what_it_takes() -> None:
+    """end_trial(size, True) instead of a TrialReport: a TypeError with an example."""
+    search = BatchSizeSession(BatchSizeSearch(mode="power"), reducer=LocalReducer())
+    search.start()
+    with pytest.raises(TypeError, match=r"takes a TrialReport, got True \(bool\)"):
+        search.end_trial(search.next_size(), True)  # type: ignore[arg-type]
