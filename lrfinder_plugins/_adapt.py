@@ -33,6 +33,7 @@ def make_step(target: Any, options: Mapping[str, Any]) -> TrainingStep:
     step = get_plugin_manager().hook.lrfinder_make_step(target=target, options=dict(options))
     if step is None:
         raise _unknown_target(target, "lrfinder_make_step", "an LR range test")
+    _check_built(step, "lrfinder_make_step", ("snapshot", "restore", "set_lr", "run"))
     return step
 
 
@@ -45,7 +46,22 @@ def make_probe(target: Any, options: Mapping[str, Any]) -> BatchProbe:
     probe = get_plugin_manager().hook.lrfinder_make_probe(target=target, options=dict(options))
     if probe is None:
         raise _unknown_target(target, "lrfinder_make_probe", "a batch-size search")
+    _check_built(probe, "lrfinder_make_probe", ("snapshot", "restore", "try_batch_size"))
     return probe
+
+
+def _check_built(built: Any, hook_name: str, methods: tuple[str, ...]) -> None:
+    """Raise a ``TypeError`` naming the hook's plugins unless ``built`` has ``methods``."""
+    missing = [m for m in methods if not callable(getattr(built, m, None))]
+    if missing:
+        pm = get_plugin_manager()
+        plugins = sorted(i.plugin_name for i in getattr(pm.hook, hook_name).get_hookimpls())
+        raise TypeError(
+            f"an adapter plugin's {hook_name} returned {built!r} ({type(built).__name__}), which "
+            f"has no {', '.join(m + '()' for m in missing)}; it must return an object with "
+            f"{', '.join(m + '()' for m in methods)}, or None for a target it does not know "
+            f"(plugins answering {hook_name}: {plugins}; see {GUIDE})"
+        )
 
 
 def _unknown_target(target: Any, hook_name: str, what: str) -> TypeError:

@@ -263,6 +263,21 @@ def test_a_broken_registry_hook_is_a_plugin_error_naming_it(hook: str, message: 
     )
 
 
+def test_an_adapter_hook_returning_no_step_is_a_type_error_naming_the_methods() -> None:
+    """lrfinder_make_step answering with something that is no training step: a TypeError that
+    names the methods a step needs and the plugins answering the hook."""
+    from lrfinder_plugins import range_test
+
+    class Adapter:
+        @hookimpl
+        def lrfinder_make_step(self, target: Any, options: Any) -> Any:
+            return 42 if target == "mine" else None
+
+    get_plugin_manager().register(Adapter(), name="test.adapter")
+    with pytest.raises(TypeError, match=r"returned 42 \(int\), which has no snapshot\(\), "):
+        range_test("mine")
+
+
 def test_plugin_schedule_is_usable_as_mode() -> None:
     """A schedule registered by a plugin answers RangeTest(mode=its name)."""
     get_plugin_manager().register(SchedulePlugin(), name="test.schedules")
