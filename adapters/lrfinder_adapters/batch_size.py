@@ -277,11 +277,11 @@ def find_batch_size(
     )
 
 
-
 _FIND_BATCH_SIZE_OPTIONS = TRIAL_STEP_OPTIONS | (
     frozenset(inspect.signature(find_batch_size).parameters) - {"step_options"}
 )
 """Every keyword :func:`find_batch_size` takes (its own and the trials' step options)."""
+
 
 def with_optimizer_name(result: BatchSizeResult, optimizer: Any) -> BatchSizeResult:
     """``result`` with its optimizer's class name in ``options["optimizer"]``, which the
