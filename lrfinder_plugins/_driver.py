@@ -70,7 +70,7 @@ def _overlapped(session: RangeTestSession, step: TrainingStep) -> None:
     """
     world = session.reducer.world_size
     pending: Submitted | None = None  # the step started and not decided yet
-    halted = owed = False
+    halted = owed = interrupted = False  # interrupted: Ctrl-C here, which joins no collective
     try:
         while not session.finished:
             started = None
@@ -83,6 +83,9 @@ def _overlapped(session: RangeTestSession, step: TrainingStep) -> None:
                     step.set_lr(lr)
                     outcome = run_step(step)
                     halted = halts(outcome, step, world)
+                    interrupted = isinstance(outcome, StepOutcome) and isinstance(
+                        outcome.error, KeyboardInterrupt
+                    )
                     started = session.submit(outcome)
             previous, pending = pending, started
             if previous is not None:
@@ -93,7 +96,7 @@ def _overlapped(session: RangeTestSession, step: TrainingStep) -> None:
         try:
             if pending is not None:
                 pending.pending.wait()
-            elif owed:
+            elif owed and not interrupted:
                 start_step(session.reducer, StepOutcome()).wait()
         except Exception:  # the decision's error is the one to raise
             log.debug("the step in flight ended with an error", exc_info=True)

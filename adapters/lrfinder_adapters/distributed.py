@@ -291,6 +291,13 @@ class TorchDistributedReducer:
             outcome = resolve_outcome(outcome)
         if outcome.error is not None:
             self._post(outcome.error)
+            if isinstance(outcome.error, KeyboardInterrupt):
+                # Ctrl-C: out at once, joining no collective. The others may be inside one
+                # this rank will never join (DDP's all-reduce of gradients, waiting for this
+                # rank's backward): waiting for them at the reduce point would hold every rank
+                # until the timeout. Once this process exits, their collective fails at once;
+                # the store tells them why.
+                return _Reduce(self, outcome, torch.zeros(1), None, outcome.error)
         try:
             packed = pack_step(outcome, self.world_size)
         except ValueError as error:  # this rank's record cannot travel: it fails, the others learn
@@ -366,7 +373,7 @@ class _Reduce:
         outcome: StepOutcome,
         values: torch.Tensor,
         work: Any,
-        error: Exception | None,
+        error: BaseException | None,
     ) -> None:
         self.reducer, self.outcome, self.values = reducer, outcome, values
         self.work, self.error = work, error

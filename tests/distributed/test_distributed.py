@@ -264,9 +264,16 @@ def test_an_exception_that_strands_the_other_rank_ends_within_seconds(tmp_path: 
     assert rank0["seconds"] < 120  # fault_timeout=5: not the process group's 30 minutes
 
 
-def test_ctrl_c_on_the_launcher_leaves_no_process_and_restores(tmp_path: Path) -> None:
-    """SIGINT to torchrun: both workers restore their state, exit, and none is left behind."""
-    process = torchrun(tmp_path, "slow")
+@pytest.mark.parametrize("scenario", ["slow", "slow_one"])
+def test_ctrl_c_on_the_launcher_leaves_no_process_and_restores(
+    tmp_path: Path, scenario: str
+) -> None:
+    """SIGINT to torchrun: both workers restore their state, exit, and none is left behind.
+
+    ``slow_one``: at the Ctrl-C rank 0 waits in DDP's all-reduce for the slow rank 1, which
+    never joins it. Rank 1 leaves at once, joining no collective, so rank 0's fails and it
+    restores too; waiting for fault_timeout (120 s here) the launcher would kill it first."""
+    process = torchrun(tmp_path, scenario)
     started = [tmp_path / f"started.{rank}" for rank in (0, 1)]
     deadline = time.monotonic() + LAUNCH_TIMEOUT
     while not all(p.exists() for p in started):

@@ -452,15 +452,20 @@ def scenario_batch_rlimit(rank: int, world: int) -> dict[str, Any]:
     }
 
 
-def scenario_slow(rank: int, world: int) -> dict[str, Any]:
-    """A long range test for the Ctrl-C test: each rank says when it started, then what it saw."""
+def scenario_slow(rank: int, world: int, *, only_rank_1: bool = False) -> dict[str, Any]:
+    """A long range test for the Ctrl-C test: each rank says when it started, then what it saw.
+
+    ``only_rank_1``: only rank 1 is slow, so at the Ctrl-C rank 0 waits inside DDP's gradient
+    all-reduce, a collective rank 1 never joins; and fault_timeout is 120 s, longer than the
+    launcher waits before it kills its workers (30 s)."""
     model = ddp(make_model())
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
     out = Path(os.environ["LRF_OUT"])
 
     def compute_loss(m: nn.Module, batch: Any) -> torch.Tensor:
         (out / f"started.{rank}").write_text(str(os.getpid()))
-        time.sleep(0.2)
+        if rank == 1 or not only_rank_1:
+            time.sleep(0.2)
         return nn.functional.mse_loss(m(batch[0]), batch[1])
 
     before = capture_state(model, optimizer)
@@ -474,12 +479,18 @@ def scenario_slow(rank: int, world: int) -> dict[str, Any]:
             compute_loss=compute_loss,
             diverge_threshold=None,
             progress=False,
+            **({"fault_timeout": 120.0} if only_rank_1 else {}),
         )
     except BaseException as error:
         assert_state_bitwise_equal(before, capture_state(model, optimizer))
         (out / f"restored.{rank}").write_text(type(error).__name__)
         raise
     return {}
+
+
+def scenario_slow_one(rank: int, world: int) -> dict[str, Any]:
+    """:func:`scenario_slow` with rank 1 alone slow (see there)."""
+    return scenario_slow(rank, world, only_rank_1=True)
 
 
 def _noise_history(monitor: Any) -> list[list[float]]:
