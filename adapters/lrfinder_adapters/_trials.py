@@ -89,6 +89,12 @@ class Trials:
                     f"make_loader({size}) must return the batches at that size (a DataLoader "
                     f"or another iterable), got {loader!r} ({type(loader).__name__})"
                 )
+            if isinstance(loader, Iterator):
+                raise TypeError(
+                    f"make_loader({size}) returned a one-shot iterator "
+                    f"({type(loader).__name__}), but a trial reads its batches again when they "
+                    "run out; return a DataLoader or a list of batches"
+                )
             return loader
         from torch.utils.data import DataLoader
 

@@ -473,6 +473,11 @@ def _never_called(size: int) -> None:
             r"loader_options cannot set batch_size \(got 4\): the search sets it",
         ),
         ({"make_loader": lambda n: None}, TypeError, r"make_loader\(2\) must return the batches"),
+        (
+            {"make_loader": lambda n: iter([(torch.randn(n, 4), torch.randn(n, 1))])},
+            TypeError,
+            r"make_loader\(2\) returned a one-shot iterator",
+        ),
     ],
     ids=lambda v: ",".join(sorted(v)) if isinstance(v, dict) else "",
 )
