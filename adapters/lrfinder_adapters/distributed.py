@@ -352,14 +352,31 @@ class TorchDistributedReducer:
 
     def _post(self, error: BaseException) -> None:
         self._faulted = True
+        message = first_line(error)
+        if _timed_out(error):
+            # Not this rank's fault: it waited for the others. Said here (a note) and to them.
+            message = (
+                f"timed out after fault_timeout={self.fault_timeout:g} s waiting for the other "
+                f"ranks in a collective (a slow or stopped rank; raise fault_timeout if the ranks "
+                f"legitimately drift apart): {message}"
+            )
+            if not any("fault_timeout" in note for note in getattr(error, "__notes__", ())):
+                error.add_note(f"lrfinder: rank {self.rank} {message}")
         store = self._store
         if store is None:
             return
         try:
             n = store.add(self._prefix + "errors", 1)
-            store.set(f"{self._prefix}error/{n}", f"{self.rank}\n{first_line(error)}")
+            store.set(f"{self._prefix}error/{n}", f"{self.rank}\n{message}")
         except Exception:  # the store is gone too: the local error is all there is
             log.debug("could not post an error to the store", exc_info=True)
+
+
+def _timed_out(error: BaseException) -> bool:
+    """Whether ``error`` is a collective's timeout (gloo's "Timed out waiting ...", NCCL's
+    watchdog), not a failure of this rank's own work."""
+    text = str(error).lower()
+    return isinstance(error, RuntimeError) and ("timed out" in text or "timeout" in text)
 
 
 class _Reduce:

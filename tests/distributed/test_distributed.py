@@ -264,6 +264,19 @@ def test_an_exception_that_strands_the_other_rank_ends_within_seconds(tmp_path: 
     assert rank0["seconds"] < 120  # fault_timeout=5: not the process group's 30 minutes
 
 
+def test_a_stalled_rank_is_named_as_waited_for_not_the_rank_that_timed_out(
+    tmp_path: Path,
+) -> None:
+    """Rank 1 stalls past fault_timeout while rank 0 waits in DDP's all-reduce: rank 0's
+    timeout says it waited for the others, and rank 1 learns that, not that rank 0 broke."""
+    finish(torchrun(tmp_path, "stall"), tmp_path)
+    rank0, rank1 = records(tmp_path, "stall")
+    assert rank0["type"] is not None and rank1["type"] is not None
+    waited = "timed out after fault_timeout=2 s waiting for the other ranks"
+    assert any(waited in note for note in rank0["notes"]), rank0
+    assert rank1["type"] == "RankFailedError" and waited in rank1["message"], rank1
+
+
 @pytest.mark.parametrize("scenario", ["slow", "slow_one"])
 def test_ctrl_c_on_the_launcher_leaves_no_process_and_restores(
     tmp_path: Path, scenario: str

@@ -205,6 +205,43 @@ def scenario_error_in_forward(rank: int, world: int) -> dict[str, Any]:
     return raised
 
 
+def scenario_stall(rank: int, world: int) -> dict[str, Any]:
+    """Rank 1 stalls 6 s in its 3rd forward pass, past fault_timeout=2: rank 0, waiting in
+    DDP's all-reduce, times out; the messages must say a rank was waited for, and which."""
+    model = ddp(make_model())
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    calls = {"n": 0}
+
+    def compute_loss(m: nn.Module, batch: Any) -> torch.Tensor:
+        calls["n"] += 1
+        if rank == 1 and calls["n"] == 3:
+            time.sleep(6.0)
+        return nn.functional.mse_loss(m(batch[0]), batch[1])
+
+    before = capture_state(model, optimizer)
+    try:
+        find_lr(
+            model,
+            optimizer,
+            None,
+            shard(global_batches(STEPS), rank, world),
+            num_iter=STEPS,
+            compute_loss=compute_loss,
+            fault_timeout=2.0,
+            progress=False,
+        )
+    except Exception as error:
+        raised = {
+            "type": type(error).__name__,
+            "message": str(error),
+            "notes": list(getattr(error, "__notes__", [])),
+        }
+    else:
+        raised = {"type": None}
+    assert_state_bitwise_equal(before, capture_state(model, optimizer))
+    return raised
+
+
 def scenario_overlap(rank: int, world: int) -> dict[str, Any]:
     """The same four tests decided at each step's end and one step late (``overlap``): one that
     diverges (momentum 0.9 up to LR 1), rank 1's NaN at step 4, rank 1's data ending after 4 batches, and rank 1 raising in its
