@@ -13,6 +13,7 @@ import os
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -167,8 +168,11 @@ def scenario_error_after_backward(rank: int, world: int) -> dict[str, Any]:
     return raised
 
 
-def scenario_error_in_forward(rank: int, world: int) -> dict[str, Any]:
-    """Rank 1 raises in its 3rd forward pass: rank 0 is left in DDP's gradient all-reduce."""
+def _forward_fault(
+    rank: int, world: int, fault: Callable[[], None], fault_timeout: float
+) -> dict[str, Any]:
+    """Rank 1 runs ``fault`` in its 3rd forward pass (rank 0 is then left in DDP's gradient
+    all-reduce); returns what each rank raised, how long it took, and its notes."""
     model = ddp(make_model())
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
     calls = {"n": 0}
@@ -176,7 +180,7 @@ def scenario_error_in_forward(rank: int, world: int) -> dict[str, Any]:
     def compute_loss(m: nn.Module, batch: Any) -> torch.Tensor:
         calls["n"] += 1
         if rank == 1 and calls["n"] == 3:
-            raise KeyError("missing column on rank 1")
+            fault()
         return nn.functional.mse_loss(m(batch[0]), batch[1])
 
     before = capture_state(model, optimizer)
@@ -189,14 +193,15 @@ def scenario_error_in_forward(rank: int, world: int) -> dict[str, Any]:
             shard(global_batches(STEPS), rank, world),
             num_iter=STEPS,
             compute_loss=compute_loss,
-            fault_timeout=5.0,
+            fault_timeout=fault_timeout,
             progress=False,
         )
-    except (KeyError, RankFailedError) as error:
+    except Exception as error:
         raised = {
             "type": type(error).__name__,
             "message": str(error),
             "rank": getattr(error, "rank", None),
+            "notes": list(getattr(error, "__notes__", [])),
         }
     else:
         raised = {"type": None}
@@ -205,41 +210,19 @@ def scenario_error_in_forward(rank: int, world: int) -> dict[str, Any]:
     return raised
 
 
+def scenario_error_in_forward(rank: int, world: int) -> dict[str, Any]:
+    """Rank 1 raises in its 3rd forward pass: rank 0 is left in DDP's gradient all-reduce."""
+
+    def fault() -> None:
+        raise KeyError("missing column on rank 1")
+
+    return _forward_fault(rank, world, fault, fault_timeout=5.0)
+
+
 def scenario_stall(rank: int, world: int) -> dict[str, Any]:
     """Rank 1 stalls 6 s in its 3rd forward pass, past fault_timeout=2: rank 0, waiting in
     DDP's all-reduce, times out; the messages must say a rank was waited for, and which."""
-    model = ddp(make_model())
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
-    calls = {"n": 0}
-
-    def compute_loss(m: nn.Module, batch: Any) -> torch.Tensor:
-        calls["n"] += 1
-        if rank == 1 and calls["n"] == 3:
-            time.sleep(6.0)
-        return nn.functional.mse_loss(m(batch[0]), batch[1])
-
-    before = capture_state(model, optimizer)
-    try:
-        find_lr(
-            model,
-            optimizer,
-            None,
-            shard(global_batches(STEPS), rank, world),
-            num_iter=STEPS,
-            compute_loss=compute_loss,
-            fault_timeout=2.0,
-            progress=False,
-        )
-    except Exception as error:
-        raised = {
-            "type": type(error).__name__,
-            "message": str(error),
-            "notes": list(getattr(error, "__notes__", [])),
-        }
-    else:
-        raised = {"type": None}
-    assert_state_bitwise_equal(before, capture_state(model, optimizer))
-    return raised
+    return _forward_fault(rank, world, lambda: time.sleep(6.0), fault_timeout=2.0)
 
 
 def scenario_overlap(rank: int, world: int) -> dict[str, Any]:
