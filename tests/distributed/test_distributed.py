@@ -277,7 +277,7 @@ def test_a_stalled_rank_is_named_as_waited_for_not_the_rank_that_timed_out(
     assert rank1["type"] == "RankFailedError" and waited in rank1["message"], rank1
 
 
-@pytest.mark.parametrize("scenario", ["slow", "slow_one"])
+@pytest.mark.parametrize("scenario", ["slow", "slow_one", "batch_slow"])
 def test_ctrl_c_on_the_launcher_leaves_no_process_and_restores(
     tmp_path: Path, scenario: str
 ) -> None:
@@ -285,7 +285,10 @@ def test_ctrl_c_on_the_launcher_leaves_no_process_and_restores(
 
     ``slow_one``: at the Ctrl-C rank 0 waits in DDP's all-reduce for the slow rank 1, which
     never joins it. Rank 1 leaves at once, joining no collective, so rank 0's fails and it
-    restores too; waiting for fault_timeout (120 s here) the launcher would kill it first."""
+    restores too; waiting for fault_timeout (120 s here) the launcher would kill it first.
+    ``batch_slow``: Ctrl-C in a batch-size search with rank 1 slow: its trials run the inner
+    module (no DDP collective), so rank 0 waits in the trial's all-gather, which the
+    interrupted rank 1 joins with its failure: both restore and raise at once."""
     process = torchrun(tmp_path, scenario)
     started = [tmp_path / f"started.{rank}" for rank in (0, 1)]
     deadline = time.monotonic() + LAUNCH_TIMEOUT

@@ -508,6 +508,35 @@ def scenario_slow(rank: int, world: int, *, only_rank_1: bool = False) -> dict[s
     return {}
 
 
+def scenario_batch_slow(rank: int, world: int) -> dict[str, Any]:
+    """A long batch-size search for the Ctrl-C test (rank 1 alone slow, fault_timeout 120 s):
+    each rank says when it started, then what it raised after its restore."""
+    model = ddp(make_model())
+    inner = model.module
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    out = Path(os.environ["LRF_OUT"])
+
+    def step_fn(size: int) -> None:
+        (out / f"started.{rank}").write_text(str(os.getpid()))
+        if rank == 1:
+            time.sleep(0.2)
+        optimizer.zero_grad()
+        inner(torch.randn(min(size, 64), 64)).pow(2).mean().backward()
+        optimizer.step()
+
+    before = capture_state(model, optimizer)
+    try:
+        find_batch_size(
+            model, optimizer, step_fn=step_fn, mode="binsearch", max_trials=10_000,
+            max_val=None, steps_per_trial=50, fault_timeout=120.0, progress=False,
+        )  # fmt: skip
+    except BaseException as error:
+        assert_state_bitwise_equal(before, capture_state(model, optimizer))
+        (out / f"restored.{rank}").write_text(type(error).__name__)
+        raise
+    return {}
+
+
 def scenario_slow_one(rank: int, world: int) -> dict[str, Any]:
     """:func:`scenario_slow` with rank 1 alone slow (see there)."""
     return scenario_slow(rank, world, only_rank_1=True)
