@@ -147,8 +147,9 @@ class RangeTestSession:
         self._started = True
         self.observers.started()
 
-    def _require_started(self, call: str) -> None:
-        raise RuntimeError(
+    @staticmethod
+    def _not_started(call: str) -> RuntimeError:
+        return RuntimeError(
             f"{call}() before start(): call session.start() first (it opens the reduce point and "
             "tells the observers), then next_lr() and end_step() for each step, then finish()"
         )
@@ -175,7 +176,7 @@ class RangeTestSession:
         overflow) must not happen in this mode: they would have shifted the next step's LR.
         """
         if not self._started:
-            self._require_started("submit")
+            raise self._not_started("submit")
         if isinstance(outcome, (StepOutcome, DeferredOutcome)):
             return Submitted(start_step(self.reducer, outcome), True)
         local = StepOutcome.skipped_step() if outcome is None else StepOutcome.of_loss(outcome)
@@ -242,7 +243,7 @@ class RangeTestSession:
         the failing rank, :class:`~lrfinder_plugins.RankFailedError` elsewhere).
         """
         if not self._started:
-            self._require_started("end_step")
+            raise self._not_started("end_step")
         if self._local and type(outcome) is float:
             # The common case, without building a record; a non-finite loss is recorded as NaN,
             # as every reduced outcome records it.

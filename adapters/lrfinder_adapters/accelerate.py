@@ -296,11 +296,11 @@ def find_lr(
 
 _FIND_LR_OPTIONS = (
     STEP_OPTIONS - {"accumulation_steps", "scaler", "reducer", "distributed", "process_group"}
-    | {"schedulers", "max_grad_norm", "fault_timeout", "val_loader", "val_batches"}
-    | {"start_lr", "end_lr", "num_iter", "smooth_factor", "diverge_threshold", "mode"}
+    | {"val_loader", "val_batches"}
+    | frozenset(inspect.signature(find_lr).parameters) - {"step_options"}
 )
-"""What :func:`find_lr` takes besides its positional arguments (the accelerator sets the
-accumulation, the scaler and the process group itself)."""
+"""Every keyword :func:`find_lr` takes (its own, and the step options the accelerator does not
+set itself: it sets the accumulation, the scaler and the process group)."""
 
 
 def _inner_schedulers(schedulers: Any) -> Any:

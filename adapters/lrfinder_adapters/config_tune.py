@@ -344,7 +344,7 @@ def tune_lightning(
         BadConfigError: an unknown option, a bad setting, or no LR attribute (one line,
             before any work).
     """
-    from lrfinder_adapters.lightning import Tuner, check_tune, find_lr_attr, tune
+    from lrfinder_adapters.lightning import Tuner, check_tune, find_lr_attr, get_lr_attr, tune
 
     options = dict(options or {})
     if plot_path is not None:
@@ -369,9 +369,7 @@ def tune_lightning(
         except AttributeError:
             pass
         else:
-            old_lr = float(
-                container[name] if isinstance(container, Mapping) else getattr(container, name)
-            )
+            old_lr = float(get_lr_attr(container, name))
     found_size = None
     if tune_batch_size:
         shown = _defaults(Tuner.scale_batch_size, "mode", "init_val", "max_trials")

@@ -150,7 +150,8 @@ def find_lr_attr(model: Any, attr_name: str = "") -> tuple[Any, str]:
     )
 
 
-def _get_lr_attr(container: Any, name: str) -> Any:
+def get_lr_attr(container: Any, name: str) -> Any:
+    """The value at ``(container, name)`` (from :func:`find_lr_attr`)."""
     return container[name] if isinstance(container, Mapping) else getattr(container, name)
 
 
@@ -817,7 +818,7 @@ class LearningRateFinder(_SearchCallback):
             log.warning("LR finder: no suggestion (%s); the LR is unchanged", found)
             return
         container, name = target
-        old = _get_lr_attr(container, name)
+        old = get_lr_attr(container, name)
         _set_lr_attr(container, name, lr)
         # The running fit's optimizers and schedulers were built from the old LR. An optimizer
         # with a schedule: every LR it and its schedulers hold is multiplied by new / old, which
@@ -961,7 +962,7 @@ class _TrialCallback(Callback):
             self.started = time.perf_counter()
         if not self.window_open:
             # An epoch's short last batch (a loader that keeps it) is not a step at this size:
-            # it runs, uncounted and unmetered (see _memory.RemainderSkip).
+            # it runs, uncounted and unmetered (see _trials.RemainderSkip).
             self.window_skipped = self.remainder.skip(batch)
             self._window_start = time.perf_counter()
             if (
@@ -1505,23 +1506,20 @@ class Tuner:
         if train_dataloaders is not None and datamodule is not None:
             raise ValueError("pass either train_dataloaders= or datamodule=, not both")
         _validate.known_options("lr_find", ours, _LR_OPTIONS)
-        _validate.int_at_least("num_training", num_training, 2)
+        callback = _lr_finder_options(
+            {
+                "min_lr": min_lr,
+                "max_lr": max_lr,
+                "num_training": num_training,
+                "mode": mode,
+                "early_stop_threshold": early_stop_threshold,
+                "update_attr": update_attr,
+                "attr_name": attr_name,
+                **ours,
+            }
+        )
         if update_attr:
             find_lr_attr(model, attr_name)  # before anything runs
-        options = dict(ours)
-        options["method"] = options.pop("suggest_method", None)
-        if options["method"] is not None:  # named as the caller spelled it
-            _validate.one_of("suggest_method", options["method"], tuple(registered_suggesters()))
-        callback = LearningRateFinder(
-            min_lr=min_lr,
-            max_lr=max_lr,
-            num_training_steps=num_training,
-            mode=mode,
-            early_stop_threshold=early_stop_threshold,
-            update_attr=update_attr,
-            attr_name=attr_name,
-            **options,
-        )
         self._fit_once(callback, model, train_dataloaders, val_dataloaders, datamodule)
         return callback.optimal_lr
 

@@ -470,8 +470,8 @@ class TorchStep:
             (plain eval mode, torch-lr-finder's ``val_loader``). A frozen BatchNorm (in eval
             mode while the model trains) and ``SyncBatchNorm`` (whose batch statistics are a
             collective) always use their running statistics, as does every layer on a
-            validation batch of one sample (a loader's short last batch); dropout and the rest stay in eval
-            mode either way. Why: during a sweep the running statistics average ~10 steps of
+            validation batch of one sample (a loader's short last batch); dropout and the rest
+            stay in eval mode either way. Why: during a sweep the running statistics average ~10 steps of
             older, smaller LRs' weights, so at high LRs they no longer match the weights. On
             ``benchmarks/suggestion_quality``'s two BatchNorm CNNs the eval-mode curve blows up
             early and the suggestion lands 3-24x below the training curve's (mean regret 0.144

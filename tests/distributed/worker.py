@@ -7,13 +7,14 @@ scenario expects is caught and recorded, anything else fails the process.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import sys
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -488,8 +489,7 @@ def scenario_slow(rank: int, world: int, *, only_rank_1: bool = False) -> dict[s
             time.sleep(0.2)
         return nn.functional.mse_loss(m(batch[0]), batch[1])
 
-    before = capture_state(model, optimizer)
-    try:
+    with _restored_when_interrupted(model, optimizer, out / f"restored.{rank}"):
         find_lr(
             model,
             optimizer,
@@ -501,11 +501,19 @@ def scenario_slow(rank: int, world: int, *, only_rank_1: bool = False) -> dict[s
             progress=False,
             **({"fault_timeout": 120.0} if only_rank_1 else {}),
         )
+    return {}
+
+
+@contextlib.contextmanager
+def _restored_when_interrupted(model: nn.Module, optimizer: Any, record: Path) -> Iterator[None]:
+    """On the way out of an interrupted search: check the restore, write what was raised."""
+    before = capture_state(model, optimizer)
+    try:
+        yield
     except BaseException as error:
         assert_state_bitwise_equal(before, capture_state(model, optimizer))
-        (out / f"restored.{rank}").write_text(type(error).__name__)
+        record.write_text(type(error).__name__)
         raise
-    return {}
 
 
 def scenario_batch_slow(rank: int, world: int) -> dict[str, Any]:
@@ -524,16 +532,11 @@ def scenario_batch_slow(rank: int, world: int) -> dict[str, Any]:
         inner(torch.randn(min(size, 64), 64)).pow(2).mean().backward()
         optimizer.step()
 
-    before = capture_state(model, optimizer)
-    try:
+    with _restored_when_interrupted(model, optimizer, out / f"restored.{rank}"):
         find_batch_size(
             model, optimizer, step_fn=step_fn, mode="binsearch", max_trials=10_000,
             max_val=None, steps_per_trial=50, fault_timeout=120.0, progress=False,
         )  # fmt: skip
-    except BaseException as error:
-        assert_state_bitwise_equal(before, capture_state(model, optimizer))
-        (out / f"restored.{rank}").write_text(type(error).__name__)
-        raise
     return {}
 
 
